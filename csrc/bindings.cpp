@@ -1,0 +1,284 @@
+// Python bindings of the engine (module ckptlab._engine). Every blocking call releases the
+// GIL; long waits wake every 100 ms to let Ctrl-C through (the Python exception is raised
+// once the engine has unwound). Engine failures become OSError(errno, message, path).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cerrno>
+#include <memory>
+
+#include "checksum.hpp"
+#include "engine.hpp"
+#include "fault.hpp"
+#include "file_io.hpp"
+#include "manifest_writer.hpp"
+#include "reader.hpp"
+#include "trace.hpp"
+
+namespace py = pybind11;
+using namespace ckptlab;
+
+namespace {
+
+// Checks Python signals from a thread that released the GIL; keeps the raised exception.
+class SignalCheck {
+ public:
+  InterruptCheck callback() {
+    return [this] {
+      py::gil_scoped_acquire gil;
+      if (PyErr_CheckSignals() != 0) {
+        error_ = std::make_unique<py::error_already_set>();
+        return true;
+      }
+      return false;
+    };
+  }
+  [[noreturn]] void rethrow() {
+    if (error_) throw py::error_already_set(*error_);
+    throw py::value_error("interrupted");
+  }
+
+ private:
+  std::unique_ptr<py::error_already_set> error_;
+};
+
+template <typename Fn>
+auto interruptible(Fn&& fn) {
+  SignalCheck check;
+  try {
+    py::gil_scoped_release release;
+    return fn(check.callback());
+  } catch (const Interrupted&) {
+    check.rethrow();
+  }
+}
+
+py::dict records_to_columns(const std::vector<TraceRecord>& recs) {
+  const py::ssize_t n = static_cast<py::ssize_t>(recs.size());
+  py::array_t<uint64_t> ckpt(n), offset(n), nbytes(n), tb(n), te(n);
+  py::array_t<int64_t> step(n), chunk(n);
+  py::array_t<int32_t> thread(n), cpu_b(n), cpu_e(n);
+  py::array_t<uint16_t> phase(n);
+  auto c = ckpt.mutable_unchecked<1>();
+  auto o = offset.mutable_unchecked<1>();
+  auto nb = nbytes.mutable_unchecked<1>();
+  auto b = tb.mutable_unchecked<1>();
+  auto e = te.mutable_unchecked<1>();
+  auto s = step.mutable_unchecked<1>();
+  auto ch = chunk.mutable_unchecked<1>();
+  auto th = thread.mutable_unchecked<1>();
+  auto cb = cpu_b.mutable_unchecked<1>();
+  auto ce = cpu_e.mutable_unchecked<1>();
+  auto ph = phase.mutable_unchecked<1>();
+  for (py::ssize_t i = 0; i < n; ++i) {
+    const TraceRecord& r = recs[static_cast<size_t>(i)];
+    c(i) = r.ckpt_id;
+    o(i) = r.offset;
+    nb(i) = r.nbytes;
+    b(i) = r.t_begin_ns;
+    e(i) = r.t_end_ns;
+    s(i) = r.step;
+    ch(i) = r.chunk;
+    th(i) = r.thread;
+    cb(i) = r.cpu_begin;
+    ce(i) = r.cpu_end;
+    ph(i) = r.phase;
+  }
+  py::dict d;
+  d["ckpt_id"] = ckpt;
+  d["step"] = step;
+  d["thread"] = thread;
+  d["cpu_begin"] = cpu_b;
+  d["cpu_end"] = cpu_e;
+  d["phase"] = phase;
+  d["chunk"] = chunk;
+  d["offset"] = offset;
+  d["nbytes"] = nbytes;
+  d["t_begin_ns"] = tb;
+  d["t_end_ns"] = te;
+  return d;
+}
+
+py::object failure_to_py(const std::optional<CheckpointFailure>& f) {
+  if (!f) return py::none();
+  py::dict d;
+  d["ckpt_id"] = f->ckpt_id;
+  d["step"] = f->step;
+  d["op"] = f->op;
+  d["path"] = f->path;
+  d["errno"] = f->error;
+  d["message"] = f->message;
+  return d;
+}
+
+std::vector<Segment> to_segments(const std::vector<std::tuple<uintptr_t, uint64_t, uint64_t>>& segs) {
+  std::vector<Segment> out;
+  out.reserve(segs.size());
+  for (const auto& [ptr, n, off] : segs) out.push_back(Segment{reinterpret_cast<const void*>(ptr), n, off});
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_engine, m) {
+  m.doc() = "ckptlab persist engine (C++17): staging, writer threads, commit protocol, verified reads";
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const IoError& e) {
+      py::object err = py::module_::import("builtins").attr("OSError")(e.error(), e.what(), e.path());
+      PyErr_SetObject(PyExc_OSError, err.ptr());
+    }
+  });
+
+  m.def("crc32c", [](py::buffer data, uint32_t crc) {
+    py::buffer_info info = data.request();
+    const uint64_t n = static_cast<uint64_t>(info.size) * static_cast<uint64_t>(info.itemsize);
+    py::gil_scoped_release release;
+    return crc32c(crc, info.ptr, n);
+  }, py::arg("data"), py::arg("crc") = 0, "CRC32C of a contiguous buffer, continuing from `crc`.");
+  m.def("crc32c_ptr", [](uintptr_t ptr, uint64_t nbytes, uint32_t crc) {
+    py::gil_scoped_release release;
+    return crc32c(crc, reinterpret_cast<const void*>(ptr), nbytes);
+  }, py::arg("ptr"), py::arg("nbytes"), py::arg("crc") = 0);
+  m.def("crc32c_implementation", &crc32c_implementation);
+  m.def("fault_points", &fault_point_names);
+  m.def("validate_fault_spec", [](const std::string& spec) { FaultInjector check(spec); },
+        "Raises ValueError naming the bad token if the spec does not parse.");
+  m.def("phase_names", [] {
+    std::vector<std::string> names;
+    for (int i = 0; i < static_cast<int>(Phase::kCount); ++i) names.emplace_back(phase_name(static_cast<Phase>(i)));
+    return names;
+  });
+  m.def("probe_direct_io", [](const std::string& dir) {
+    DirectIoSupport s = probe_direct_io(dir);
+    return py::make_tuple(s.supported, s.reason);
+  });
+  m.attr("FORMAT_VERSION") = kFormatVersion;
+  m.attr("MANIFEST_NAME") = kManifestName;
+  m.def("monotonic_ns", &monotonic_ns);
+
+  m.def("read_verified",
+        [](const std::vector<std::tuple<std::string, uint64_t, uint64_t, uint32_t, int64_t,
+                                        std::vector<std::tuple<uint64_t, uintptr_t, uint64_t>>>>& raw,
+           int threads, bool trace, uint64_t ckpt_id, int64_t step) {
+          std::vector<ReadTask> tasks;
+          tasks.reserve(raw.size());
+          for (const auto& [path, off, n, crc, chunk, pieces] : raw) {
+            ReadTask t{path, off, n, crc, chunk, {}};
+            for (const auto& [coff, dst, pn] : pieces) {
+              if (coff + pn > n) throw py::value_error("read piece outside its chunk");
+              t.pieces.push_back(ReadPiece{coff, reinterpret_cast<void*>(dst), pn});
+            }
+            tasks.push_back(std::move(t));
+          }
+          ReadResult r = interruptible([&](const InterruptCheck& ic) {
+            return read_verified(tasks, threads, trace, ckpt_id, step, ic);
+          });
+          py::list failures;
+          for (const auto& f : r.failures) {
+            py::dict d;
+            d["chunk"] = f.chunk;
+            d["path"] = f.path;
+            d["offset"] = f.offset;
+            d["kind"] = f.kind;
+            d["detail"] = f.detail;
+            failures.append(d);
+          }
+          py::dict out;
+          out["failures"] = failures;
+          out["bytes_read"] = r.bytes_read;
+          out["records"] = records_to_columns(r.records);
+          return out;
+        },
+        py::arg("tasks"), py::arg("threads") = 4, py::arg("trace") = false, py::arg("ckpt_id") = 0,
+        py::arg("step") = -1,
+        "Reads (path, file_offset, nbytes, crc32c, chunk, [(chunk_offset, dst_ptr, nbytes)]) tasks in "
+        "parallel, verifying each chunk before copying its pieces out.");
+
+  py::class_<Engine>(m, "Engine")
+      .def(py::init([](const std::string& dir, int writer_threads, int max_inflight, int shards,
+                       uint64_t chunk_bytes, uint64_t staging_bytes, int keep_last, const std::string& io_mode,
+                       const std::string& faults, bool trace, uint64_t trace_capacity, bool prefault,
+                       const std::vector<std::string>& unsafe) {
+             EngineOptions o;
+             o.dir = dir;
+             o.writer_threads = writer_threads;
+             o.max_inflight = max_inflight;
+             o.shards = shards;
+             o.chunk_bytes = chunk_bytes;
+             o.staging_bytes = staging_bytes;
+             o.keep_last = keep_last;
+             o.io_mode = io_mode;
+             o.faults = faults;
+             o.trace_records = trace;
+             o.trace_capacity = trace_capacity;
+             o.prefault = prefault;
+             for (const auto& u : unsafe) {
+               if (u == "skip_data_fsync") o.unsafe_skip_data_fsync = true;
+               else if (u == "skip_dir_fsync") o.unsafe_skip_dir_fsync = true;
+               else if (u == "corrupt_manifest_checksum") o.unsafe_corrupt_manifest_checksum = true;
+               else if (u == "unordered_commit") o.unsafe_unordered_commit = true;
+               else throw py::value_error("unknown durability mutation '" + u + "'");
+             }
+             py::gil_scoped_release release;
+             return std::make_unique<Engine>(std::move(o));
+           }),
+           py::arg("dir"), py::arg("writer_threads") = 4, py::arg("max_inflight") = 2, py::arg("shards") = 0,
+           py::arg("chunk_bytes") = 16ull << 20, py::arg("staging_bytes") = 256ull << 20, py::arg("keep_last") = 2,
+           py::arg("io_mode") = "auto", py::arg("faults") = "", py::arg("trace") = false,
+           py::arg("trace_capacity") = 1u << 16, py::arg("prefault") = true,
+           py::arg("unsafe") = std::vector<std::string>{})
+      .def("submit",
+           [](Engine& e, int64_t step, const std::string& meta_json,
+              const std::vector<std::tuple<uintptr_t, uint64_t, uint64_t>>& segments, uint64_t total_bytes) {
+             std::vector<Segment> segs = to_segments(segments);
+             return interruptible([&](const InterruptCheck& ic) {
+               return e.submit(step, meta_json, segs, total_bytes, ic);
+             });
+           },
+           py::arg("step"), py::arg("meta_json"), py::arg("segments"), py::arg("total_bytes"),
+           "Copy (ptr, nbytes, stream_offset) segments into staging and queue the checkpoint. Returns its id.")
+      .def("wait", [](Engine& e) {
+             interruptible([&](const InterruptCheck& ic) {
+               e.wait_all(ic);
+               return 0;
+             });
+           })
+      .def("take_failure", [](Engine& e) { return failure_to_py(e.take_failure()); })
+      .def("close", [](Engine& e) {
+             py::gil_scoped_release release;
+             e.close();
+           })
+      .def_property_readonly("last_committed_step", &Engine::last_committed_step)
+      .def_property_readonly("inflight", &Engine::inflight)
+      .def_property_readonly("io_mode", &Engine::io_mode)
+      .def_property_readonly("direct_io_note", &Engine::direct_io_note)
+      .def_property_readonly("staging_region", [](const Engine& e) {
+             return py::make_tuple(reinterpret_cast<uintptr_t>(e.staging().base()), e.staging().total_bytes());
+           })
+      .def_property_readonly("staging_free_buffers", [](const Engine& e) { return e.staging().free_count(); })
+      .def_property_readonly("staging_buffers", [](const Engine& e) { return e.staging().size(); })
+      .def("commit_records", [](const Engine& e) {
+             py::list out;
+             for (const auto& r : e.commit_records()) {
+               py::dict d;
+               d["ckpt_id"] = r.ckpt_id;
+               d["step"] = r.step;
+               d["total_bytes"] = r.total_bytes;
+               d["t_submit_ns"] = r.t_submit_ns;
+               d["t_staged_ns"] = r.t_staged_ns;
+               d["t_done_ns"] = r.t_done_ns;
+               d["ok"] = r.ok;
+               d["path"] = r.path;
+               out.append(d);
+             }
+             return out;
+           })
+      .def("drain_trace", [](Engine& e) { return records_to_columns(e.tracer().drain()); },
+           "Timing records since the last drain, as numpy columns.")
+      .def_property_readonly("trace_dropped", [](Engine& e) { return e.tracer().dropped(); })
+      .def("thread_names", [](Engine& e) { return e.tracer().thread_names(); });
+}

@@ -1,0 +1,112 @@
+#include "checksum.hpp"
+
+#include <array>
+#include <cstring>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <nmmintrin.h>
+#elif defined(__aarch64__)
+#include <arm_acle.h>
+#include <sys/auxv.h>
+#ifndef HWCAP_CRC32
+#define HWCAP_CRC32 (1 << 7)
+#endif
+#endif
+
+namespace ckptlab {
+namespace {
+
+constexpr uint32_t kPoly = 0x82F63B78u;  // reflected Castagnoli polynomial
+
+struct Tables {
+  std::array<std::array<uint32_t, 256>, 8> t{};
+  Tables() {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (kPoly & (0u - (c & 1u)));
+      t[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; ++i)
+      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFF];
+  }
+};
+
+const Tables& tables() {
+  static const Tables instance;  // immutable after construction, thread-safe init
+  return instance;
+}
+
+uint32_t crc_table(uint32_t crc, const uint8_t* p, size_t n) {
+  const auto& t = tables().t;
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    v ^= crc;
+    crc = t[7][v & 0xFF] ^ t[6][(v >> 8) & 0xFF] ^ t[5][(v >> 16) & 0xFF] ^
+          t[4][(v >> 24) & 0xFF] ^ t[3][(v >> 32) & 0xFF] ^ t[2][(v >> 40) & 0xFF] ^
+          t[1][(v >> 48) & 0xFF] ^ t[0][v >> 56];
+    p += 8;
+    n -= 8;
+  }
+  while (n--) crc = (crc >> 8) ^ t[0][(crc ^ *p++) & 0xFF];
+  return crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) uint32_t crc_hw(uint32_t crc, const uint8_t* p, size_t n) {
+  uint64_t c = crc;
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    c = _mm_crc32_u64(c, v);
+    p += 8;
+    n -= 8;
+  }
+  uint32_t c32 = static_cast<uint32_t>(c);
+  while (n--) c32 = _mm_crc32_u8(c32, *p++);
+  return c32;
+}
+bool cpu_has_hw() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  return (c & bit_SSE4_2) != 0;
+}
+constexpr const char* kHwName = "sse4.2";
+#elif defined(__aarch64__)
+__attribute__((target("+crc"))) uint32_t crc_hw(uint32_t crc, const uint8_t* p, size_t n) {
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    crc = __crc32cd(crc, v);
+    p += 8;
+    n -= 8;
+  }
+  while (n--) crc = __crc32cb(crc, *p++);
+  return crc;
+}
+bool cpu_has_hw() { return (getauxval(AT_HWCAP) & HWCAP_CRC32) != 0; }
+constexpr const char* kHwName = "armv8-crc";
+#else
+uint32_t crc_hw(uint32_t crc, const uint8_t* p, size_t n) { return crc_table(crc, p, n); }
+bool cpu_has_hw() { return false; }
+constexpr const char* kHwName = "table";
+#endif
+
+bool use_hw() {
+  static const bool has = cpu_has_hw();
+  return has;
+}
+
+}  // namespace
+
+uint32_t crc32c(uint32_t crc, const void* data, size_t nbytes) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  crc = ~crc;
+  crc = use_hw() ? crc_hw(crc, p, nbytes) : crc_table(crc, p, nbytes);
+  return ~crc;
+}
+
+const char* crc32c_implementation() { return use_hw() ? kHwName : "table"; }
+
+}  // namespace ckptlab

@@ -1,0 +1,188 @@
+// The persist engine: bounded staging, a writer thread pool, and the commit protocol.
+//
+// One checkpoint = one byte stream (laid out by the Python side) cut into chunks of
+// `chunk_bytes`. submit() copies the caller's memory into staging buffers chunk by chunk and
+// queues each chunk as soon as it is filled, so writer threads persist chunk i while chunk
+// i+1 is being copied (pipelining). Chunks are spread round-robin over `shards` files; the
+// thread that writes a file's last chunk fdatasyncs that file. A single committer thread then
+// publishes checkpoints strictly in submission (= step) order:
+//
+//   1. every data file fdatasync'ed                 (writer threads)
+//   2. MANIFEST written and fsync'ed into the temp dir
+//   3. temp dir fsync'ed                            (persists the file entries)
+//   4. rename(.step_N.tmp-*, step_N)                (the commit point)
+//   5. parent dir fsync'ed                          -> acknowledged (last_committed_step)
+//   6. retention: older checkpoints beyond keep_last removed (never the one just committed)
+//
+// Any failed write/fsync/rename fails that checkpoint only: its temp dir is removed, earlier
+// checkpoints stay, and the error is queued for the next submit()/wait() to raise. An fsync
+// is never retried (after a failed fsync the kernel may have dropped the dirty pages).
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fault.hpp"
+#include "file_io.hpp"
+#include "staging_pool.hpp"
+#include "trace.hpp"
+
+namespace ckptlab {
+
+struct EngineOptions {
+  std::string dir;
+  int writer_threads = 4;
+  int max_inflight = 2;          // PCcheck's N
+  int shards = 0;                // data files per checkpoint; 0 = writer_threads
+  uint64_t chunk_bytes = 16ull << 20;
+  uint64_t staging_bytes = 256ull << 20;
+  int keep_last = 2;             // 0 keeps every checkpoint
+  std::string io_mode = "auto";  // auto | direct | buffered
+  std::string faults;            // fault spec, see fault.hpp
+  bool trace_records = false;
+  uint64_t trace_capacity = 1u << 16;  // records per thread ring
+  bool prefault = true;
+  // Durability mutations: each removes one step of the protocol. Only the fault campaign's
+  // "teeth" tests set them, to show the campaign catches the loss.
+  bool unsafe_skip_data_fsync = false;
+  bool unsafe_skip_dir_fsync = false;
+  bool unsafe_corrupt_manifest_checksum = false;
+  bool unsafe_unordered_commit = false;
+};
+
+// A segment of caller memory placed at `stream_offset` in the checkpoint's byte stream.
+struct Segment {
+  const void* ptr;
+  uint64_t nbytes;
+  uint64_t stream_offset;
+};
+
+struct CheckpointFailure {
+  uint64_t ckpt_id;
+  int64_t step;
+  std::string op;
+  std::string path;
+  int error;  // errno, 0 for non-OS failures
+  std::string message;
+};
+
+struct CommitRecord {
+  uint64_t ckpt_id;
+  int64_t step;
+  uint64_t total_bytes;
+  uint64_t t_submit_ns;   // submit() entered
+  uint64_t t_staged_ns;   // submit() returned (the stall ends)
+  uint64_t t_done_ns;     // acknowledged durable, or failed
+  bool ok;
+  std::string path;
+};
+
+class Engine {
+ public:
+  explicit Engine(EngineOptions options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Copies the segments into staging and queues the checkpoint; returns its id (1, 2, ...).
+  // Blocks while max_inflight checkpoints are in flight or staging is full (back-pressure).
+  uint64_t submit(int64_t step, const std::string& meta_json, const std::vector<Segment>& segments,
+                  uint64_t total_bytes, const InterruptCheck& interrupted);
+  // Blocks until every submitted checkpoint is committed or failed.
+  void wait_all(const InterruptCheck& interrupted);
+  // The oldest failure not yet reported, removed from the queue.
+  std::optional<CheckpointFailure> take_failure();
+  void close();
+
+  int64_t last_committed_step() const;
+  uint64_t inflight() const;
+  std::vector<CommitRecord> commit_records() const;
+  const std::string& io_mode() const { return io_mode_; }
+  const std::string& direct_io_note() const { return direct_io_note_; }
+  Tracer& tracer() { return tracer_; }
+  const StagingPool& staging() const { return *pool_; }
+  const EngineOptions& options() const { return opt_; }
+
+ private:
+  struct Shard {
+    std::string name, path;
+    UniqueFd fd;
+    uint64_t nbytes = 0;
+    std::atomic<uint32_t> remaining{0};
+  };
+  struct Checkpoint {
+    uint64_t id = 0;
+    int64_t step = 0;
+    std::string meta_json, tmp_path, final_path;
+    uint64_t total_bytes = 0, stream_bytes = 0;
+    uint32_t nchunks = 0;
+    std::vector<std::unique_ptr<Shard>> shards;
+    std::vector<uint32_t> crcs;
+    std::vector<uint64_t> chunk_len;
+    std::atomic<uint32_t> shards_left{0};
+    std::atomic<bool> failed{false};
+    std::mutex failure_mu;
+    std::optional<CheckpointFailure> failure;
+    bool data_done = false;  // guarded by Engine::mu_
+    uint64_t t_submit_ns = 0, t_staged_ns = 0;
+  };
+  struct WriteTask {
+    std::shared_ptr<Checkpoint> ckpt;
+    uint32_t chunk;
+    int buffer;
+  };
+
+  void writer_main(int index);
+  void committer_main();
+  std::shared_ptr<Checkpoint> begin_checkpoint(int64_t step, const std::string& meta_json, uint64_t total_bytes);
+  void stage_chunks(const std::shared_ptr<Checkpoint>& ck, const std::vector<Segment>& segments,
+                    const InterruptCheck& interrupted, TraceRing* ring);
+  void write_chunk(const WriteTask& t, TraceRing* ring);
+  void finish_chunk(const std::shared_ptr<Checkpoint>& ck, uint32_t chunk, TraceRing* ring);
+  void fail(Checkpoint& ck, const std::string& op, const std::string& path, int err, const std::string& msg);
+  void commit(Checkpoint& ck, TraceRing* ring);
+  void retain(const Checkpoint& just_committed, TraceRing* ring);
+  void recover_directory();
+  TraceRing* submit_ring();
+  FaultEffect fault(FaultPoint p, const Checkpoint& ck) { return faults_.hit(p, ck.id, ck.step); }
+
+  EngineOptions opt_;
+  std::string io_mode_, direct_io_note_;
+  bool direct_ = false;
+  UniqueFd lock_fd_;
+  FaultInjector faults_;
+  Tracer tracer_;
+  std::unique_ptr<StagingPool> pool_;
+
+  std::mutex submit_mu_;  // one submit at a time (the stream copy is sequential by design)
+  std::map<int32_t, std::unique_ptr<TraceThread>> submit_threads_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Checkpoint>> pending_;  // submitted, not yet committed/failed
+  std::deque<CheckpointFailure> failures_;
+  std::vector<CommitRecord> records_;
+  uint64_t next_id_ = 0;
+  int64_t last_submitted_step_ = -1;
+  int64_t last_committed_step_ = -1;
+  bool stopping_ = false;
+
+  std::mutex wq_mu_;
+  std::condition_variable wq_cv_;
+  std::deque<WriteTask> write_queue_;
+  bool writers_stop_ = false;
+
+  std::vector<std::thread> writers_;
+  std::thread committer_;
+  bool closed_ = false;
+};
+
+}  // namespace ckptlab

@@ -1,0 +1,67 @@
+// Named fault points of the persist/commit protocol, armed by a small spec language:
+//   point=NAME[,ckpt=K][,step=S][,hit=N][,action=kill|eio|enospc|delay=MS|short]
+// several rules joined by ';'. With no rules armed, hit() is one relaxed atomic load.
+// docs/FAULTS.md lists the points; keep kFaultPointNames in sync with it.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ckptlab {
+
+enum class FaultPoint : int {
+  kBeforeChunkWrite = 0,
+  kAfterChunkWrite,
+  kBeforeDataFsync,
+  kAfterDataFsync,
+  kBeforeManifest,
+  kBeforeManifestFsync,
+  kBeforeTmpdirFsync,
+  kBeforeRename,
+  kAfterRename,      // renamed into place, parent directory not yet fsynced
+  kAfterCommit,      // durable, not yet acknowledged
+  kBeforeGc,
+  kDuringGc,         // an old checkpoint partly deleted
+  kCount
+};
+
+const char* fault_point_name(FaultPoint p);
+std::vector<std::string> fault_point_names();
+
+enum class FaultAction : int { kKill, kError, kDelay, kShortWrite };
+
+struct FaultRule {
+  FaultPoint point;
+  int64_t ckpt = -1;   // engine checkpoint sequence number (1-based); -1 = any
+  int64_t step = -1;   // training step; -1 = any
+  int64_t hit = 1;     // fire at the hit-th matching occurrence
+  FaultAction action = FaultAction::kKill;
+  int error = 0;       // errno for kError / kShortWrite
+  int64_t delay_ms = 0;
+  std::atomic<int64_t> seen{0};
+};
+
+// What the caller must do after passing a point: nothing, or fail its next operation.
+struct FaultEffect {
+  int error = 0;            // non-zero: fail the next I/O with this errno
+  bool short_write = false; // write part of the buffer, then fail with `error`
+};
+
+class FaultInjector {
+ public:
+  // Throws std::invalid_argument with a message naming the bad token.
+  explicit FaultInjector(const std::string& spec);
+  bool armed() const { return armed_.load(std::memory_order_relaxed); }
+  // Kill and delay actions happen inside; error actions are returned to the caller.
+  FaultEffect hit(FaultPoint p, uint64_t ckpt_seq, int64_t step);
+  const std::string& spec() const { return spec_; }
+
+ private:
+  std::string spec_;
+  std::vector<std::unique_ptr<FaultRule>> rules_;
+  std::atomic<bool> armed_{false};
+};
+
+}  // namespace ckptlab

@@ -1,0 +1,125 @@
+// Timing records and NVTX ranges for every engine phase.
+//
+// Each engine-owned thread gets a TraceRing: a preallocated single-producer/single-consumer
+// ring of fixed-size records. The hot path writes one record with no lock and no allocation;
+// drain() (the consumer, called from Python) copies records out. When a ring is full the
+// record is dropped and counted. NVTX3 ranges (domain "ckptlab", one category per phase) are
+// pushed and popped around the same scopes; they cost a function-pointer check when no tool
+// (nsys, an injection library) is attached.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace ckptlab {
+
+enum class Phase : uint16_t {
+  kSnapshot = 0, kD2H, kStage, kWrite, kChecksum, kFsync, kManifest, kCommit, kGc, kRead,
+  kVerify, kH2D, kCount
+};
+const char* phase_name(Phase p);
+
+struct TraceRecord {
+  uint64_t ckpt_id;
+  int64_t step;
+  int64_t chunk;       // -1 when the operation is not about one chunk
+  uint64_t offset;     // file offset, or stream offset for stage
+  uint64_t nbytes;
+  uint64_t t_begin_ns; // CLOCK_MONOTONIC
+  uint64_t t_end_ns;
+  int32_t thread;      // OS thread id (gettid), as nsys shows it
+  int32_t cpu_begin;   // sched_getcpu() at begin / end
+  int32_t cpu_end;
+  uint16_t phase;
+  uint16_t reserved;
+};
+
+class TraceRing {
+ public:
+  explicit TraceRing(size_t capacity);
+  void push(const TraceRecord& r);        // producer thread only
+  size_t drain(std::vector<TraceRecord>& out);  // consumer only (serialized by Tracer)
+  uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
+
+ private:
+  std::vector<TraceRecord> slots_;
+  std::atomic<uint64_t> head_{0};  // written by producer
+  std::atomic<uint64_t> tail_{0};  // written by consumer
+  std::atomic<uint64_t> dropped_{0};
+};
+
+uint64_t monotonic_ns();
+int32_t current_tid();
+int32_t current_cpu();
+
+class Tracer {
+ public:
+  Tracer(bool records_enabled, size_t ring_capacity);
+  ~Tracer();
+  Tracer(const Tracer&) = delete;
+  Tracer& operator=(const Tracer&) = delete;
+
+  // Gives the calling thread a ring (and names it for NVTX and the OS). Returns its slot.
+  int register_thread(const std::string& name);
+  void release_thread(int slot);  // the ring is kept for the next drain, then reused
+  bool records_enabled() const { return records_enabled_; }
+  TraceRing* ring(int slot);
+
+  std::vector<TraceRecord> drain();
+  uint64_t dropped() const;
+  std::vector<std::pair<int32_t, std::string>> thread_names() const;
+
+  void nvtx_push(Phase p, const char* message) const;
+  void nvtx_pop() const;
+
+ private:
+  struct Slot {
+    std::unique_ptr<TraceRing> ring;
+    bool in_use = false;
+  };
+  bool records_enabled_;
+  size_t ring_capacity_;
+  mutable std::mutex mu_;
+  std::vector<Slot> slots_;
+  std::vector<std::pair<int32_t, std::string>> names_;
+  std::mutex drain_mu_;
+  void* domain_ = nullptr;  // nvtxDomainHandle_t
+};
+
+// RAII phase: an NVTX range plus one timing record at scope exit.
+class ScopedPhase {
+ public:
+  ScopedPhase(Tracer* tracer, TraceRing* ring, Phase phase, uint64_t ckpt_id, int64_t step, int64_t chunk,
+              uint64_t offset, uint64_t nbytes);
+  ~ScopedPhase();
+  ScopedPhase(const ScopedPhase&) = delete;
+  ScopedPhase& operator=(const ScopedPhase&) = delete;
+  void set_nbytes(uint64_t n) { rec_.nbytes = n; }
+
+ private:
+  Tracer* tracer_;
+  TraceRing* ring_;
+  TraceRecord rec_;
+};
+
+// Registers the current thread with a Tracer for the lifetime of the object.
+class TraceThread {
+ public:
+  TraceThread(Tracer* tracer, const std::string& name)
+      : tracer_(tracer), slot_(tracer->register_thread(name)), ring_(tracer->ring(slot_)) {}
+  ~TraceThread() { tracer_->release_thread(slot_); }
+  TraceThread(const TraceThread&) = delete;
+  TraceThread& operator=(const TraceThread&) = delete;
+  int slot() const { return slot_; }
+  TraceRing* ring() const { return ring_; }
+
+ private:
+  Tracer* tracer_;
+  int slot_;
+  TraceRing* ring_;
+};
+
+}  // namespace ckptlab
