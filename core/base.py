@@ -1,0 +1,84 @@
+"""Behaviour shared by the ckptlab-format checkpointers (pccheck and torchsave)."""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ckptlab.core.config import CheckpointConfig
+from ckptlab.core.durable import makedirs_durable
+from ckptlab.core.recovery import CheckpointInfo, latest_valid, load_latest
+
+
+class CheckpointerBase:
+    kind = "base"
+
+    def __init__(self, directory: str | os.PathLike, config: CheckpointConfig) -> None:
+        if not isinstance(config, CheckpointConfig):
+            raise TypeError(f"config must be a CheckpointConfig, got {type(config).__name__}")
+        self.directory = os.path.abspath(os.fspath(directory))
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise NotADirectoryError(f"checkpoint directory {self.directory} exists and is not a directory")
+        makedirs_durable(self.directory)
+        self.config = config
+        self._closed = False
+        self._saves = 0
+        self._stall_total = 0.0
+        self._stall_last = 0.0
+        self._stall_max = 0.0
+
+    def _record_stall(self, seconds: float) -> None:
+        self._saves += 1
+        self._stall_total += seconds
+        self._stall_last = seconds
+        self._stall_max = max(self._stall_max, seconds)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self.kind} checkpointer for {self.directory} is closed")
+
+    @staticmethod
+    def _check_step(step: int) -> None:
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"step must be a non-negative integer, got {step!r}")
+
+    def latest(self) -> CheckpointInfo | None:
+        return latest_valid(self.directory)
+
+    def load(
+        self,
+        state: Mapping[str, Any] | None = None,
+        map_location: str | torch.device | None = None,
+        step: int | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        return load_latest(self.directory, state, map_location, threads=self.config.reader_threads,
+                           allow_pickle=self.config.allow_pickle, step=step)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "saves": self._saves,
+            "stall_total_s": self._stall_total,
+            "stall_last_s": self._stall_last,
+            "stall_max_s": self._stall_max,
+        }
+
+    @property
+    def last_save_stall_s(self) -> float:
+        return self._stall_last
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        self._closed = True
+
+
+def now() -> float:
+    return time.perf_counter()

@@ -1,0 +1,84 @@
+"""Checkpointer configuration: one validated dataclass shared by every checkpointer kind."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+IO_MODES = ("auto", "direct", "buffered")
+DURABILITY_MUTATIONS = ("skip_data_fsync", "skip_dir_fsync", "corrupt_manifest_checksum", "unordered_commit")
+FAULTS_ENV = "CKPTLAB_FAULTS"
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """How checkpoints are taken, persisted, retained and loaded.
+
+    max_inflight: checkpoints persisting at once (PCcheck's N); a save beyond waits.
+    writer_threads: engine threads that checksum, write and fsync chunks.
+    chunk_bytes: unit of staging, writing and checksumming (multiple of 64 KiB).
+    staging_bytes: host staging memory, allocated once and reused. None sizes it at the first
+        save to hold one whole checkpoint (capped by max_auto_staging_bytes), which keeps
+        the stall to one memcpy; smaller values make save() wait for writers (back-pressure).
+    keep_last: committed checkpoints to keep (0 keeps all); never deletes the newest.
+    io_mode: "auto" uses O_DIRECT where the filesystem accepts it, else buffered I/O.
+    shards: data files per checkpoint (0 = writer_threads).
+    reader_threads: parallel reads when loading.
+    faults: fault spec (docs/FAULTS.md); the CKPTLAB_FAULTS environment variable is appended.
+    trace: keep per-thread timing records (drain with Checkpointer.drain_trace()).
+    allow_pickle: extra "module.QualName" types allowed in pickled leaves on load.
+    unsafe: durability mutations for the fault campaign's teeth only; never in real use.
+    """
+
+    max_inflight: int = 2
+    writer_threads: int = 4
+    chunk_bytes: int = 16 * MiB
+    staging_bytes: int | None = None
+    max_auto_staging_bytes: int = 4 * GiB
+    keep_last: int = 2
+    io_mode: str = "auto"
+    shards: int = 0
+    reader_threads: int = 4
+    faults: str = ""
+    trace: bool = False
+    trace_capacity: int = 1 << 16
+    prefault_staging: bool = True
+    allow_pickle: tuple[str, ...] = ()
+    unsafe: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        def positive(name: str, minimum: int = 1) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"CheckpointConfig.{name} must be an integer >= {minimum}, got {value!r}")
+
+        for name in ("max_inflight", "writer_threads", "reader_threads", "trace_capacity"):
+            positive(name)
+        positive("keep_last", 0)
+        positive("shards", 0)
+        positive("chunk_bytes", 64 * 1024)
+        if self.chunk_bytes % (64 * 1024):
+            raise ValueError(f"CheckpointConfig.chunk_bytes must be a multiple of 65536 (64 KiB), got {self.chunk_bytes}")
+        if self.staging_bytes is not None:
+            positive("staging_bytes", self.chunk_bytes)
+        positive("max_auto_staging_bytes", self.chunk_bytes)
+        if self.io_mode not in IO_MODES:
+            raise ValueError(f"CheckpointConfig.io_mode must be one of {IO_MODES}, got {self.io_mode!r}")
+        if not isinstance(self.faults, str):
+            raise ValueError("CheckpointConfig.faults must be a fault spec string")
+        for u in self.unsafe:
+            if u not in DURABILITY_MUTATIONS:
+                raise ValueError(f"CheckpointConfig.unsafe: unknown mutation {u!r} (known: {DURABILITY_MUTATIONS})")
+        object.__setattr__(self, "allow_pickle", tuple(self.allow_pickle))
+        object.__setattr__(self, "unsafe", tuple(self.unsafe))
+
+    def effective_faults(self) -> str:
+        """The configured spec plus the one inherited through CKPTLAB_FAULTS (child processes)."""
+        parts = [p for p in (self.faults, os.environ.get(FAULTS_ENV, "")) if p.strip()]
+        return ";".join(parts)
+
+    def replace(self, **changes) -> "CheckpointConfig":
+        return dataclasses.replace(self, **changes)

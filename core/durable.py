@@ -1,0 +1,66 @@
+"""Durable file operations for the Python side (the engine has its own in C++).
+
+Rules from research/reliability.md §2.1: write a temp file, fsync it, rename it into place,
+fsync the directory. close() is not a durability point.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    fd = os.open(os.fspath(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def makedirs_durable(path: str | os.PathLike) -> None:
+    """Create a directory (and parents) and make each new entry durable."""
+    path = os.path.abspath(os.fspath(path))
+    missing = []
+    p = path
+    while not os.path.isdir(p):
+        missing.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            pass
+        fsync_dir(os.path.dirname(d))
+
+
+def write_file_durable(path: str, data: bytes | memoryview) -> None:
+    """Write a new file, fsync it. The caller fsyncs the directory (once, for many files)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """Replace `path` with `data` atomically and durably (temp + fsync + rename + dir fsync)."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        write_file_durable(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(directory)

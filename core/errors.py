@@ -1,0 +1,43 @@
+"""Exceptions raised by ckptlab. Every one names the checkpoint path involved."""
+from __future__ import annotations
+
+
+class CheckpointError(Exception):
+    """Base class of every ckptlab checkpoint error."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint could not be made durable (write, fsync, rename failed: EIO, ENOSPC, ...).
+
+    It is an ``OSError`` with ``errno`` and ``filename`` set; ``step`` is the checkpoint that
+    failed. The previous committed checkpoint is untouched.
+    """
+
+    def __init__(self, errno: int, message: str, filename: str, step: int | None = None) -> None:
+        super().__init__(errno, message, filename)
+        self.step = step
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint on disk is torn, truncated, bit-flipped or not a ckptlab checkpoint."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class ManifestError(CorruptCheckpointError):
+    """The MANIFEST file is missing, torn, fails its checksum, or does not follow the format."""
+
+
+class UnsafePickleError(CorruptCheckpointError):
+    """A pickled leaf refers to a type that is not on the allowlist."""
+
+
+class NoCheckpointError(CheckpointError, FileNotFoundError):
+    """No valid checkpoint exists in the directory (the message lists what was skipped)."""
+
+
+class CheckpointMismatchError(CheckpointError, ValueError):
+    """The checkpoint does not fit the objects it is loaded into (shape, dtype, missing keys)."""

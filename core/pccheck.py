@@ -1,0 +1,138 @@
+"""The ckptlab checkpointer: PCcheck-style concurrent checkpoints on the C++ engine.
+
+save() captures the state (GPU tensors are copied to the host first), copies it into the
+engine's reusable staging buffers and returns; the engine persists chunks on its writer
+threads and commits checkpoints in step order while training goes on. Up to
+`max_inflight` checkpoints may be in flight; a further save waits (back-pressure).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from ckptlab import _engine
+from ckptlab.core.base import CheckpointerBase, now
+from ckptlab.core.config import CheckpointConfig
+from ckptlab.core.errors import CheckpointError, CheckpointWriteError
+from ckptlab.core.state import capture, check_loadable
+
+
+def _round_up(x: int, a: int) -> int:
+    return (x + a - 1) // a * a
+
+
+class PCcheckCheckpointer(CheckpointerBase):
+    kind = "pccheck"
+
+    def __init__(self, directory: str | os.PathLike, config: CheckpointConfig) -> None:
+        super().__init__(directory, config)
+        self._faults = config.effective_faults()
+        try:
+            _engine.validate_fault_spec(self._faults)
+        except ValueError as e:
+            raise ValueError(f"bad fault spec {self._faults!r}: {e}") from None
+        self._engine: _engine.Engine | None = None
+        if config.staging_bytes is not None:
+            self._engine = self._open_engine(config.staging_bytes)
+
+    def _open_engine(self, staging_bytes: int) -> _engine.Engine:
+        c = self.config
+        staging = max(_round_up(staging_bytes, c.chunk_bytes), c.chunk_bytes)
+        return _engine.Engine(
+            self.directory, writer_threads=c.writer_threads, max_inflight=c.max_inflight, shards=c.shards,
+            chunk_bytes=c.chunk_bytes, staging_bytes=staging, keep_last=c.keep_last, io_mode=c.io_mode,
+            faults=self._faults, trace=c.trace, trace_capacity=c.trace_capacity, prefault=c.prefault_staging,
+            unsafe=list(c.unsafe),
+        )
+
+    @property
+    def engine(self) -> _engine.Engine | None:
+        return self._engine
+
+    def _raise_failure(self) -> None:
+        if self._engine is None:
+            return
+        f = self._engine.take_failure()
+        if f is not None:
+            raise CheckpointWriteError(
+                f["errno"] or 5,
+                f"checkpoint of step {f['step']} failed during {f['op']}: {f['message']}; "
+                f"the previous checkpoint is kept",
+                f["path"], step=f["step"],
+            )
+
+    def save(self, step: int, state: Mapping[str, Any]) -> None:
+        """Capture `state` and queue it; returns once training may mutate the state again."""
+        self._check_open()
+        self._check_step(step)
+        self._raise_failure()
+        t0 = now()
+        captured = capture(state)
+        check_loadable(captured, self.config.allow_pickle)
+        if self._engine is None:
+            auto = min(_round_up(captured.total_bytes, self.config.chunk_bytes), self.config.max_auto_staging_bytes)
+            self._engine = self._open_engine(max(auto, self.config.chunk_bytes))
+        meta = captured.layout_meta()
+        meta.update(saved_unix=time.time(), host=platform.node(), torch=torch.__version__)
+        skeleton = captured.skeleton
+        segments = [(_bytes_ptr(skeleton), len(skeleton), 0)]
+        segments += [(t.tensor.data_ptr(), t.nbytes, t.offset) for t in captured.tensors if t.nbytes]
+        try:
+            self._engine.submit(step, json.dumps(meta, separators=(",", ":")), segments, captured.total_bytes)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+        finally:
+            del segments  # the engine has copied everything; captured tensors may go now
+        self._record_stall(now() - t0)
+
+    def wait(self) -> None:
+        self._check_open()
+        if self._engine is not None:
+            self._engine.wait()
+        self._raise_failure()
+
+    def stats(self) -> dict[str, Any]:
+        s = super().stats()
+        if self._engine is None:
+            return s
+        records = self._engine.commit_records()
+        ok = [r for r in records if r["ok"]]
+        s.update(
+            committed=len(ok),
+            failed=len(records) - len(ok),
+            last_committed_step=self._engine.last_committed_step,
+            inflight=self._engine.inflight,
+            io_mode=self._engine.io_mode,
+            time_to_durable_s=[(r["t_done_ns"] - r["t_submit_ns"]) / 1e9 for r in ok],
+            staging_bytes=self._engine.staging_region[1],
+        )
+        return s
+
+    def commit_records(self) -> list[dict[str, Any]]:
+        return [] if self._engine is None else self._engine.commit_records()
+
+    def drain_trace(self) -> dict[str, Any]:
+        """Timing records since the last drain (numpy columns), see docs/TRACE.md."""
+        if self._engine is None:
+            return {}
+        return self._engine.drain_trace()
+
+    def close(self) -> None:
+        """Wait for every in-flight checkpoint, stop the engine, raise a pending failure."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._engine is not None:
+            self._engine.close()
+            self._raise_failure()
+
+
+def _bytes_ptr(data: bytes) -> int:
+    return int(np.frombuffer(data, dtype=np.uint8).ctypes.data)

@@ -1,0 +1,212 @@
+"""Recovery: find the newest checkpoint that verifies, read it in parallel, restore it.
+
+A checkpoint counts only if its directory has a committed name, its MANIFEST decodes (own
+checksum included), every data file has the size the manifest says, and every chunk's
+CRC32C matches. Anything else is reported and skipped: the loader falls back to the next
+older checkpoint and never loads a corrupt one silently. The loader only reads.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ckptlab import _engine
+from ckptlab.core.errors import CorruptCheckpointError, ManifestError, NoCheckpointError
+from ckptlab.core.layout import committed_step_dirs
+from ckptlab.core.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, decode_manifest
+from ckptlab.core.state import dtype_from_name, restore, unpickle_skeleton
+
+log = logging.getLogger("ckptlab")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint directory as found on disk."""
+
+    step: int
+    path: str
+    nbytes: int
+    writer: str = ""
+    status: str = "ok"  # "ok", "unverified" (manifest only) or "corrupt"
+    problem: str | None = None
+
+
+def read_manifest(path: str) -> Manifest:
+    mpath = os.path.join(path, MANIFEST_NAME)
+    try:
+        size = os.path.getsize(mpath)
+        if size > MAX_MANIFEST_BYTES:
+            raise ManifestError(mpath, f"manifest of {size} bytes is implausibly large")
+        with open(mpath, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ManifestError(path, "no MANIFEST (not a committed ckptlab checkpoint)") from None
+    except IsADirectoryError:
+        raise ManifestError(mpath, "MANIFEST is a directory") from None
+    manifest = decode_manifest(data, source=mpath)
+    for f in manifest.files:
+        fpath = os.path.join(path, f.name)
+        try:
+            actual = os.path.getsize(fpath)
+        except FileNotFoundError:
+            raise CorruptCheckpointError(fpath, "data file is missing") from None
+        if actual != f.nbytes:
+            raise CorruptCheckpointError(fpath, f"data file is {actual} bytes, the manifest says {f.nbytes} (truncated?)")
+    return manifest
+
+
+def _read_tasks(path: str, m: Manifest, ranges: list[tuple[int, int, int]]) -> list[tuple]:
+    """Read tasks for every chunk; `ranges` are (stream_offset, nbytes, dst_ptr), sorted."""
+    tasks = []
+    r = 0
+    for i, c in enumerate(m.chunks):
+        begin = m.chunk_stream_offset(i)
+        end = begin + c.nbytes
+        while r < len(ranges) and ranges[r][0] + ranges[r][1] <= begin:
+            r += 1
+        pieces = []
+        k = r
+        while k < len(ranges) and ranges[k][0] < end:
+            off, n, dst = ranges[k]
+            lo, hi = max(off, begin), min(off + n, end)
+            if hi > lo:
+                pieces.append((lo - begin, dst + (lo - off), hi - lo))
+            k += 1
+        tasks.append((os.path.join(path, m.files[c.file].name), c.offset, c.nbytes, c.crc, i, pieces))
+    return tasks
+
+
+def _run_reads(path: str, m: Manifest, tasks: list[tuple], threads: int) -> dict:
+    result = _engine.read_verified(tasks, threads=threads, trace=False, ckpt_id=0, step=m.step)
+    if result["failures"]:
+        f = sorted(result["failures"], key=lambda x: x["chunk"])[0]
+        more = len(result["failures"]) - 1
+        raise CorruptCheckpointError(
+            f["path"] or path,
+            f"chunk {f['chunk']} at offset {f['offset']}: {f['kind']}: {f['detail']}"
+            + (f" (and {more} more bad chunks)" if more else ""),
+        )
+    return result
+
+
+def verify_checkpoint(path: str, threads: int = 4) -> Manifest:
+    """Read every chunk and check its CRC32C; raises CorruptCheckpointError on the first problem."""
+    m = read_manifest(path)
+    _run_reads(path, m, _read_tasks(path, m, []), threads)
+    return m
+
+
+def read_checkpoint(path: str, threads: int = 4, allow_pickle: tuple[str, ...] = ()) -> tuple[Manifest, Any, list[torch.Tensor]]:
+    """Read and verify one checkpoint into CPU memory: (manifest, skeleton tree, tensors)."""
+    m = read_manifest(path)
+    if m.writer == "torchsave":
+        return _read_torchsave(path, m, threads, allow_pickle)
+    tensors = []
+    ranges = []
+    for t in m.tensors:
+        dst = torch.empty(t.shape, dtype=dtype_from_name(t.dtype))
+        tensors.append(dst)
+        if t.nbytes:
+            ranges.append((t.offset, t.nbytes, dst.data_ptr()))
+    objects = np.empty(m.objects[1], dtype=np.uint8)
+    if m.objects[1]:
+        ranges.append((m.objects[0], m.objects[1], objects.ctypes.data))
+    ranges.sort()
+    _run_reads(path, m, _read_tasks(path, m, ranges), threads)
+    tree = unpickle_skeleton(objects.tobytes(), allow_pickle, source=path)
+    return m, tree, tensors
+
+
+def _read_torchsave(path: str, m: Manifest, threads: int, allow_pickle: tuple[str, ...]):
+    buf = np.empty(m.total_bytes, dtype=np.uint8)
+    _run_reads(path, m, _read_tasks(path, m, [(0, m.total_bytes, buf.ctypes.data)]), threads)
+    try:
+        payload = torch.load(io.BytesIO(memoryview(buf)), map_location="cpu", weights_only=True)
+        skeleton, tensors = payload["skeleton"], list(payload["tensors"])
+    except Exception as e:
+        raise CorruptCheckpointError(path, f"torch.load failed: {type(e).__name__}: {e}") from None
+    return m, unpickle_skeleton(skeleton, allow_pickle, source=path), tensors
+
+
+def list_checkpoints(directory: str | os.PathLike, verify: bool = False, threads: int = 4) -> list[CheckpointInfo]:
+    """Every committed-looking checkpoint, oldest first, with its status.
+
+    Without `verify` only the manifest and file sizes are checked ("unverified" when they
+    pass); with it every chunk's checksum is read and checked too ("ok").
+    """
+    out = []
+    for step, path in committed_step_dirs(directory):
+        try:
+            m = verify_checkpoint(path, threads) if verify else read_manifest(path)
+            nbytes = sum(f.nbytes for f in m.files)
+            out.append(CheckpointInfo(m.step, path, nbytes, m.writer, "ok" if verify else "unverified"))
+            if m.step != step:
+                out[-1] = CheckpointInfo(step, path, nbytes, m.writer, "corrupt",
+                                         f"directory says step {step}, manifest says {m.step}")
+        except CorruptCheckpointError as e:
+            out.append(CheckpointInfo(step, path, _dir_bytes(path), "", "corrupt", str(e)))
+    return out
+
+
+def _dir_bytes(path: str) -> int:
+    try:
+        return sum(e.stat().st_size for e in os.scandir(path) if e.is_file())
+    except OSError:
+        return 0
+
+
+def latest_valid(directory: str | os.PathLike) -> CheckpointInfo | None:
+    """Newest checkpoint whose manifest and file sizes check out (chunks are checked on load)."""
+    for info in reversed(list_checkpoints(directory)):
+        if info.status != "corrupt":
+            return info
+    return None
+
+
+def load_latest(
+    directory: str | os.PathLike,
+    state: Mapping[str, Any] | None = None,
+    map_location: str | torch.device | None = None,
+    threads: int = 4,
+    allow_pickle: tuple[str, ...] = (),
+    step: int | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Load the newest valid checkpoint (or exactly `step`), falling back past corrupt ones.
+
+    With `state`, objects in it are restored in place (load_state_dict, tensor copy_); the
+    plain loaded state is returned either way, its tensors on `map_location` (default CPU).
+    Raises NoCheckpointError when nothing valid exists, listing what was skipped.
+    """
+    directory = os.fspath(directory)
+    skipped = []
+    candidates = committed_step_dirs(directory)
+    if step is not None:
+        candidates = [(s, p) for s, p in candidates if s == step]
+    for s, path in reversed(candidates):
+        try:
+            m, tree, tensors = read_checkpoint(path, threads, allow_pickle)
+        except CorruptCheckpointError as e:
+            skipped.append(str(e))
+            msg = f"ckptlab: skipping corrupt checkpoint {path}: {e.reason}"
+            log.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            continue
+        if m.step != s:
+            skipped.append(f"{path}: directory says step {s}, manifest says {m.step}")
+            continue
+        device = torch.device(map_location) if map_location is not None else None
+        if device is not None and device.type != "cpu":
+            tensors = [t.to(device) for t in tensors]
+        loaded = restore(state, tree, tensors)
+        return m.step, loaded
+    what = f"step {step}" if step is not None else "checkpoint"
+    detail = ("; skipped: " + "; ".join(skipped)) if skipped else ""
+    raise NoCheckpointError(f"no valid {what} in {directory}{detail}")

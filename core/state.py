@@ -1,0 +1,263 @@
+"""State capture: turn a training state into (pickled skeleton, list of tensors) and back.
+
+A state is a nested structure of dicts, lists and tuples whose leaves are tensors, objects
+with ``state_dict()/load_state_dict()`` (model, optimizer, scheduler, data sampler) or small
+picklable values (step, RNG states). Tensors are lifted out and stored raw; the rest, with
+each tensor replaced by a ``TensorRef``, is pickled. Loading unpickles with an allowlist, so
+a checkpoint cannot run arbitrary code (same spirit as ``torch.load(weights_only=True)``).
+"""
+from __future__ import annotations
+
+import io
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ckptlab.core.errors import CheckpointError, CheckpointMismatchError, UnsafePickleError
+
+TENSOR_ALIGN = 64
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Placeholder for the index-th tensor of a checkpoint inside the pickled skeleton."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class StatefulRef:
+    """An object that was saved through its state_dict(); load calls load_state_dict()."""
+
+    state: Any
+
+
+@dataclass
+class CapturedTensor:
+    name: str
+    tensor: torch.Tensor  # contiguous, on the CPU, kept alive until the engine has copied it
+    offset: int
+    nbytes: int
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.tensor.dtype).removeprefix("torch.")
+
+
+@dataclass
+class CapturedState:
+    skeleton: bytes
+    tensors: list[CapturedTensor]
+    total_bytes: int
+
+    def layout_meta(self) -> dict[str, Any]:
+        return {
+            "objects": [0, len(self.skeleton)],
+            "tensors": [
+                {"name": t.name, "dtype": t.dtype_name, "shape": list(t.tensor.shape), "offset": t.offset,
+                 "nbytes": t.nbytes}
+                for t in self.tensors
+            ],
+        }
+
+
+def _is_stateful(obj: Any) -> bool:
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+
+
+def _host_copy_source(t: torch.Tensor, name: str) -> torch.Tensor:
+    if t.layout != torch.strided:
+        raise CheckpointError(f"tensor {name!r}: layout {t.layout} is not supported (dense tensors only)")
+    if t.is_quantized:
+        raise CheckpointError(f"tensor {name!r}: quantized tensors are not supported")
+    t = t.detach()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    if t.device.type != "cpu":
+        t = t.to("cpu")
+    return t.contiguous()
+
+
+def capture(state: Mapping[str, Any]) -> CapturedState:
+    """Lift the tensors out of `state` and pickle the rest. Never mutates `state`."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state must be a mapping of names to objects, got {type(state).__name__}")
+    tensors: list[tuple[str, torch.Tensor]] = []
+
+    def walk(obj: Any, path: str) -> Any:
+        if isinstance(obj, torch.Tensor):
+            tensors.append((path, _host_copy_source(obj, path)))
+            return TensorRef(len(tensors) - 1)
+        if isinstance(obj, torch.nn.Parameter):  # pragma: no cover - Parameter is a Tensor
+            return walk(obj.data, path)
+        if _is_stateful(obj) and not isinstance(obj, Mapping):
+            return StatefulRef(walk(obj.state_dict(), path))
+        if isinstance(obj, Mapping):
+            return {k: walk(v, f"{path}/{k}" if path else str(k)) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [walk(v, f"{path}/{i}") for i, v in enumerate(obj)]
+        if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+            return tuple(walk(v, f"{path}/{i}") for i, v in enumerate(obj))
+        return obj
+
+    skeleton_tree = walk(state, "")
+    try:
+        skeleton = pickle.dumps(skeleton_tree, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"state has a leaf that cannot be pickled: {e}") from e
+
+    offset = len(skeleton)
+    captured = []
+    for name, t in tensors:
+        offset = (offset + TENSOR_ALIGN - 1) // TENSOR_ALIGN * TENSOR_ALIGN
+        nbytes = t.numel() * t.element_size()
+        captured.append(CapturedTensor(name, t, offset, nbytes))
+        offset += nbytes
+    return CapturedState(skeleton, captured, offset)
+
+
+# --- loading -------------------------------------------------------------------------------
+
+_ALLOWED_GLOBALS = {
+    ("builtins", n) for n in ("set", "frozenset", "complex", "slice", "range", "bytearray", "getattr")
+} | {
+    ("collections", "OrderedDict"), ("collections", "defaultdict"), ("collections", "deque"),
+    ("ckptlab.core.state", "TensorRef"), ("ckptlab.core.state", "StatefulRef"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("torch", "Size"), ("torch", "device"), ("torch", "dtype"),
+    ("datetime", "datetime"), ("datetime", "timedelta"), ("datetime", "date"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, extra: frozenset[str], source: str) -> None:
+        super().__init__(io.BytesIO(data))
+        self._extra = extra
+        self._source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS or f"{module}.{name}" in self._extra:
+            return super().find_class(module, name)
+        if module == "numpy.dtypes" or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise UnsafePickleError(
+            self._source,
+            f"pickled leaf of type {module}.{name} is not on the allowlist; if you trust this checkpoint, "
+            f"pass CheckpointConfig(allow_pickle=('{module}.{name}',))",
+        )
+
+
+def unpickle_skeleton(data: bytes, allow: tuple[str, ...] = (), source: str = "<checkpoint>") -> Any:
+    try:
+        return _RestrictedUnpickler(data, frozenset(allow), source).load()
+    except UnsafePickleError:
+        raise
+    except Exception as e:  # a torn or foreign pickle can raise almost anything
+        from ckptlab.core.errors import CorruptCheckpointError
+
+        raise CorruptCheckpointError(source, f"pickled objects do not load: {type(e).__name__}: {e}") from None
+
+
+def check_loadable(captured: CapturedState, allow: tuple[str, ...]) -> None:
+    """Fail at save time, not after a crash, if a leaf would be refused on load."""
+    unpickle_skeleton(captured.skeleton, allow, source="<state being saved>")
+
+
+def materialize(tree: Any, tensors: list[torch.Tensor]) -> Any:
+    """Replace TensorRefs by tensors; StatefulRefs become their plain state dicts."""
+    if isinstance(tree, TensorRef):
+        return tensors[tree.index]
+    if isinstance(tree, StatefulRef):
+        return materialize(tree.state, tensors)
+    if isinstance(tree, dict):
+        return type(tree)((k, materialize(v, tensors)) for k, v in tree.items())
+    if isinstance(tree, list):
+        return [materialize(v, tensors) for v in tree]
+    if isinstance(tree, tuple):
+        return tuple(materialize(v, tensors) for v in tree)
+    return tree
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}"
+
+
+def _check_fits(target: Any, loaded: Any, tensors: list[torch.Tensor], path: str) -> None:
+    """Raise CheckpointMismatchError (naming the tensor) before anything is modified."""
+    if isinstance(loaded, StatefulRef):
+        if not _is_stateful(target):
+            return
+        current = target.state_dict()
+        saved = loaded.state
+        if isinstance(target, torch.nn.Module) and isinstance(saved, Mapping):
+            missing = [k for k in current if k not in saved]
+            unexpected = [k for k in saved if k not in current]
+            if missing or unexpected:
+                raise CheckpointMismatchError(
+                    f"{path or 'state'}: model keys differ from the checkpoint "
+                    f"(missing in checkpoint: {missing[:5]}, unexpected in checkpoint: {unexpected[:5]})"
+                )
+        _check_fits(current, saved, tensors, path)
+        return
+    if isinstance(loaded, TensorRef):
+        if isinstance(target, torch.Tensor):
+            src = tensors[loaded.index]
+            if src.shape != target.shape or src.dtype != target.dtype:
+                raise CheckpointMismatchError(
+                    f"tensor {path!r}: checkpoint has {_describe(src)}, the target is {_describe(target)}"
+                )
+        return
+    if isinstance(loaded, Mapping) and isinstance(target, Mapping):
+        for k, v in loaded.items():
+            if k in target:
+                _check_fits(target[k], v, tensors, f"{path}/{k}" if path else str(k))
+        return
+    if isinstance(loaded, (list, tuple)) and isinstance(target, (list, tuple)) and len(loaded) == len(target):
+        for i, (t, v) in enumerate(zip(target, loaded)):
+            _check_fits(t, v, tensors, f"{path}/{i}")
+
+
+def _restore(target: Any, loaded: Any, tensors: list[torch.Tensor]) -> Any:
+    if isinstance(loaded, StatefulRef) and _is_stateful(target):
+        target.load_state_dict(materialize(loaded.state, tensors))
+        return target
+    if isinstance(loaded, TensorRef) and isinstance(target, torch.Tensor):
+        with torch.no_grad():
+            target.copy_(tensors[loaded.index])
+        return target
+    if isinstance(loaded, Mapping) and isinstance(target, dict):
+        for k, v in loaded.items():
+            target[k] = _restore(target[k], v, tensors) if k in target else materialize(v, tensors)
+        return target
+    return materialize(loaded, tensors)
+
+
+def restore(target: Mapping[str, Any] | None, tree: Any, tensors: list[torch.Tensor]) -> dict[str, Any]:
+    """Load `tree` into live objects of `target` (in place), or just build it when None.
+
+    Checks every shape/dtype first, so a mismatch raises before anything is modified.
+    Returns the plain loaded state (state dicts instead of objects).
+    """
+    if target is not None:
+        _check_fits(target, tree, tensors, "")
+        _restore(target, tree, tensors)
+    return materialize(tree, tensors)
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    dt = getattr(torch, name, None)
+    if not isinstance(dt, torch.dtype):
+        raise CheckpointError(f"dtype {name!r} is not available in this torch build")
+    return dt
+
+
+def empty_like_entry(shape: tuple[int, ...], dtype: str) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype_from_name(dtype))
+
