@@ -88,6 +88,10 @@ class PCcheckCheckpointer(CheckpointerBase):
             self._engine.submit(step, json.dumps(meta, separators=(",", ":")), segments, captured.total_bytes)
         except ValueError as e:
             raise CheckpointError(str(e)) from None
+        except OSError as e:  # raised before anything was queued (mkdir, open, fallocate)
+            raise CheckpointWriteError(e.errno or 5, f"checkpoint of step {step} failed: {e.strerror}; "
+                                       f"the previous checkpoint is kept", e.filename or self.directory,
+                                       step=step) from None
         finally:
             del segments  # the engine has copied everything; captured tensors may go now
         self._record_stall(now() - t0)

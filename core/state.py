@@ -131,6 +131,7 @@ _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
     ("torch", "Size"), ("torch", "device"), ("torch", "dtype"),
     ("datetime", "datetime"), ("datetime", "timedelta"), ("datetime", "date"),
 }

@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <cerrno>
+#include <cstring>
 #include <memory>
 
 #include "checksum.hpp"
@@ -128,7 +129,8 @@ PYBIND11_MODULE(_engine, m) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const IoError& e) {
-      py::object err = py::module_::import("builtins").attr("OSError")(e.error(), e.what(), e.path());
+      std::string message = e.op() + " failed: " + std::strerror(e.error());
+      py::object err = py::module_::import("builtins").attr("OSError")(e.error(), message, e.path());
       PyErr_SetObject(PyExc_OSError, err.ptr());
     }
   });
