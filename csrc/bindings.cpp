@@ -161,6 +161,23 @@ PYBIND11_MODULE(_engine, m) {
   m.attr("FORMAT_VERSION") = kFormatVersion;
   m.attr("MANIFEST_NAME") = kManifestName;
   m.def("monotonic_ns", &monotonic_ns);
+  m.def("current_cpu", &current_cpu, "sched_getcpu() of the calling thread (timing records' cpu columns).");
+  m.def("current_tid", &current_tid, "gettid() of the calling thread (timing records' thread column).");
+  m.def("trace_overhead_ns",
+        [](uint64_t iterations, bool records) {
+          // Cost of one ScopedPhase (NVTX push/pop + message + optional record) on this thread,
+          // in ns; for benchmarks/bench_trace_overhead.py. The thread keeps its OS name.
+          Tracer tracer(records, static_cast<size_t>(iterations));
+          TraceThread self(&tracer, "ckptlab-bench", /*name_os_thread=*/false);
+          py::gil_scoped_release release;
+          const uint64_t t0 = monotonic_ns();
+          for (uint64_t i = 0; i < iterations; ++i) {
+            ScopedPhase p(&tracer, self.ring(), Phase::kWrite, 1, 1, static_cast<int64_t>(i), i << 20, 1u << 20);
+          }
+          const uint64_t t1 = monotonic_ns();
+          return iterations ? static_cast<double>(t1 - t0) / static_cast<double>(iterations) : 0.0;
+        },
+        py::arg("iterations") = 100000, py::arg("records") = true);
 
   m.def("read_verified",
         [](const std::vector<std::tuple<std::string, uint64_t, uint64_t, uint32_t, int64_t,
@@ -193,6 +210,7 @@ PYBIND11_MODULE(_engine, m) {
           out["failures"] = failures;
           out["bytes_read"] = r.bytes_read;
           out["records"] = records_to_columns(r.records);
+          out["thread_names"] = r.thread_names;
           return out;
         },
         py::arg("tasks"), py::arg("threads") = 4, py::arg("trace") = false, py::arg("ckpt_id") = 0,

@@ -132,13 +132,14 @@ void Engine::close() {
   }
   cv_.notify_all();
   if (committer_.joinable()) committer_.join();
+  lock_fd_.reset();  // another checkpointer may write here now
 }
 
 TraceRing* Engine::submit_ring() {
   int32_t tid = current_tid();
   auto it = submit_threads_.find(tid);
   if (it == submit_threads_.end())
-    it = submit_threads_.emplace(tid, std::make_unique<TraceThread>(&tracer_, "ckptlab-save")).first;
+    it = submit_threads_.emplace(tid, std::make_unique<TraceThread>(&tracer_, "ckptlab-save", /*name_os_thread=*/false)).first;
   return it->second->ring();
 }
 

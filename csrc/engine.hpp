@@ -32,6 +32,7 @@
 
 #include "fault.hpp"
 #include "file_io.hpp"
+#include "io_log.hpp"
 #include "staging_pool.hpp"
 #include "trace.hpp"
 
@@ -56,6 +57,10 @@ struct EngineOptions {
   bool unsafe_skip_dir_fsync = false;
   bool unsafe_corrupt_manifest_checksum = false;
   bool unsafe_unordered_commit = false;
+  // Record every file-system operation to this file for crash-state replay (io_log.hpp);
+  // empty = off. io_log_data also stores the bytes of each write (small test states only).
+  std::string io_log;
+  bool io_log_data = true;
 };
 
 // A segment of caller memory placed at `stream_offset` in the checkpoint's byte stream.
@@ -110,6 +115,7 @@ class Engine {
   Tracer& tracer() { return tracer_; }
   const StagingPool& staging() const { return *pool_; }
   const EngineOptions& options() const { return opt_; }
+  IoLog* io_log() const { return io_log_.get(); }
 
  private:
   struct Shard {
@@ -152,13 +158,17 @@ class Engine {
   void retain(const Checkpoint& just_committed, TraceRing* ring);
   void recover_directory();
   TraceRing* submit_ring();
-  FaultEffect fault(FaultPoint p, const Checkpoint& ck) { return faults_.hit(p, ck.id, ck.step); }
+  FaultEffect fault(FaultPoint p, const Checkpoint& ck) {
+    return io_log_ ? logged_fault(p, ck) : faults_.hit(p, ck.id, ck.step);
+  }
+  FaultEffect logged_fault(FaultPoint p, const Checkpoint& ck);
 
   EngineOptions opt_;
   std::string io_mode_, direct_io_note_;
   bool direct_ = false;
   UniqueFd lock_fd_;
   FaultInjector faults_;
+  std::unique_ptr<IoLog> io_log_;  // null unless options.io_log is set
   Tracer tracer_;
   std::unique_ptr<StagingPool> pool_;
 

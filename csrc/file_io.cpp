@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <memory>
 
+#include "io_log.hpp"
+
 
 namespace ckptlab {
 
@@ -40,7 +42,7 @@ size_t page_size() {
   return p > 0 ? static_cast<size_t>(p) : 4096;
 }
 
-DirectIoSupport probe_direct_io(const std::string& dir) {
+DirectIoSupport probe_direct_io(const std::string& dir, IoLog* log) {
   DirectIoSupport s;
   // statx(STATX_DIOALIGN) is missing from older glibc headers and answers for the directory,
   // not for a new file in it: one aligned O_DIRECT write of a probe file is what counts. We
@@ -52,11 +54,13 @@ DirectIoSupport probe_direct_io(const std::string& dir) {
     s.reason = std::string("O_DIRECT open refused: ") + std::strerror(errno);
     return s;
   }
+  if (log) log->op(IoOp::kOpenCreate, probe, 0);
   size_t align = std::max<size_t>({static_cast<size_t>(s.offset_align), s.mem_align, page_size()});
   void* buf = nullptr;
   if (::posix_memalign(&buf, align, align) == 0) {
     std::memset(buf, 0, align);
     ssize_t n = ::pwrite(fd, buf, align, 0);
+    if (log) log->write(probe, 0, buf, n > 0 ? static_cast<uint64_t>(n) : 0, n < 0 ? errno : 0);
     if (n == static_cast<ssize_t>(align)) {
       s.supported = true;
     } else {
@@ -65,17 +69,19 @@ DirectIoSupport probe_direct_io(const std::string& dir) {
     std::free(buf);
   }
   ::close(fd);
-  ::unlink(probe.c_str());
+  int rc = ::unlink(probe.c_str());
+  if (log) log->op(IoOp::kUnlink, probe, rc == 0 ? 0 : errno);
   return s;
 }
 
-UniqueFd create_file(const std::string& path, bool direct) {
+UniqueFd create_file(const std::string& path, bool direct, IoLog* log) {
   int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (direct ? O_DIRECT : 0);
   int fd;
   do {
     fd = ::open(path.c_str(), flags, 0644);
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) throw IoError("open", path, errno);
+  if (log) log->op(IoOp::kCreate, path, 0);
   return UniqueFd(fd);
 }
 
@@ -89,7 +95,7 @@ UniqueFd open_readonly(const std::string& path) {
 }
 
 void pwrite_all(int fd, const void* buf, uint64_t nbytes, uint64_t offset, const std::string& path,
-                int64_t fail_after, int fail_errno) {
+                int64_t fail_after, int fail_errno, IoLog* log) {
   const auto* p = static_cast<const char*>(buf);
   uint64_t done = 0;
   uint64_t limit = fail_after >= 0 ? std::min<uint64_t>(nbytes, static_cast<uint64_t>(fail_after)) : nbytes;
@@ -97,8 +103,11 @@ void pwrite_all(int fd, const void* buf, uint64_t nbytes, uint64_t offset, const
     ssize_t n = ::pwrite(fd, p + done, limit - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      throw IoError("write", path, errno);
+      const int err = errno;
+      if (log) log->write(path, offset + done, nullptr, 0, err);
+      throw IoError("write", path, err);
     }
+    if (log) log->write(path, offset + done, p + done, static_cast<uint64_t>(n), 0);
     if (n == 0) throw IoError("write", path, EIO);
     done += static_cast<uint64_t>(n);
   }
@@ -120,28 +129,38 @@ uint64_t pread_full(int fd, void* buf, uint64_t nbytes, uint64_t offset, const s
   return done;
 }
 
-void fdatasync_or_throw(int fd, const std::string& path) {
+void fdatasync_or_throw(int fd, const std::string& path, IoLog* log) {
   // Never retried: after a failed fsync the kernel may have dropped the dirty pages.
-  if (::fdatasync(fd) != 0) throw IoError("fdatasync", path, errno);
+  const int err = ::fdatasync(fd) != 0 ? errno : 0;
+  if (log) log->op(IoOp::kFdatasync, path, err);
+  if (err) throw IoError("fdatasync", path, err);
 }
 
-void fsync_or_throw(int fd, const std::string& path) {
-  if (::fsync(fd) != 0) throw IoError("fsync", path, errno);
+void fsync_or_throw(int fd, const std::string& path, IoLog* log) {
+  const int err = ::fsync(fd) != 0 ? errno : 0;
+  if (log) log->op(IoOp::kFsync, path, err);
+  if (err) throw IoError("fsync", path, err);
 }
 
-void fsync_dir(const std::string& dir) {
+void fsync_dir(const std::string& dir, IoLog* log) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) throw IoError("open directory", dir, errno);
   UniqueFd guard(fd);
-  if (::fsync(fd) != 0) throw IoError("fsync directory", dir, errno);
+  const int err = ::fsync(fd) != 0 ? errno : 0;
+  if (log) log->op(IoOp::kFsyncDir, dir, err);
+  if (err) throw IoError("fsync directory", dir, err);
 }
 
-void rename_or_throw(const std::string& from, const std::string& to) {
-  if (::rename(from.c_str(), to.c_str()) != 0) throw IoError("rename to '" + to + "'", from, errno);
+void rename_or_throw(const std::string& from, const std::string& to, IoLog* log) {
+  const int err = ::rename(from.c_str(), to.c_str()) != 0 ? errno : 0;
+  if (log) log->rename(from, to, err);
+  if (err) throw IoError("rename to '" + to + "'", from, err);
 }
 
-void mkdir_or_throw(const std::string& path) {
-  if (::mkdir(path.c_str(), 0755) != 0) throw IoError("mkdir", path, errno);
+void mkdir_or_throw(const std::string& path, IoLog* log) {
+  const int err = ::mkdir(path.c_str(), 0755) != 0 ? errno : 0;
+  if (log) log->op(IoOp::kMkdir, path, err);
+  if (err) throw IoError("mkdir", path, err);
 }
 
 bool path_exists(const std::string& path) {
@@ -166,7 +185,7 @@ std::vector<std::string> list_dir(const std::string& dir) {
   return names;
 }
 
-bool remove_tree(const std::string& dir) {
+bool remove_tree(const std::string& dir, IoLog* log) {
   bool ok = true;
   std::vector<std::string> names;
   try {
@@ -174,9 +193,15 @@ bool remove_tree(const std::string& dir) {
   } catch (const IoError&) {
     return false;
   }
-  for (const auto& n : names)
-    if (::unlink(join_path(dir, n).c_str()) != 0 && errno != ENOENT) ok = false;
-  if (::rmdir(dir.c_str()) != 0 && errno != ENOENT) ok = false;
+  for (const auto& n : names) {
+    const std::string path = join_path(dir, n);
+    const int err = ::unlink(path.c_str()) != 0 ? errno : 0;
+    if (log) log->op(IoOp::kUnlink, path, err);
+    if (err && err != ENOENT) ok = false;
+  }
+  const int err = ::rmdir(dir.c_str()) != 0 ? errno : 0;
+  if (log) log->op(IoOp::kRmdir, dir, err);
+  if (err && err != ENOENT) ok = false;
   return ok;
 }
 

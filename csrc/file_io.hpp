@@ -9,6 +9,8 @@
 
 namespace ckptlab {
 
+class IoLog;  // io_log.hpp; every mutating call below records itself there when given one
+
 class IoError : public std::runtime_error {
  public:
   IoError(std::string op, std::string path, int err);
@@ -52,29 +54,29 @@ struct DirectIoSupport {
 };
 
 // Probes O_DIRECT in `dir` (statx STATX_DIOALIGN where the kernel has it, else a test write).
-DirectIoSupport probe_direct_io(const std::string& dir);
+DirectIoSupport probe_direct_io(const std::string& dir, IoLog* log = nullptr);
 
 size_t page_size();
 
 // Open a new file for writing (O_CREAT|O_EXCL); O_DIRECT when `direct`.
-UniqueFd create_file(const std::string& path, bool direct);
+UniqueFd create_file(const std::string& path, bool direct, IoLog* log = nullptr);
 UniqueFd open_readonly(const std::string& path);
 // Writes all bytes (loops on short writes and EINTR). `fail_after` >= 0 simulates a device
 // that accepts that many bytes and then fails with `fail_errno` (fault injection).
 void pwrite_all(int fd, const void* buf, uint64_t nbytes, uint64_t offset, const std::string& path,
-                int64_t fail_after = -1, int fail_errno = 0);
+                int64_t fail_after = -1, int fail_errno = 0, IoLog* log = nullptr);
 // Reads up to nbytes; returns the count read (short only at end of file).
 uint64_t pread_full(int fd, void* buf, uint64_t nbytes, uint64_t offset, const std::string& path);
-void fdatasync_or_throw(int fd, const std::string& path);
-void fsync_or_throw(int fd, const std::string& path);
-void fsync_dir(const std::string& dir);
-void rename_or_throw(const std::string& from, const std::string& to);
-void mkdir_or_throw(const std::string& path);
+void fdatasync_or_throw(int fd, const std::string& path, IoLog* log = nullptr);
+void fsync_or_throw(int fd, const std::string& path, IoLog* log = nullptr);
+void fsync_dir(const std::string& dir, IoLog* log = nullptr);
+void rename_or_throw(const std::string& from, const std::string& to, IoLog* log = nullptr);
+void mkdir_or_throw(const std::string& path, IoLog* log = nullptr);
 bool path_exists(const std::string& path);
 uint64_t file_size(const std::string& path);
 std::vector<std::string> list_dir(const std::string& dir);
 // Removes a directory and the plain files in it; returns false (never throws) on failure.
-bool remove_tree(const std::string& dir);
+bool remove_tree(const std::string& dir, IoLog* log = nullptr);
 std::string join_path(const std::string& a, const std::string& b);
 std::string parent_dir(const std::string& path);
 

@@ -110,6 +110,7 @@ ReadResult read_verified(const std::vector<ReadTask>& tasks, int threads, bool t
   if (was_interrupted) throw Interrupted();
   result.bytes_read = bytes.load();
   result.records = tracer.drain();
+  result.thread_names = tracer.thread_names();
   return result;
 }
 

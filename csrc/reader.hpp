@@ -38,6 +38,7 @@ struct ReadFailure {
 struct ReadResult {
   std::vector<ReadFailure> failures;
   std::vector<TraceRecord> records;
+  std::vector<std::pair<int32_t, std::string>> thread_names;  // (tid, name) of the reader threads
   uint64_t bytes_read = 0;
 };
 

@@ -20,6 +20,17 @@ static_assert(sizeof(kPhaseNames) / sizeof(kPhaseNames[0]) == static_cast<size_t
 constexpr uint32_t kPhaseColors[] = {0xFF4C72B0, 0xFFDD8452, 0xFF55A868, 0xFFC44E52,
                                      0xFF8172B3, 0xFF937860, 0xFFDA8BC3, 0xFF8C8C8C,
                                      0xFFCCB974, 0xFF64B5CD, 0xFF2CA02C, 0xFFD62728};
+// The "ckptlab" domain, created and its categories named on first use; never destroyed
+// (a tool may hand every module the same handle for one name).
+nvtxDomainHandle_t ckptlab_domain() {
+  static const nvtxDomainHandle_t domain = [] {
+    nvtxDomainHandle_t d = nvtxDomainCreateA("ckptlab");
+    for (int i = 0; i < static_cast<int>(Phase::kCount); ++i)
+      nvtxDomainNameCategoryA(d, static_cast<uint32_t>(i + 1), kPhaseNames[i]);
+    return d;
+  }();
+  return domain;
+}
 }  // namespace
 
 const char* phase_name(Phase p) { return kPhaseNames[static_cast<int>(p)]; }
@@ -57,18 +68,17 @@ size_t TraceRing::drain(std::vector<TraceRecord>& out) {
 
 Tracer::Tracer(bool records_enabled, size_t ring_capacity)
     : records_enabled_(records_enabled), ring_capacity_(ring_capacity) {
-  auto domain = nvtxDomainCreateA("ckptlab");
-  domain_ = domain;
-  for (int i = 0; i < static_cast<int>(Phase::kCount); ++i)
-    nvtxDomainNameCategoryA(domain, static_cast<uint32_t>(i + 1), kPhaseNames[i]);
+  domain_ = ckptlab_domain();
 }
 
-Tracer::~Tracer() { nvtxDomainDestroy(static_cast<nvtxDomainHandle_t>(domain_)); }
+Tracer::~Tracer() = default;
 
-int Tracer::register_thread(const std::string& name) {
+int Tracer::register_thread(const std::string& name, bool name_os_thread) {
   int32_t tid = current_tid();
-  nvtxNameOsThreadA(static_cast<uint32_t>(tid), name.c_str());
-  ::pthread_setname_np(::pthread_self(), name.substr(0, 15).c_str());
+  if (name_os_thread) {
+    nvtxNameOsThreadA(static_cast<uint32_t>(tid), name.c_str());
+    ::pthread_setname_np(::pthread_self(), name.substr(0, 15).c_str());
+  }
   std::lock_guard<std::mutex> lock(mu_);
   names_.emplace_back(tid, name);
   for (size_t i = 0; i < slots_.size(); ++i) {
@@ -118,7 +128,7 @@ std::vector<std::pair<int32_t, std::string>> Tracer::thread_names() const {
   return names_;
 }
 
-void Tracer::nvtx_push(Phase p, const char* message) const {
+void Tracer::nvtx_push(Phase p, const char* message, uint64_t nbytes) const {
   nvtxEventAttributes_t a = {};
   a.version = NVTX_VERSION;
   a.size = NVTX_EVENT_ATTRIB_STRUCT_SIZE;
@@ -127,6 +137,8 @@ void Tracer::nvtx_push(Phase p, const char* message) const {
   a.color = kPhaseColors[static_cast<int>(p)];
   a.messageType = NVTX_MESSAGE_TYPE_ASCII;
   a.message.ascii = message;
+  a.payloadType = NVTX_PAYLOAD_TYPE_UNSIGNED_INT64;
+  a.payload.ullValue = nbytes;
   nvtxDomainRangePushEx(static_cast<nvtxDomainHandle_t>(domain_), &a);
 }
 
@@ -140,7 +152,7 @@ ScopedPhase::ScopedPhase(Tracer* tracer, TraceRing* ring, Phase phase, uint64_t 
   std::snprintf(msg, sizeof(msg), "%s ckpt=%llu step=%lld chunk=%lld bytes=%llu", phase_name(phase),
                 static_cast<unsigned long long>(ckpt_id), static_cast<long long>(step),
                 static_cast<long long>(chunk), static_cast<unsigned long long>(nbytes));
-  tracer_->nvtx_push(phase, msg);
+  tracer_->nvtx_push(phase, msg, nbytes);
   if (!tracer_->records_enabled()) return;
   ring_ = ring;
   rec_.ckpt_id = ckpt_id;

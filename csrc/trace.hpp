@@ -5,7 +5,10 @@
 // drain() (the consumer, called from Python) copies records out. When a ring is full the
 // record is dropped and counted. NVTX3 ranges (domain "ckptlab", one category per phase) are
 // pushed and popped around the same scopes; they cost a function-pointer check when no tool
-// (nsys, an injection library) is attached.
+// (nsys, an injection library) is attached. The domain is process-wide (created once, never
+// destroyed) so every Tracer, the engine's and each verified read's, shares one handle and one
+// category table: category k+1 is phase k (docs/TRACE.md). Each range carries the phase, ids
+// and bytes in its message and the byte count as its uint64 payload.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -62,8 +65,10 @@ class Tracer {
   Tracer(const Tracer&) = delete;
   Tracer& operator=(const Tracer&) = delete;
 
-  // Gives the calling thread a ring (and names it for NVTX and the OS). Returns its slot.
-  int register_thread(const std::string& name);
+  // Gives the calling thread a ring and returns its slot. With `name_os_thread` the thread is
+  // also named for NVTX and the OS (threads the engine owns); a caller's thread (the training
+  // thread calling submit) keeps its own name and is only listed under `name` here.
+  int register_thread(const std::string& name, bool name_os_thread = true);
   void release_thread(int slot);  // the ring is kept for the next drain, then reused
   bool records_enabled() const { return records_enabled_; }
   TraceRing* ring(int slot);
@@ -72,7 +77,7 @@ class Tracer {
   uint64_t dropped() const;
   std::vector<std::pair<int32_t, std::string>> thread_names() const;
 
-  void nvtx_push(Phase p, const char* message) const;
+  void nvtx_push(Phase p, const char* message, uint64_t nbytes) const;
   void nvtx_pop() const;
 
  private:
@@ -86,7 +91,7 @@ class Tracer {
   std::vector<Slot> slots_;
   std::vector<std::pair<int32_t, std::string>> names_;
   std::mutex drain_mu_;
-  void* domain_ = nullptr;  // nvtxDomainHandle_t
+  void* domain_ = nullptr;  // nvtxDomainHandle_t, process-wide
 };
 
 // RAII phase: an NVTX range plus one timing record at scope exit.
@@ -108,8 +113,8 @@ class ScopedPhase {
 // Registers the current thread with a Tracer for the lifetime of the object.
 class TraceThread {
  public:
-  TraceThread(Tracer* tracer, const std::string& name)
-      : tracer_(tracer), slot_(tracer->register_thread(name)), ring_(tracer->ring(slot_)) {}
+  TraceThread(Tracer* tracer, const std::string& name, bool name_os_thread = true)
+      : tracer_(tracer), slot_(tracer->register_thread(name, name_os_thread)), ring_(tracer->ring(slot_)) {}
   ~TraceThread() { tracer_->release_thread(slot_); }
   TraceThread(const TraceThread&) = delete;
   TraceThread& operator=(const TraceThread&) = delete;

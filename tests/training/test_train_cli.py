@@ -1,0 +1,86 @@
+"""Bad input gets a clear message and exit code 2; the entry points parse the seeds' flags."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ckptlab.training.cli import add_train_subcommand, build_parser, main
+
+
+def _exit_code_and_stderr(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "huge"], "unknown preset 'huge'; known presets: tiny, seed-1024"),
+    (["--training-steps", "-5"], "must be >= 0, got -5"),
+    (["--checkpoint-freq", "-1"], "must be >= 0"),
+    (["--batch-size", "0"], "must be >= 1"),
+    (["--checkpointer", "s3"], "invalid choice"),
+    (["--model-dtype", "fp8"], "invalid choice"),
+    (["--training-steps", "4", "--fail-at-step", "9"], "would never fire"),
+    (["--load-checkpoint"], "--checkpointer none keeps no checkpoints"),
+    (["--n-heads", "5"], "not divisible"),
+])
+def test_bad_input_is_an_argparse_error(argv: list[str], message: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _exit_code_and_stderr(argv, capsys)
+    assert code == 2
+    assert message in err
+
+
+def test_load_checkpoint_without_one_exits_2_unless_fresh_start_allowed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--checkpointer", "dcp", "--ckpt-dir", str(tmp_path / "ck"), "--training-steps",
+              "2", "--load-checkpoint", "--no-progress"]
+    code, err = _exit_code_and_stderr(common, capsys)
+    assert code == 2
+    assert "no valid checkpoint" in err and "--allow-fresh-start" in err
+    code, err = _exit_code_and_stderr(common + ["--allow-fresh-start"], capsys)
+    assert code == 0, err
+    assert "starting fresh" in err
+
+
+def test_fresh_run_refuses_a_directory_with_checkpoints(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--checkpointer", "dcp", "--ckpt-dir", str(tmp_path / "ck"), "--training-steps",
+              "2", "--checkpoint-freq", "2", "--no-progress"]
+    assert _exit_code_and_stderr(common, capsys)[0] == 0
+    code, err = _exit_code_and_stderr(common, capsys)
+    assert code == 2 and "already holds checkpoint step 2" in err
+
+
+def test_summary_and_loss_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    loss = tmp_path / "loss.txt"
+    code = main(["--training-steps", "3", "--loss-file", str(loss), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "tiny fp32" in out and "iteration: mean" in out
+    assert [line.split()[0] for line in loss.read_text().splitlines()] == ["1", "2", "3"]
+
+
+def test_subcommand_registers_on_a_console_script() -> None:
+    parser = argparse.ArgumentParser(prog="ckptlab")
+    add_train_subcommand(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "--checkpointer", "pccheck", "--training-steps", "5"])
+    assert args.checkpointer == "pccheck" and args.training_steps == 5 and callable(args.func)
+
+
+@pytest.mark.parametrize("module, kind", [("training.train_checkp", "torchsave"),
+                                          ("training.train_pccheck", "pccheck")])
+def test_seed_entry_points_default_to_their_checkpointer(module: str, kind: str) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=repo,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert f"(default {kind})" in proc.stdout
+    assert build_parser(kind).parse_args([]).checkpointer == kind

@@ -1,0 +1,52 @@
+"""The kill lands *during* a checkpoint write: resume from the last committed step, and the
+losses still match the uninterrupted run. Needs the engine (pccheck) and its fault points.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training_helpers import core_import_error, loss_lines, train
+
+pytestmark = pytest.mark.skipif(core_import_error() is not None,
+                                reason=core_import_error() or "")
+
+STEPS, FREQ = 12, 4
+# A state of ~52 MB (4.3 M params with fp32 AdamW): several 16 MiB chunks per checkpoint.
+LARGE = ("--vocab-size", "16384", "--dim", "128", "--n-heads", "4", "--n-kv-heads", "2")
+
+
+def _run_killed_then_resume(tmp_path: Path, faults: str | None, *flags: str) -> tuple[Path, dict]:
+    common = ["--checkpointer", "pccheck", "--training-steps", STEPS, "--checkpoint-freq", FREQ,
+              "--ckpt-dir", tmp_path / "ckpt", "--loss-file", tmp_path / "loss.txt", *flags]
+    killed = train(*common, faults=faults) if faults else train(*common, "--fail-at-step", "8")
+    assert killed.returncode == -9, f"expected SIGKILL, got {killed.returncode}: {killed.stderr}"
+    resumed = train(*common, "--load-checkpoint", summary=tmp_path / "summary.json")
+    assert resumed.returncode == 0, resumed.stderr
+    return tmp_path / "loss.txt", resumed.summary
+
+
+def test_kill_before_the_commit_rename_falls_back_to_the_previous_checkpoint(
+        tmp_path: Path, reference_losses) -> None:
+    """The second checkpoint (step 8) dies between its fsyncs and its rename."""
+    loss, summary = _run_killed_then_resume(tmp_path, "point=before_rename,hit=2,action=kill")
+    assert summary["resumed_from"] == 4
+    assert loss_lines(loss) == loss_lines(reference_losses(STEPS))
+
+
+@pytest.mark.parametrize("point", ["after_chunk_write", "before_data_fsync", "before_manifest"])
+def test_kill_while_persisting_a_large_state(tmp_path: Path, point: str,
+                                             reference_losses) -> None:
+    """Killed mid-persist of checkpoint 2 (step 8) of a multi-chunk state."""
+    loss, summary = _run_killed_then_resume(tmp_path, f"point={point},ckpt=2,action=kill", *LARGE)
+    assert summary["resumed_from"] == 4
+    assert loss_lines(loss) == loss_lines(reference_losses(STEPS, *LARGE))
+
+
+def test_sigkill_right_after_issuing_a_large_checkpoint(tmp_path: Path, reference_losses) -> None:
+    """No fault injection: SIGKILL as soon as save(8) returns, the engine still writing."""
+    loss, summary = _run_killed_then_resume(tmp_path, None, *LARGE)
+    assert summary["resumed_from"] in (4, 8)
+    assert loss_lines(loss) == loss_lines(reference_losses(STEPS, *LARGE))

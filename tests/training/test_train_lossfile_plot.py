@@ -1,0 +1,67 @@
+"""The loss-file format (bit-exact by construction) and the loss plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ckptlab.analysis.plot_losses import main as plot_main
+from ckptlab.analysis.plot_losses import plot_losses
+from ckptlab.training.lossfile import (LossWriter, compare_loss_files, format_line,
+                                       read_loss_file, truncate_loss_file)
+
+
+def test_repr_round_trips_every_fp32_loss_exactly() -> None:
+    values = np.random.default_rng(0).random(1000, dtype=np.float32) * 10
+    for v in values:
+        step, text = format_line(1, float(v)).split()
+        assert np.float32(float(text)) == v and float(text) == float(v)
+
+
+def _write(path: Path, losses: list[float], start: int = 1) -> Path:
+    writer = LossWriter(path, append=False)
+    for i, v in enumerate(losses, start):
+        writer.write(i, v)
+    writer.close()
+    return path
+
+
+def test_compare_finds_the_first_differing_line(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.txt", [3.0, 2.5, 2.0])
+    b = _write(tmp_path / "b.txt", [3.0, 2.5, 2.0])
+    c = _write(tmp_path / "c.txt", [3.0, 2.5000000000000004, 2.0])
+    d = _write(tmp_path / "d.txt", [3.0, 2.5])
+    assert compare_loss_files(a, b) is None
+    assert compare_loss_files(a, c).line == 2
+    assert compare_loss_files(a, d).line == 3 and compare_loss_files(a, d).right is None
+
+
+def test_truncate_keeps_steps_up_to_the_checkpoint(tmp_path: Path) -> None:
+    path = _write(tmp_path / "loss.txt", [5.0, 4.0, 3.0, 2.0, 1.0])
+    assert truncate_loss_file(path, 3) == 3
+    assert [s for s, _ in read_loss_file(path)] == [1, 2, 3]
+    assert truncate_loss_file(tmp_path / "absent.txt", 3) == 0
+
+
+def test_malformed_line_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_text("1 2.0\nnot a line at all\n")
+    with pytest.raises(ValueError, match="bad.txt:2"):
+        read_loss_file(path)
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    files = [_write(tmp_path / f"{n}.txt", [3.0, 2.0, 1.5]) for n in "abc"]
+    out = plot_losses(files, tmp_path / "fig" / "losses.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = [str(_write(tmp_path / f"{n}.txt", [3.0, 2.0])) for n in "ab"]
+    assert plot_main([*files, "-o", str(tmp_path / "x.png")]) == 0
+    assert (tmp_path / "x.png").exists()
+    with pytest.raises(SystemExit) as exc:
+        plot_main([str(tmp_path / "missing.txt")])
+    assert exc.value.code == 2

@@ -1,0 +1,70 @@
+"""THE acceptance test: SIGKILL, resume, and the loss file is identical to the last bit.
+
+Each case is uninterrupted (shared reference) vs killed at step k (real SIGKILL, its own
+process) then resumed with --load-checkpoint; 12 steps, a checkpoint every 4.
+"""
+
+from __future__ import annotations
+
+import filecmp
+from pathlib import Path
+
+import pytest
+
+from training_helpers import loss_lines, skip_without_core, train
+
+KINDS = ["torchsave", "pccheck", "dcp", "dcp-async"]
+STEPS, FREQ = 12, 4
+
+
+def _kill_and_resume(tmp_path: Path, kind: str, *flags: str) -> tuple[Path, dict]:
+    common = ["--checkpointer", kind, "--training-steps", STEPS, "--checkpoint-freq", FREQ,
+              "--ckpt-dir", tmp_path / "ckpt", "--loss-file", tmp_path / "loss.txt"]
+    killed = train(*common, *flags)
+    assert killed.returncode == -9, f"expected SIGKILL, got {killed.returncode}: {killed.stderr}"
+    resumed = train(*common, "--load-checkpoint", summary=tmp_path / "summary.json")
+    assert resumed.returncode == 0, resumed.stderr
+    return tmp_path / "loss.txt", resumed.summary
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_kill_after_durable_checkpoint_resumes_bit_exact(tmp_path: Path, kind: str,
+                                                         reference_losses) -> None:
+    """The seeds' validation: killed after step 10, checkpoint 8 durable, resume from 8."""
+    skip_without_core(kind)
+    loss, summary = _kill_and_resume(tmp_path, kind, "--fail-at-step", "10",
+                                     "--fail-after-durable")
+    assert summary["resumed_from"] == 8 and summary["first_step"] == 9
+    assert filecmp.cmp(reference_losses(STEPS), loss, shallow=False), \
+        f"{loss} differs from the uninterrupted run"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_kill_right_after_issuing_a_checkpoint(tmp_path: Path, kind: str,
+                                               reference_losses) -> None:
+    """Killed the moment save(8) returns: async kinds may lose 8 and resume from 4."""
+    skip_without_core(kind)
+    loss, summary = _kill_and_resume(tmp_path, kind, "--fail-at-step", "8")
+    assert summary["resumed_from"] in (4, 8)
+    if kind in ("torchsave", "dcp"):  # synchronous: durable when save() returns
+        assert summary["resumed_from"] == 8
+    assert loss_lines(loss) == loss_lines(reference_losses(STEPS))
+
+
+def test_bf16_resume_is_bit_exact_too(tmp_path: Path, reference_losses) -> None:
+    loss, summary = _kill_and_resume(tmp_path, "dcp", "--model-dtype", "bf16",
+                                     "--fail-at-step", "6")
+    reference = reference_losses(STEPS, "--model-dtype", "bf16")
+    assert summary["resumed_from"] == 4
+    assert filecmp.cmp(reference, loss, shallow=False)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_checkpoint_of_another_model_shape_is_refused(tmp_path: Path, kind: str) -> None:
+    skip_without_core(kind)
+    common = ["--checkpointer", kind, "--training-steps", "4", "--checkpoint-freq", "4",
+              "--ckpt-dir", tmp_path / "ckpt"]
+    assert train(*common).returncode == 0
+    run = train(*common, "--load-checkpoint", "--dim", "96")
+    assert run.returncode == 2
+    assert "tok_embeddings.weight" in run.stderr, run.stderr

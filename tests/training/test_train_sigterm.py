@@ -1,0 +1,51 @@
+"""SIGTERM: the run takes a final checkpoint within its budget and exits 0; resuming from it
+continues the uninterrupted trajectory bit for bit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from training_helpers import TRAIN, loss_lines, skip_without_core, train
+
+STEPS = 100_000  # never reached: the run is stopped by the signal
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.mark.parametrize("kind", ["dcp", "pccheck"])
+def test_sigterm_final_checkpoint_then_bit_exact_resume(tmp_path: Path, kind: str) -> None:
+    skip_without_core(kind)
+    loss, ckpt = tmp_path / "loss.txt", tmp_path / "ckpt"
+    common = ["--checkpointer", kind, "--training-steps", str(STEPS), "--ckpt-dir", str(ckpt),
+              "--loss-file", str(loss)]
+    proc = subprocess.Popen([*TRAIN, *common, "--checkpoint-freq", "1000",
+                             "--summary-json", str(tmp_path / "s.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _lines(loss) < 5 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "final checkpoint" in err and "SIGTERM" in out
+    stopped = _lines(loss)
+    assert stopped >= 5
+
+    # Reference and resumed run both stop (SIGKILL) three steps later; compare the files.
+    reference = tmp_path / "reference.txt"
+    ref = train("--checkpointer", "none", "--training-steps", STEPS, "--loss-file", reference,
+                "--fail-at-step", stopped + 3)
+    assert ref.returncode == -9
+    resumed = train(*common, "--load-checkpoint", "--fail-at-step", stopped + 3)
+    assert resumed.returncode == -9
+    assert f"resumed from step {stopped}" in resumed.stderr
+    assert loss_lines(loss) == loss_lines(reference)
