@@ -58,11 +58,16 @@ Engine::Engine(EngineOptions options)
     throw std::invalid_argument("staging_bytes must hold at least one chunk");
   if (opt_.shards <= 0) opt_.shards = opt_.writer_threads;
   if (!is_dir(opt_.dir)) throw IoError("open checkpoint directory", opt_.dir, ENOTDIR);
+  if (!opt_.io_log.empty()) {
+    io_log_ = std::make_unique<IoLog>(opt_.io_log, opt_.io_log_data);
+    io_log_->mark("start", "pid=" + std::to_string(::getpid()) + " dir=" + opt_.dir);
+  }
 
   // One writer per directory: a second process would race on names and retention.
   std::string lock_path = join_path(opt_.dir, ".ckptlab.lock");
   int lfd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (lfd < 0) throw IoError("open lock file", lock_path, errno);
+  if (io_log_) io_log_->op(IoOp::kOpenCreate, lock_path, 0);
   lock_fd_ = UniqueFd(lfd);
   if (::flock(lfd, LOCK_EX | LOCK_NB) != 0)
     throw std::runtime_error("another ckptlab checkpointer is writing to '" + opt_.dir +
@@ -71,7 +76,7 @@ Engine::Engine(EngineOptions options)
   if (opt_.io_mode == "buffered") {
     direct_ = false;
   } else if (opt_.io_mode == "direct" || opt_.io_mode == "auto") {
-    DirectIoSupport dio = probe_direct_io(opt_.dir);
+    DirectIoSupport dio = probe_direct_io(opt_.dir, io_log_.get());
     direct_ = dio.supported;
     direct_io_note_ = dio.reason;
     if (!dio.supported && opt_.io_mode == "direct")
@@ -104,13 +109,13 @@ void Engine::recover_directory() {
     std::string base = name.substr(1, dot - 1);
     std::string kind = name.substr(dot + 1);
     if (kind.rfind("replaced-", 0) == 0 && !path_exists(join_path(opt_.dir, base))) {
-      rename_or_throw(path, join_path(opt_.dir, base));
+      rename_or_throw(path, join_path(opt_.dir, base), io_log_.get());
     } else if (kind.rfind("tmp-", 0) == 0 || kind.rfind("deleting-", 0) == 0 ||
                kind.rfind("replaced-", 0) == 0) {
-      remove_tree(path);
+      remove_tree(path, io_log_.get());
     }
   }
-  fsync_dir(opt_.dir);
+  fsync_dir(opt_.dir, io_log_.get());
 }
 
 void Engine::close() {
@@ -132,6 +137,7 @@ void Engine::close() {
   }
   cv_.notify_all();
   if (committer_.joinable()) committer_.join();
+  if (io_log_) io_log_->mark("close", "pid=" + std::to_string(::getpid()));
   lock_fd_.reset();  // another checkpointer may write here now
 }
 
@@ -208,14 +214,16 @@ std::shared_ptr<Engine::Checkpoint> Engine::begin_checkpoint(int64_t step, const
 
   const uint32_t nshards = std::min<uint32_t>(static_cast<uint32_t>(opt_.shards), ck->nchunks);
   try {
-    mkdir_or_throw(ck->tmp_path);
+    if (io_log_)
+      io_log_->mark("submit", "ckpt=" + std::to_string(id) + " step=" + std::to_string(step) + " tmp=" + ck->tmp_path);
+    mkdir_or_throw(ck->tmp_path, io_log_.get());
     for (uint32_t s = 0; s < nshards; ++s) {
       auto sh = std::make_unique<Shard>();
       char fname[32];
       std::snprintf(fname, sizeof(fname), "data_%03u.bin", s);
       sh->name = fname;
       sh->path = join_path(ck->tmp_path, fname);
-      sh->fd = create_file(sh->path, direct_);
+      sh->fd = create_file(sh->path, direct_, io_log_.get());
       ck->shards.push_back(std::move(sh));
     }
     for (uint32_t c = 0; c < ck->nchunks; ++c) {
@@ -226,11 +234,12 @@ std::shared_ptr<Engine::Checkpoint> Engine::begin_checkpoint(int64_t step, const
     // Reserve the space now: a full disk fails here, before anything is staged.
     for (auto& sh : ck->shards) {
       int rc = ::posix_fallocate(sh->fd.get(), 0, static_cast<off_t>(sh->nbytes));
+      if (io_log_) io_log_->fallocate(sh->path, 0, sh->nbytes, rc);
       if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL) throw IoError("fallocate", sh->path, rc);
     }
   } catch (...) {
     ck->shards.clear();
-    remove_tree(ck->tmp_path);
+    remove_tree(ck->tmp_path, io_log_.get());
     throw;
   }
   ck->shards_left.store(nshards, std::memory_order_relaxed);
@@ -311,7 +320,7 @@ void Engine::write_chunk(const WriteTask& t, TraceRing* ring) {
       if (fe.error && !fe.short_write) throw IoError("write", sh.path, fe.error);
       // A short write accepts an aligned prefix, then fails like a device that filled up.
       const int64_t accept = fe.short_write ? static_cast<int64_t>(len / 2 / kIoAlign * kIoAlign) : -1;
-      pwrite_all(sh.fd.get(), data, len, offset, sh.path, accept, fe.error);
+      pwrite_all(sh.fd.get(), data, len, offset, sh.path, accept, fe.error, io_log_.get());
     }
     fault(FaultPoint::kAfterChunkWrite, ck);
   } catch (const IoError& e) {
@@ -328,7 +337,7 @@ void Engine::finish_chunk(const std::shared_ptr<Checkpoint>& ck, uint32_t chunk,
       FaultEffect fe = fault(FaultPoint::kBeforeDataFsync, *ck);
       ScopedPhase p(&tracer_, ring, Phase::kFsync, ck->id, ck->step, -1, 0, sh.nbytes);
       if (fe.error) throw IoError("fdatasync", sh.path, fe.error);
-      if (!opt_.unsafe_skip_data_fsync) fdatasync_or_throw(sh.fd.get(), sh.path);
+      if (!opt_.unsafe_skip_data_fsync) fdatasync_or_throw(sh.fd.get(), sh.path, io_log_.get());
     } catch (const IoError& e) {
       fail(*ck, e.op(), e.path(), e.error(), e.what());
     }
@@ -382,16 +391,23 @@ void Engine::committer_main() {
     }
     if (!ok) {
       ck->shards.clear();
-      remove_tree(ck->tmp_path);
+      remove_tree(ck->tmp_path, io_log_.get());
+      if (io_log_) io_log_->mark("fail", "ckpt=" + std::to_string(ck->id) + " step=" + std::to_string(ck->step));
     } else {
       fault(FaultPoint::kAfterCommit, *ck);
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
+      // The acknowledgement point: the marker precedes the moment any thread can see it.
+      if (ok && io_log_)
+        io_log_->mark("ack", "ckpt=" + std::to_string(ck->id) + " step=" + std::to_string(ck->step));
       if (ok) last_committed_step_ = std::max(last_committed_step_, ck->step);
       records_.push_back(CommitRecord{ck->id, ck->step, ck->total_bytes, ck->t_submit_ns, ck->t_staged_ns,
                                       monotonic_ns(), ok, ok ? ck->final_path : ck->tmp_path});
+      if (!ok && ck->failure) failures_.push_back(*ck->failure);
+      pending_.erase(std::find(pending_.begin(), pending_.end(), ck));
     }
+    cv_.notify_all();  // acknowledged: wait() returns and a new save may start; gc is not on that path
     if (ok) {
       try {
         retain(*ck, self.ring());
@@ -399,12 +415,6 @@ void Engine::committer_main() {
         // Retention is best effort: a failed cleanup never affects the committed checkpoint.
       }
     }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!ok && ck->failure) failures_.push_back(*ck->failure);
-      pending_.erase(std::find(pending_.begin(), pending_.end(), ck));
-    }
-    cv_.notify_all();
   }
 }
 
@@ -432,16 +442,16 @@ void Engine::commit(Checkpoint& ck, TraceRing* ring) {
     p.set_nbytes(bytes.size());
     FaultEffect fe = fault(FaultPoint::kBeforeManifest, ck);
     if (fe.error) throw IoError("write", manifest_path, fe.error);
-    UniqueFd fd = create_file(manifest_path, false);
-    pwrite_all(fd.get(), bytes.data(), bytes.size(), 0, manifest_path);
+    UniqueFd fd = create_file(manifest_path, false, io_log_.get());
+    pwrite_all(fd.get(), bytes.data(), bytes.size(), 0, manifest_path, -1, 0, io_log_.get());
     fe = fault(FaultPoint::kBeforeManifestFsync, ck);
     if (fe.error) throw IoError("fsync", manifest_path, fe.error);
-    fsync_or_throw(fd.get(), manifest_path);
+    fsync_or_throw(fd.get(), manifest_path, io_log_.get());
   }
   ScopedPhase p(&tracer_, ring, Phase::kCommit, ck.id, ck.step, -1, 0, ck.total_bytes);
   FaultEffect fe = fault(FaultPoint::kBeforeTmpdirFsync, ck);
   if (fe.error) throw IoError("fsync directory", ck.tmp_path, fe.error);
-  if (!opt_.unsafe_skip_dir_fsync) fsync_dir(ck.tmp_path);
+  if (!opt_.unsafe_skip_dir_fsync) fsync_dir(ck.tmp_path, io_log_.get());
   fe = fault(FaultPoint::kBeforeRename, ck);
   if (fe.error) throw IoError("rename", ck.tmp_path, fe.error);
   // Re-saving a step that exists (e.g. after resuming from an older one): move the old copy
@@ -449,14 +459,14 @@ void Engine::commit(Checkpoint& ck, TraceRing* ring) {
   std::string replaced;
   if (path_exists(ck.final_path)) {
     replaced = join_path(opt_.dir, "." + step_name(ck.step) + ".replaced-" + std::to_string(ck.id));
-    rename_or_throw(ck.final_path, replaced);
+    rename_or_throw(ck.final_path, replaced, io_log_.get());
   }
-  rename_or_throw(ck.tmp_path, ck.final_path);
+  rename_or_throw(ck.tmp_path, ck.final_path, io_log_.get());
   fault(FaultPoint::kAfterRename, ck);
-  if (!opt_.unsafe_skip_dir_fsync) fsync_dir(opt_.dir);
+  if (!opt_.unsafe_skip_dir_fsync) fsync_dir(opt_.dir, io_log_.get());
   if (!replaced.empty()) {
-    remove_tree(replaced);
-    fsync_dir(opt_.dir);
+    remove_tree(replaced, io_log_.get());
+    fsync_dir(opt_.dir, io_log_.get());
   }
 }
 
@@ -475,11 +485,11 @@ void Engine::retain(const Checkpoint& just_committed, TraceRing* ring) {
   for (size_t i = 0; i + keep_older < older.size(); ++i) {
     // Rename first so no reader ever sees a half-deleted checkpoint under a committed name.
     std::string doomed = join_path(opt_.dir, "." + older[i].second + ".deleting-" + std::to_string(just_committed.id));
-    rename_or_throw(join_path(opt_.dir, older[i].second), doomed);
+    rename_or_throw(join_path(opt_.dir, older[i].second), doomed, io_log_.get());
     fault(FaultPoint::kDuringGc, just_committed);
-    remove_tree(doomed);
+    remove_tree(doomed, io_log_.get());
   }
-  fsync_dir(opt_.dir);
+  fsync_dir(opt_.dir, io_log_.get());
 }
 
 void Engine::wait_all(const InterruptCheck& interrupted) {
@@ -492,6 +502,16 @@ void Engine::wait_all(const InterruptCheck& interrupted) {
       lock.lock();
     }
   }
+}
+
+FaultEffect Engine::logged_fault(FaultPoint p, const Checkpoint& ck) {
+  // Logged before the point acts, so a kill leaves "point" as its thread's last record.
+  const std::string where = std::string("point=") + fault_point_name(p) + " ckpt=" + std::to_string(ck.id) +
+                            " step=" + std::to_string(ck.step);
+  io_log_->mark("point", where);
+  FaultEffect fe = faults_.hit(p, ck.id, ck.step);
+  if (fe.error) io_log_->mark("inject", where + " errno=" + std::to_string(fe.error) + (fe.short_write ? " short=1" : ""));
+  return fe;
 }
 
 std::optional<CheckpointFailure> Engine::take_failure() {
