@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from ckptlab import _engine
-from ckptlab.core.errors import CorruptCheckpointError, ManifestError, NoCheckpointError
+from ckptlab.core.errors import CheckpointError, CorruptCheckpointError, ManifestError, NoCheckpointError
 from ckptlab.core.layout import committed_step_dirs
 from ckptlab.core.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, decode_manifest
 from ckptlab.core.state import dtype_from_name, restore, unpickle_skeleton
+from ckptlab.profiling.phases import add_engine_records, phase, recording
 
 log = logging.getLogger("ckptlab")
 
@@ -85,7 +86,10 @@ def _read_tasks(path: str, m: Manifest, ranges: list[tuple[int, int, int]]) -> l
 
 
 def _run_reads(path: str, m: Manifest, tasks: list[tuple], threads: int) -> dict:
-    result = _engine.read_verified(tasks, threads=threads, trace=False, ckpt_id=0, step=m.step)
+    trace = recording()  # a ckptlab.profiling trace session wants the read/verify records
+    result = _engine.read_verified(tasks, threads=threads, trace=trace, ckpt_id=0, step=m.step)
+    if trace:
+        add_engine_records(result["records"], result["thread_names"])
     if result["failures"]:
         f = sorted(result["failures"], key=lambda x: x["chunk"])[0]
         more = len(result["failures"]) - 1
@@ -186,13 +190,18 @@ def load_latest(
     Raises NoCheckpointError when nothing valid exists, listing what was skipped.
     """
     directory = os.fspath(directory)
+    device = torch.device(map_location) if map_location is not None else None
+    if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"map_location={str(map_location)!r} but this machine has no usable CUDA device; "
+                              "load with map_location='cpu'")
     skipped = []
     candidates = committed_step_dirs(directory)
     if step is not None:
         candidates = [(s, p) for s, p in candidates if s == step]
     for s, path in reversed(candidates):
         try:
-            m, tree, tensors = read_checkpoint(path, threads, allow_pickle)
+            with phase("load", step=s):
+                m, tree, tensors = read_checkpoint(path, threads, allow_pickle)
         except CorruptCheckpointError as e:
             skipped.append(str(e))
             msg = f"ckptlab: skipping corrupt checkpoint {path}: {e.reason}"
@@ -202,10 +211,11 @@ def load_latest(
         if m.step != s:
             skipped.append(f"{path}: directory says step {s}, manifest says {m.step}")
             continue
-        device = torch.device(map_location) if map_location is not None else None
         if device is not None and device.type != "cpu":
-            tensors = [t.to(device) for t in tensors]
-        loaded = restore(state, tree, tensors)
+            with phase("h2d", step=m.step, nbytes=sum(t.numel() * t.element_size() for t in tensors)):
+                tensors = [t.to(device) for t in tensors]
+        with phase("restore", step=m.step):
+            loaded = restore(state, tree, tensors)
         return m.step, loaded
     what = f"step {step}" if step is not None else "checkpoint"
     detail = ("; skipped: " + "; ".join(skipped)) if skipped else ""

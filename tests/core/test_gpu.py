@@ -1,0 +1,64 @@
+"""GPU tensors: captured from the device, restored onto it bit-exactly. Skipped without CUDA
+(except the clear-error test, which runs only where CUDA is absent)."""
+import copy
+
+import pytest
+import torch
+
+from ckptlab.core import CheckpointConfig, CheckpointError, load_latest, open_checkpointer
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CFG = CheckpointConfig(chunk_bytes=1 << 20, writer_threads=4)
+
+
+def _train(model, opt, steps=3):
+    for _ in range(steps):
+        x = torch.randn(16, 256, device="cuda")
+        model(x).float().pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["pccheck", "torchsave"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_model_and_optimizer_round_trip(kind, dtype, ckpt_dir):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 256)).cuda().to(dtype)
+    opt = torch.optim.AdamW(model.parameters())
+    _train(model, opt)
+    expected = copy.deepcopy({"model": model.state_dict(), "optim": opt.state_dict()})
+    with open_checkpointer(kind, ckpt_dir, CFG) as ck:
+        ck.save(3, {"model": model, "optim": opt, "cuda_rng": torch.cuda.get_rng_state_all()})
+        _train(model, opt)  # keeps training while the checkpoint persists
+        ck.wait()
+    fresh = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 256)).cuda().to(dtype)
+    fresh_opt = torch.optim.AdamW(fresh.parameters())
+    _train(fresh, fresh_opt, 1)
+    step, loaded = load_latest(ckpt_dir, {"model": fresh, "optim": fresh_opt})
+    assert step == 3
+    for k, v in expected["model"].items():
+        assert fresh.state_dict()[k].is_cuda and torch.equal(fresh.state_dict()[k], v)
+    for pid, st in expected["optim"]["state"].items():
+        for name, v in st.items():
+            assert torch.equal(fresh_opt.state_dict()["state"][pid][name].cpu(), v.cpu())
+
+
+@cuda
+@pytest.mark.gpu
+def test_map_location_cuda_returns_device_tensors(ckpt_dir):
+    src = {"w": torch.randn(1000, device="cuda"), "h": torch.randn(10)}
+    with open_checkpointer("pccheck", ckpt_dir, CFG) as ck:
+        ck.save(1, src)
+    _, loaded = load_latest(ckpt_dir, map_location="cuda")
+    assert loaded["w"].is_cuda and loaded["h"].is_cuda
+    assert torch.equal(loaded["w"], src["w"]) and torch.equal(loaded["h"].cpu(), src["h"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_map_location_cuda_without_a_gpu_is_a_clear_error(ckpt_dir):
+    with open_checkpointer("pccheck", ckpt_dir, CFG) as ck:
+        ck.save(1, {"w": torch.zeros(3)})
+    with pytest.raises(CheckpointError, match="no usable CUDA device"):
+        load_latest(ckpt_dir, map_location="cuda")
