@@ -22,6 +22,7 @@ from ckptlab.core.base import CheckpointerBase, now
 from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.errors import CheckpointError, CheckpointWriteError
 from ckptlab.core.state import capture, check_loadable
+from ckptlab.profiling.phases import engine_opened, phase, recording
 
 
 def _round_up(x: int, a: int) -> int:
@@ -45,12 +46,14 @@ class PCcheckCheckpointer(CheckpointerBase):
     def _open_engine(self, staging_bytes: int) -> _engine.Engine:
         c = self.config
         staging = max(_round_up(staging_bytes, c.chunk_bytes), c.chunk_bytes)
-        return _engine.Engine(
+        engine = _engine.Engine(
             self.directory, writer_threads=c.writer_threads, max_inflight=c.max_inflight, shards=c.shards,
             chunk_bytes=c.chunk_bytes, staging_bytes=staging, keep_last=c.keep_last, io_mode=c.io_mode,
-            faults=self._faults, trace=c.trace, trace_capacity=c.trace_capacity, prefault=c.prefault_staging,
-            unsafe=list(c.unsafe),
+            faults=self._faults, trace=c.trace or recording(), trace_capacity=c.trace_capacity, prefault=c.prefault_staging,
+            unsafe=list(c.unsafe), io_log=c.effective_io_log()[0], io_log_data=c.effective_io_log()[1],
         )
+        engine_opened(self)  # a recording ckptlab.profiling trace session attaches this checkpointer
+        return engine
 
     @property
     def engine(self) -> _engine.Engine | None:
@@ -74,7 +77,8 @@ class PCcheckCheckpointer(CheckpointerBase):
         self._check_step(step)
         self._raise_failure()
         t0 = now()
-        captured = capture(state)
+        with phase("capture", step=step):
+            captured = capture(state)
         check_loadable(captured, self.config.allow_pickle)
         if self._engine is None:
             auto = min(_round_up(captured.total_bytes, self.config.chunk_bytes), self.config.max_auto_staging_bytes)
@@ -85,7 +89,8 @@ class PCcheckCheckpointer(CheckpointerBase):
         segments = [(_bytes_ptr(skeleton), len(skeleton), 0)]
         segments += [(t.tensor.data_ptr(), t.nbytes, t.offset) for t in captured.tensors if t.nbytes]
         try:
-            self._engine.submit(step, json.dumps(meta, separators=(",", ":")), segments, captured.total_bytes)
+            with phase("submit", step=step, nbytes=captured.total_bytes):
+                self._engine.submit(step, json.dumps(meta, separators=(",", ":")), segments, captured.total_bytes)
         except ValueError as e:
             raise CheckpointError(str(e)) from None
         except OSError as e:  # raised before anything was queued (mkdir, open, fallocate)

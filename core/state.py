@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ckptlab.core.errors import CheckpointError, CheckpointMismatchError, UnsafePickleError
+from ckptlab.profiling.phases import phase
 
 TENSOR_ALIGN = 64
 
@@ -79,7 +80,8 @@ def _host_copy_source(t: torch.Tensor, name: str) -> torch.Tensor:
     if t.is_neg():
         t = t.resolve_neg()
     if t.device.type != "cpu":
-        t = t.to("cpu")
+        with phase("d2h", nbytes=t.numel() * t.element_size()):
+            t = t.to("cpu")
     return t.contiguous()
 
 

@@ -7,7 +7,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ckptlab.core import CheckpointConfig, open_checkpointer  # noqa: E402
-from conftest import det_state  # noqa: E402
+from ckpt_testutil import det_state  # noqa: E402
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ import os
 import torch
 
 from ckptlab.core import CheckpointConfig, list_checkpoints, load_latest, open_checkpointer
-from conftest import assert_state_is_step, det_state
+from ckpt_testutil import assert_state_is_step, det_state
 
 PHASE_FSYNC = 5  # _engine.phase_names().index("fsync")
 

@@ -16,7 +16,7 @@ from ckptlab.core import (
     open_checkpointer,
     verify_checkpoint,
 )
-from conftest import REPO, assert_state_is_step, det_state
+from ckpt_testutil import REPO, assert_state_is_step, det_state
 
 NBYTES = 300 * 1024
 

@@ -9,7 +9,7 @@ import pytest
 
 from ckptlab import _engine
 from ckptlab.core import CheckpointConfig, NoCheckpointError, load_latest, open_checkpointer
-from conftest import REPO, assert_state_is_step, child_env, det_state
+from ckpt_testutil import REPO, assert_state_is_step, child_env, det_state
 
 CHILD = os.path.join(os.path.dirname(__file__), "crash_child.py")
 NBYTES = 400 * 1024

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ckptlab.core import CheckpointConfig, CheckpointWriteError, load_latest, open_checkpointer
-from conftest import REPO, assert_state_is_step, child_env, det_state
+from ckpt_testutil import REPO, assert_state_is_step, child_env, det_state
 
 SMALL = dict(chunk_bytes=64 * 1024, writer_threads=2)
 

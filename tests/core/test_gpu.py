@@ -12,8 +12,9 @@ CFG = CheckpointConfig(chunk_bytes=1 << 20, writer_threads=4)
 
 
 def _train(model, opt, steps=3):
+    dtype = next(model.parameters()).dtype
     for _ in range(steps):
-        x = torch.randn(16, 256, device="cuda")
+        x = torch.randn(16, 256, device="cuda", dtype=dtype)
         model(x).float().pow(2).mean().backward()
         opt.step()
         opt.zero_grad()

@@ -62,8 +62,11 @@ def test_direct_io_probe_answers(tmp_path):
     assert ok or reason
 
 
+EMPTY_LAYOUT = '{"objects":[0,0],"tensors":[]}'  # the meta a pccheck manifest must carry
+
+
 def _submit(engine, step, arr):
-    return engine.submit(step, "{}", [(arr.ctypes.data, arr.nbytes, 0)], arr.nbytes)
+    return engine.submit(step, EMPTY_LAYOUT, [(arr.ctypes.data, arr.nbytes, 0)], arr.nbytes)
 
 
 def test_second_writer_on_the_same_directory_is_refused(tmp_path):

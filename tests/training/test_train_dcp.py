@@ -100,3 +100,30 @@ def test_factory_used_by_core_open_checkpointer(tmp_path: Path) -> None:
     assert ck.async_save and ck.max_inflight == 3 and ck.thread_count == 2 and ck.keep_last == 0
     with pytest.raises(ValueError):
         open_dcp_checkpointer("pccheck", tmp_path)
+
+
+def test_async_back_pressure_commits_every_checkpoint(tmp_path: Path) -> None:
+    state = _state()
+    with DcpCheckpointer(tmp_path, async_save=True, max_inflight=1, keep_last=0) as ck:
+        for step in (1, 2, 3):
+            ck.save(step, state)
+        ck.wait()
+        assert len(ck.stats()["time_to_durable_s"]) == 3
+    assert sorted(os.listdir(tmp_path)) == [f"step_{s:012d}" for s in (1, 2, 3)]
+
+
+def test_a_failed_write_raises_and_keeps_the_previous_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ckptlab.training.checkpointers import CheckpointError
+
+    state = _state()
+    ck = DcpCheckpointer(tmp_path)
+    ck.save(1, state)
+
+    def broken_save(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ck._dcp, "save", broken_save)
+    with pytest.raises(CheckpointError, match="step 2.*No space left"):
+        ck.save(2, state)
+    assert sorted(os.listdir(tmp_path)) == ["step_000000000001"]

@@ -36,7 +36,7 @@ def test_kill_before_the_commit_rename_falls_back_to_the_previous_checkpoint(
     assert loss_lines(loss) == loss_lines(reference_losses(STEPS))
 
 
-@pytest.mark.parametrize("point", ["after_chunk_write", "before_data_fsync", "before_manifest"])
+@pytest.mark.parametrize("point", ["after_chunk_write", "before_manifest"])
 def test_kill_while_persisting_a_large_state(tmp_path: Path, point: str,
                                              reference_losses) -> None:
     """Killed mid-persist of checkpoint 2 (step 8) of a multi-chunk state."""
@@ -50,3 +50,11 @@ def test_sigkill_right_after_issuing_a_large_checkpoint(tmp_path: Path, referenc
     loss, summary = _run_killed_then_resume(tmp_path, None, *LARGE)
     assert summary["resumed_from"] in (4, 8)
     assert loss_lines(loss) == loss_lines(reference_losses(STEPS, *LARGE))
+
+
+def test_a_failed_checkpoint_write_stops_training_with_exit_1(tmp_path: Path) -> None:
+    """EIO at the first checkpoint's fsync surfaces at the next save(): exit 1, errno named."""
+    run = train("--checkpointer", "pccheck", "--training-steps", STEPS, "--checkpoint-freq", FREQ,
+                "--ckpt-dir", tmp_path / "ckpt", faults="point=before_data_fsync,ckpt=1,action=eio")
+    assert run.returncode == 1, run.stderr
+    assert "checkpoint of step 4 failed" in run.stderr, run.stderr

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ckptlab.training.model import Transformer, apply_rope, build_model, rope_tables
-from ckptlab.training.presets import PRESETS, ModelConfig, get_preset
+from ckptlab.training.presets import PRESETS, get_preset
 
 TINY = get_preset("tiny").model
 

@@ -3,10 +3,8 @@ continues the uninterrupted trajectory bit for bit."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 

@@ -1,0 +1,177 @@
+"""``ckptlab trace ...`` and ``ckptlab profile ...`` subcommands.
+
+    ckptlab trace export TRACE --chrome out.json [--phases write,fsync]
+    ckptlab trace info TRACE [--json]
+    ckptlab profile nsys [-o NAME] [--sample none] [--no-stats] [--dry-run] -- CMD ...
+    ckptlab profile py-spy [-o FILE] [--rate HZ] [--native] [--idle] [--dry-run] -- CMD ...
+
+``add_parsers(subparsers)`` registers them on the ``ckptlab`` console script (core/cli.py);
+each leaf sets ``func`` to a function of the parsed args returning the exit code, and
+``run(args)`` dispatches to it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+EXIT_TOOL_MISSING = 127  # like a shell's "command not found"
+
+
+def _command(args: argparse.Namespace, prog: str) -> list[str] | None:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        print(f"ckptlab {prog}: give the command to run after `--`, e.g. "
+              f"`ckptlab {prog} -- python -m training.train_pccheck --preset tiny`", file=sys.stderr)
+        return None
+    return cmd
+
+
+def _trace_export(args: argparse.Namespace) -> int:
+    from ckptlab.profiling.chrome import export_chrome
+
+    if not os.path.isfile(args.trace):
+        print(f"ckptlab trace export: {args.trace}: no such trace file", file=sys.stderr)
+        return 2
+    phases = {p.strip() for p in args.phases.split(",") if p.strip()} if args.phases else None
+    try:
+        n = export_chrome(args.trace, args.chrome, phases)
+    except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
+        print(f"ckptlab trace export: cannot read {args.trace} as a ckptlab trace: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {n} events to {args.chrome}; open it in Perfetto UI (ui.perfetto.dev) or chrome://tracing")
+    return 0
+
+
+def _trace_info(args: argparse.Namespace) -> int:
+    from ckptlab.profiling.records import read_trace, trace_metadata
+    from ckptlab.profiling.summary import summarize
+
+    try:
+        table = read_trace(args.trace)
+    except (OSError, ValueError) as e:
+        print(f"ckptlab trace info: cannot read {args.trace} as a ckptlab trace: {e}", file=sys.stderr)
+        return 2
+    meta = trace_metadata(table)
+    rows = summarize(table)
+    if args.json:
+        print(json.dumps({"metadata": meta, "rows": table.num_rows, "phases": rows}, indent=2, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(f"[bold]{args.trace}[/bold]: {table.num_rows} records, run {meta.get('run_id')} on "
+                  f"{meta.get('host')} ({meta.get('arch')}, {meta.get('cpu_model')}, {meta.get('cpu_count')} CPUs, "
+                  f"allowed {meta.get('cpus_allowed')}), dropped {meta.get('dropped_records', '0')}")
+    threads = meta.get("threads") or {}
+    console.print("threads: " + ", ".join(f"{n} ({t})" for t, n in threads.items()))
+    out = Table(title="per phase")
+    for col in ("phase", "records", "threads", "bytes", "busy s", "mean ms", "p50 ms", "p99 ms", "max ms", "GB/s"):
+        out.add_column(col, justify="left" if col == "phase" else "right")
+    for r in rows:
+        out.add_row(r["phase"], str(r["records"]), str(r["threads"]), f"{r['bytes']:,}", f"{r['busy_s']:.3f}",
+                    f"{r['mean_ms']:.3f}", f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['max_ms']:.3f}",
+                    "" if r["gb_per_s"] is None else f"{r['gb_per_s']:.2f}")
+    console.print(out)
+    return 0
+
+
+def _profile_nsys(args: argparse.Namespace) -> int:
+    from ckptlab.profiling.tools import NsysOptions, ToolMissing, default_output, run_id_for_child, run_nsys
+
+    cmd = _command(args, "profile nsys")
+    if cmd is None:
+        return 2
+    run_id = run_id_for_child()
+    opts = NsysOptions(output=args.output or default_output("nsys", run_id), trace=args.trace, sample=args.sample,
+                       stats=not args.no_stats, extra=tuple(args.nsys_arg or ()))
+    try:
+        return run_nsys(cmd, opts, dry_run=args.dry_run, run_id=run_id)
+    except ToolMissing as e:
+        print(f"ckptlab profile nsys: {e}", file=sys.stderr)
+        return EXIT_TOOL_MISSING
+
+
+def _profile_py_spy(args: argparse.Namespace) -> int:
+    from ckptlab.profiling.tools import PySpyOptions, ToolMissing, default_output, run_id_for_child, run_py_spy
+
+    cmd = _command(args, "profile py-spy")
+    if cmd is None:
+        return 2
+    run_id = run_id_for_child()
+    opts = PySpyOptions(output=args.output or default_output("py-spy", run_id) + ".speedscope.json", rate=args.rate,
+                        native=args.native, idle=args.idle, subprocesses=args.subprocesses, gil=args.gil)
+    try:
+        return run_py_spy(cmd, opts, dry_run=args.dry_run, run_id=run_id)
+    except ToolMissing as e:
+        print(f"ckptlab profile py-spy: {e}", file=sys.stderr)
+        return EXIT_TOOL_MISSING
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``trace`` and ``profile`` on the ``ckptlab`` console script."""
+    trace = subparsers.add_parser("trace", help="timing-record traces (Arrow): export to Perfetto, summarise",
+                                  description="Work with trace files written by `--trace FILE` (docs/TRACE.md).")
+    tsub = trace.add_subparsers(dest="trace_command", metavar="ACTION")
+    tsub.required = True
+    p = tsub.add_parser("export", help="write Chrome trace-event JSON (Perfetto UI, chrome://tracing)")
+    p.add_argument("trace", help="trace file (Arrow IPC / Feather v2)")
+    p.add_argument("--chrome", required=True, metavar="OUT.json", help="output JSON file")
+    p.add_argument("--phases", default=None, metavar="P1,P2", help="only these phases (default: all)")
+    p.set_defaults(func=_trace_export)
+    p = tsub.add_parser("info", help="run metadata and a per-phase summary (count, bytes, durations)")
+    p.add_argument("trace", help="trace file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_trace_info)
+
+    prof = subparsers.add_parser("profile", help="run a command under nsys or py-spy",
+                                 description="Profile a command (docs/PROFILING.md). Put the command after `--`.")
+    psub = prof.add_subparsers(dest="profile_command", metavar="TOOL")
+    psub.required = True
+    p = psub.add_parser("nsys", help="Nsight Systems: CUDA + NVTX + OS runtime, then the NVTX summary",
+                        description="nsys profile --trace=cuda,nvtx,osrt --sample=cpu --cpuctxsw=process-tree, "
+                                    "then nsys stats --report=nvtx_sum.")
+    p.add_argument("-o", "--output", default=None, metavar="NAME",
+                   help="report name (nsys adds .nsys-rep; default ckptlab-nsys-<run id>)")
+    p.add_argument("--trace", default="cuda,nvtx,osrt", help="nsys --trace list (default cuda,nvtx,osrt)")
+    p.add_argument("--sample", choices=("cpu", "none"), default="cpu", help="CPU sampling (default cpu)")
+    p.add_argument("--no-stats", action="store_true", help="skip `nsys stats` afterwards")
+    p.add_argument("--nsys-arg", action="append", metavar="ARG",
+                   help="extra argument for `nsys profile` (repeatable), e.g. --nsys-arg=--duration=60")
+    p.add_argument("--dry-run", action="store_true", help="print the nsys commands instead of running them")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- the command to profile")
+    p.set_defaults(func=_profile_nsys)
+    p = psub.add_parser("py-spy", help="py-spy: sampled Python stacks as a speedscope profile",
+                        description="py-spy record --format speedscope --threads [--native] [--idle] -- CMD")
+    p.add_argument("-o", "--output", default=None, metavar="FILE",
+                   help="profile file (default ckptlab-py-spy-<run id>.speedscope.json)")
+    p.add_argument("--rate", type=int, default=100, help="samples per second (default 100)")
+    p.add_argument("--native", action="store_true", help="include C/C++ frames (engine, torch)")
+    p.add_argument("--idle", action="store_true", help="include idle threads (blocked in fsync, waits)")
+    p.add_argument("--subprocesses", action="store_true", help="also profile child processes")
+    p.add_argument("--gil", action="store_true", help="only samples that hold the GIL")
+    p.add_argument("--dry-run", action="store_true", help="print the py-spy command instead of running it")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- the command to profile")
+    p.set_defaults(func=_profile_py_spy)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args.func(args) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ckptlab.profiling.cli trace export ...`` (same as the console script)."""
+    parser = argparse.ArgumentParser(prog="ckptlab")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    add_parsers(sub)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Python-side phases: one NVTX range and, while a trace session is recording, one timing record.
+
+``phase`` is what the training loop and the checkpointer's Python stages wrap their work in:
+
+    from ckptlab.profiling import phase
+
+    with phase("forward", step=k):
+        loss = model(x, y)
+
+It pushes an NVTX range in domain "ckptlab" (a no-op unless a tool collects NVTX) and, when a
+``TraceSession`` is active in this process, appends a record with the same columns as the
+engine's (thread = gettid, cpu at begin/end, CLOCK_MONOTONIC ns), so Python phases and engine
+operations share one timeline. With neither, it costs a few attribute checks.
+
+This module imports nothing heavy (no pyarrow, no torch), so ``ckptlab.core`` can use it.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ckptlab.profiling.nvtx_ranges import ENGINE_PHASES, PYTHON_PHASES, pop, push
+
+try:
+    from ckptlab._engine import current_cpu as _current_cpu
+except ImportError:  # pragma: no cover - engine not built
+    def _current_cpu() -> int:
+        return -1
+
+_native_id = threading.get_native_id
+_monotonic_ns = time.monotonic_ns  # CLOCK_MONOTONIC on Linux, the engine's clock
+
+# Phase name -> code (the Arrow `phase` dictionary index). Engine codes come first, in the
+# engine's order; Python names follow; new names are appended on first use.
+_phase_lock = threading.Lock()
+PHASES: list[str] = list(ENGINE_PHASES + PYTHON_PHASES)
+_PHASE_CODES: dict[str, int] = {n: i for i, n in enumerate(PHASES)}
+
+
+def phase_code(name: str) -> int:
+    code = _PHASE_CODES.get(name)
+    if code is None:
+        with _phase_lock:
+            code = _PHASE_CODES.get(name)
+            if code is None:
+                code = _PHASE_CODES[name] = len(PHASES)
+                PHASES.append(name)
+    return code
+
+
+class RecordSink(Protocol):
+    def attach(self, checkpointer: object, _auto: bool = False) -> bool: ...
+    def _append_python(self, rec: tuple, thread_name: str) -> None: ...
+    def _append_engine(self, columns: dict, thread_names: list) -> None: ...
+
+
+# Sessions currently recording; mutated only by TraceSession.start/close (copy-on-write, so
+# readers never need the lock).
+_sinks: tuple[RecordSink, ...] = ()
+_sinks_lock = threading.Lock()
+
+
+def _add_sink(sink: RecordSink) -> None:
+    global _sinks
+    with _sinks_lock:
+        _sinks = _sinks + (sink,)
+
+
+def _remove_sink(sink: RecordSink) -> None:
+    global _sinks
+    with _sinks_lock:
+        _sinks = tuple(s for s in _sinks if s is not sink)
+
+
+def recording() -> bool:
+    """True while at least one TraceSession records in this process."""
+    return bool(_sinks)
+
+
+def record(name: str, t_begin_ns: int, t_end_ns: int, *, step: int = -1, ckpt_id: int = 0, chunk: int = -1,
+           offset: int = 0, nbytes: int = 0, cpu_begin: int = -1, cpu_end: int = -1,
+           thread: int | None = None) -> None:
+    """Add one already-timed record (e.g. a D2H copy timed with CUDA events converted to
+    CLOCK_MONOTONIC ns) to every active session. No NVTX range is emitted."""
+    sinks = _sinks
+    if not sinks:
+        return
+    rec = (phase_code(name), ckpt_id, step, chunk, offset, nbytes, t_begin_ns, t_end_ns,
+           _native_id() if thread is None else thread, cpu_begin, cpu_end)
+    tname = threading.current_thread().name
+    for s in sinks:
+        s._append_python(rec, tname)
+
+
+def engine_opened(checkpointer: object) -> None:
+    """Called by a checkpointer when it opens its engine: every recording session attaches it
+    (the engine was opened with timing records on, since ``recording()`` was true)."""
+    for s in _sinks:
+        s.attach(checkpointer, _auto=True)
+
+
+def add_engine_records(columns: dict, thread_names: list | tuple = ()) -> None:
+    """Hand engine-format record columns (e.g. ``_engine.read_verified(...)["records"]``) to
+    every active session."""
+    for s in _sinks:
+        s._append_engine(columns, list(thread_names))
+
+
+class phase:  # noqa: N801 - used like a function (context manager / decorator)
+    """NVTX range + timing record for a Python-side phase (see module doc).
+
+    ``payload`` (shown by nsys) defaults to ``nbytes`` when given, else ``step``.
+    """
+
+    __slots__ = ("name", "step", "ckpt_id", "chunk", "offset", "nbytes", "payload", "category",
+                 "_pushed", "_t0", "_cpu0")
+
+    def __init__(self, name: str, *, step: int = -1, ckpt_id: int = 0, chunk: int = -1, offset: int = 0,
+                 nbytes: int = 0, payload: int | float | None = None, category: str | None = None) -> None:
+        self.name = name
+        self.step = step
+        self.ckpt_id = ckpt_id
+        self.chunk = chunk
+        self.offset = offset
+        self.nbytes = nbytes
+        self.payload = payload
+        self.category = category
+        self._pushed = False
+        self._t0 = 0
+        self._cpu0 = -1
+
+    def _payload(self) -> int | float | None:
+        if self.payload is not None:
+            return self.payload
+        if self.nbytes:
+            return self.nbytes
+        return self.step if self.step >= 0 else None
+
+    def __enter__(self) -> "phase":
+        self._pushed = push(self.name, self.category, self._payload())
+        if _sinks:
+            self._cpu0 = _current_cpu()
+            self._t0 = _monotonic_ns()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._t0:
+            t1 = _monotonic_ns()
+            rec = (phase_code(self.name), self.ckpt_id, self.step, self.chunk, self.offset, self.nbytes,
+                   self._t0, t1, _native_id(), self._cpu0, _current_cpu())
+            self._t0 = 0
+            tname = threading.current_thread().name
+            for s in _sinks:
+                s._append_python(rec, tname)
+        pop(self._pushed)
+
+    def __call__(self, func: Callable) -> Callable:
+        kwargs = {k: getattr(self, k) for k in ("step", "ckpt_id", "chunk", "offset", "nbytes", "payload",
+                                                  "category")}
+        name = self.name
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            with phase(name, **kwargs):
+                return func(*args, **kw)
+
+        return wrapper

@@ -1,0 +1,198 @@
+"""Command line for the reference training: ``ckptlab train``, ``python -m training.train_*``.
+
+``build_parser()`` / ``main(argv)`` stand alone (``python -m ckptlab.training.cli``);
+``add_train_subcommand(subparsers)`` / ``run_train(args)`` plug the same flags into the
+``ckptlab`` console script. Exit codes: 0 done (or stopped cleanly by SIGTERM), 1 a
+checkpoint failed or the SIGTERM budget ran out, 2 bad input (unknown preset, negative
+steps, nothing to resume, a checkpoint of another model shape).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ckptlab.training.checkpointers import KINDS
+from ckptlab.training.config import MODEL_DTYPES, TrainConfig
+from ckptlab.training.presets import PRESETS, get_preset
+
+__all__ = ["build_parser", "add_train_arguments", "add_train_subcommand", "run_train", "main",
+           "config_from_args"]
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be >= 1, got 0")
+    return value
+
+
+def _preset(text: str) -> str:
+    try:
+        get_preset(text)
+    except KeyError as exc:
+        raise argparse.ArgumentTypeError(exc.args[0]) from None
+    return text
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, *,
+                        default_checkpointer: str = "none") -> argparse.ArgumentParser:
+    """The training flags (the seeds' names first), added to ``parser``."""
+    seeds = parser.add_argument_group("run (the seeds' flags)")
+    seeds.add_argument("--seed", type=_non_negative_int, default=0,
+                       help="seeds model init, data and every RNG (default 0)")
+    seeds.add_argument("--training-steps", type=_non_negative_int, default=100,
+                       help="optimizer steps in the whole run, counted from 1 (default 100)")
+    seeds.add_argument("--checkpoint-freq", type=_non_negative_int, default=0,
+                       help="checkpoint after every N-th step; 0 never (default 0)")
+    seeds.add_argument("--model-dtype", choices=list(MODEL_DTYPES), default="fp32",
+                       help="parameter and optimizer-state dtype (default fp32)")
+    seeds.add_argument("--sequence-length", type=_positive_int, default=None,
+                       help="tokens per sample (default: the preset's)")
+    seeds.add_argument("--loss-file", type=Path, default=None,
+                       help="write '<step> <repr(loss)>' per step; byte-comparable across runs")
+    seeds.add_argument("--load-checkpoint", action="store_true",
+                       help="resume from the newest valid checkpoint in --ckpt-dir "
+                            "(exit 2 if there is none, unless --allow-fresh-start)")
+    run = parser.add_argument_group("model, device, checkpointing")
+    run.add_argument("--preset", type=_preset, default="tiny", metavar="NAME",
+                     help=f"model preset: {', '.join(PRESETS)} (default tiny)")
+    run.add_argument("--batch-size", type=_positive_int, default=None,
+                     help="samples per step (default: the preset's)")
+    run.add_argument("--checkpointer", choices=KINDS, default=default_checkpointer,
+                     help=f"checkpointer kind (default {default_checkpointer})")
+    run.add_argument("--ckpt-dir", type=Path, default=Path("checkpoints"),
+                     help="checkpoint directory (default ./checkpoints)")
+    run.add_argument("--device", default="auto",
+                     help="cpu, cuda, cuda:N or auto (default: cuda if available)")
+    run.add_argument("--threads", type=_positive_int, default=None,
+                     help="torch CPU threads (default: 1 for tiny, so checkpoint writers keep "
+                          "a core; torch's default otherwise)")
+    run.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                     help="CUDA: TF32 tensor cores for fp32 matmuls (default on; the anchors' "
+                          "iteration times assume it)")
+    run.add_argument("--max-inflight", type=_positive_int, default=2,
+                     help="checkpoints in flight at once before save() waits (default 2)")
+    run.add_argument("--writer-threads", type=_positive_int, default=4,
+                     help="writer threads per checkpoint (default 4)")
+    run.add_argument("--keep-last", type=_non_negative_int, default=2,
+                     help="committed checkpoints to keep, 0 keeps all (default 2)")
+    run.add_argument("--trace", type=Path, default=None, metavar="FILE",
+                     help="record a timing trace to FILE (needs ckptlab.profiling)")
+    run.add_argument("--allow-fresh-start", action="store_true",
+                     help="with --load-checkpoint: start from step 0 if there is no checkpoint")
+    faults = parser.add_argument_group("crash and stop")
+    faults.add_argument("--fail-at-step", type=_positive_int, default=None, metavar="N",
+                        help="SIGKILL this process after step N (after issuing N's checkpoint)")
+    faults.add_argument("--fail-after-durable", action="store_true",
+                        help="with --fail-at-step: first wait until issued checkpoints are "
+                             "durable")
+    faults.add_argument("--sigterm-budget", type=float, default=60.0, metavar="SECONDS",
+                        help="on SIGTERM, time allowed for the final checkpoint (default 60)")
+    opt = parser.add_argument_group("optimisation and model overrides")
+    opt.add_argument("--lr", type=float, default=None,
+                     help="peak learning rate (default: the preset's)")
+    opt.add_argument("--warmup-steps", type=_positive_int, default=None,
+                     help="linear warmup steps before the cosine decay (default: 10%% of steps, "
+                          "at most 100)")
+    opt.add_argument("--weight-decay", type=float, default=0.1)
+    opt.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm; 0 disables")
+    for flag, kind in (("--dim", int), ("--n-layers", int), ("--n-heads", int),
+                       ("--n-kv-heads", int), ("--ffn-dim", int), ("--vocab-size", int),
+                       ("--rope-theta", float)):
+        opt.add_argument(flag, type=_positive_int if kind is int else float, default=None,
+                         help="override the preset's value")
+    out = parser.add_argument_group("output")
+    out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar (default: only on a terminal)")
+    out.add_argument("--summary-json", type=Path, default=None, metavar="FILE",
+                     help="write the run summary as JSON")
+    return parser
+
+
+def build_parser(default_checkpointer: str = "none", prog: str | None = None
+                 ) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Train the seeds' Llama-style model on synthetic data with "
+                               "resumable, bit-exact checkpoints.")
+    return add_train_arguments(parser, default_checkpointer=default_checkpointer)
+
+
+def add_train_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``train`` on the ``ckptlab`` console script; dispatches to ``run_train``."""
+    parser = subparsers.add_parser("train", help="reference training with checkpoints",
+                                   description=build_parser().description)
+    add_train_arguments(parser)
+    parser.set_defaults(func=run_train)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        preset=args.preset, checkpointer=args.checkpointer, seed=args.seed,
+        training_steps=args.training_steps, checkpoint_freq=args.checkpoint_freq,
+        model_dtype=args.model_dtype, sequence_length=args.sequence_length,
+        batch_size=args.batch_size, loss_file=args.loss_file,
+        load_checkpoint=args.load_checkpoint, allow_fresh_start=args.allow_fresh_start,
+        ckpt_dir=args.ckpt_dir, device=args.device, threads=args.threads, tf32=args.tf32,
+        max_inflight=args.max_inflight,
+        writer_threads=args.writer_threads, keep_last=args.keep_last, trace=args.trace,
+        fail_at_step=args.fail_at_step, fail_after_durable=args.fail_after_durable,
+        sigterm_budget_s=args.sigterm_budget, lr=args.lr, warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay, grad_clip=args.grad_clip, dim=args.dim,
+        n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads,
+        ffn_dim=args.ffn_dim, vocab_size=args.vocab_size, rope_theta=args.rope_theta,
+        progress=args.progress, summary_json=args.summary_json)
+
+
+def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run training for parsed ``args``; returns the exit code."""
+    from ckptlab.training.loop import TrainError, summary_lines, train
+
+    try:
+        cfg = config_from_args(args)
+    except (ValueError, KeyError) as exc:
+        message = exc.args[0] if exc.args else str(exc)
+        if parser is not None:
+            parser.error(message)  # exits 2
+        print(f"ckptlab train: error: {message}", file=sys.stderr)
+        return 2
+    try:
+        result = train(cfg)
+    except TrainError as exc:
+        print(f"ckptlab train: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    for line in summary_lines(result, cfg):
+        print(line)
+    if cfg.summary_json is not None:
+        cfg.summary_json.parent.mkdir(parents=True, exist_ok=True)
+        cfg.summary_json.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    if result.abandon_threads:  # SIGTERM budget ran out: do not join writer threads
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(result.exit_code)
+    return result.exit_code
+
+
+def main(argv: Sequence[str] | None = None, *, default_checkpointer: str = "none",
+         prog: str | None = None) -> int:
+    parser = build_parser(default_checkpointer, prog)
+    return run_train(parser.parse_args(argv), parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Every RNG a training step can touch, as one object with ``state_dict``/``load_state_dict``.
+
+States are kept as tensors and plain ints/floats (no NumPy arrays, no tuples) so every
+checkpointer kind stores them as it stores weights, and ``torch.load(weights_only=True)``
+accepts them.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["RNGState", "seed_everything", "configure_determinism"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def configure_determinism(device: torch.device) -> None:
+    """Deterministic kernels where the device needs them.
+
+    CPU kernels are run-to-run deterministic at a fixed thread count already. On CUDA,
+    cuBLAS needs a fixed workspace (``CUBLAS_WORKSPACE_CONFIG``, read when its handle is
+    created, so the caller sets it before touching the GPU) and scatter/atomic kernels must
+    be swapped for deterministic ones.
+    """
+    if device.type == "cuda":
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+class RNGState:
+    """Python ``random``, NumPy's global generator, torch CPU and all CUDA devices."""
+
+    def state_dict(self) -> dict[str, Any]:
+        version, internal, gauss = random.getstate()
+        np_state = np.random.get_state(legacy=False)
+        return {
+            "python": {"version": version,
+                       "internal": torch.tensor(internal, dtype=torch.int64),
+                       "gauss_next": gauss},
+            "numpy": {"bit_generator": np_state["bit_generator"],
+                      "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                      "pos": int(np_state["state"]["pos"]),
+                      "has_gauss": int(np_state["has_gauss"]),
+                      "gauss": float(np_state["gauss"])},
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        py = state["python"]
+        random.setstate((int(py["version"]), tuple(int(v) for v in py["internal"].tolist()),
+                         py["gauss_next"]))
+        npy = state["numpy"]
+        np.random.set_state({"bit_generator": npy["bit_generator"],
+                             "state": {"key": npy["key"].numpy().astype(np.uint32),
+                                       "pos": int(npy["pos"])},
+                             "has_gauss": int(npy["has_gauss"]), "gauss": float(npy["gauss"])})
+        torch.set_rng_state(state["torch"].cpu())
+        cuda_states = list(state.get("cuda") or [])
+        if cuda_states and torch.cuda.is_available():
+            # A run resumed on fewer devices restores the ones it has.
+            for index, cuda_state in enumerate(cuda_states[:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(cuda_state.cpu(), index)
