@@ -46,11 +46,11 @@ class Result:
         return statistics.median(self.durable_s)
 
 
-def make_state(size_mb: int) -> dict[str, torch.Tensor]:
+def make_state(size_mb: int, device: str = "cpu") -> dict[str, torch.Tensor]:
     """A model-like state: 64 fp32 tensors of equal size, random contents."""
     n = size_mb * MiB // 4 // 64
     g = torch.Generator().manual_seed(0)
-    return {f"layer{i}.weight": torch.randn(n, generator=g) for i in range(64)}
+    return {f"layer{i}.weight": torch.randn(n, generator=g).to(device) for i in range(64)}
 
 
 def fresh_dir(root: str, name: str) -> str:
@@ -102,7 +102,7 @@ def bench_raw(state, root, repeats) -> tuple[Result, dict]:
     buf = mmap.mmap(-1, (total + 4095) // 4096 * 4096)  # page aligned, as O_DIRECT needs
     off = 0
     for t in state.values():
-        b = t.numpy().tobytes()
+        b = t.cpu().numpy().tobytes()
         buf[off:off + len(b)] = b
         off += len(b)
     buffered, direct = [], []
@@ -189,6 +189,7 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk-mb", type=int, default=16)
     ap.add_argument("--io-mode", default="auto", choices=["auto", "direct", "buffered"])
     ap.add_argument("--no-dcp", action="store_true", help="skip the DCP peers")
+    ap.add_argument("--device", default="cpu", help="where the state lives (cpu, cuda); the raw-disk row always writes host bytes")
     ap.add_argument("--out", default=None, help="directory for results JSON/Markdown")
     args = ap.parse_args(argv)
     if args.size_mb < 1 or args.repeats < 1:
@@ -200,7 +201,9 @@ def main(argv=None) -> int:
     free = shutil.disk_usage(root).free
     if free < args.size_mb * MiB * 4:
         ap.error(f"{root} has {free / MiB:.0f} MiB free; need about {4 * args.size_mb} MiB")
-    state = make_state(args.size_mb)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error("--device cuda but no CUDA device is available")
+    state = make_state(args.size_mb, args.device)
     total = sum(t.numel() * t.element_size() for t in state.values())
     cfg = CheckpointConfig(writer_threads=args.writer_threads, chunk_bytes=args.chunk_mb * MiB,
                            staging_bytes=(total + args.chunk_mb * MiB - 1) // (args.chunk_mb * MiB) * args.chunk_mb * MiB,
@@ -252,6 +255,8 @@ def main(argv=None) -> int:
         os.makedirs(args.out, exist_ok=True)
         record = {
             "host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
             "size_bytes": total, "repeats": args.repeats, "config": asdict(cfg), "raw_detail": raw_detail,
             "results": [asdict(r) | {"stall_median_s": r.stall, "durable_median_s": r.durable} for r in results],
             "verdict": verdict, "when": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -11,6 +11,7 @@ GiB = 1 << 30
 IO_MODES = ("auto", "direct", "buffered")
 DURABILITY_MUTATIONS = ("skip_data_fsync", "skip_dir_fsync", "corrupt_manifest_checksum", "unordered_commit")
 FAULTS_ENV = "CKPTLAB_FAULTS"
+IO_LOG_ENV = "CKPTLAB_IO_LOG"  # record engine file-system operations (faults/iolog.py)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class CheckpointConfig:
     trace: keep per-thread timing records (drain with Checkpointer.drain_trace()).
     allow_pickle: extra "module.QualName" types allowed in pickled leaves on load.
     unsafe: durability mutations for the fault campaign's teeth only; never in real use.
+    io_log: record the engine's file-system operations to this file for crash-state replay
+        (docs/FAULTS.md); the CKPTLAB_IO_LOG environment variable sets it for child processes.
     """
 
     max_inflight: int = 2
@@ -48,6 +51,7 @@ class CheckpointConfig:
     prefault_staging: bool = True
     allow_pickle: tuple[str, ...] = ()
     unsafe: tuple[str, ...] = field(default=())
+    io_log: str = ""
 
     def __post_init__(self) -> None:
         def positive(name: str, minimum: int = 1) -> None:
@@ -79,6 +83,11 @@ class CheckpointConfig:
         """The configured spec plus the one inherited through CKPTLAB_FAULTS (child processes)."""
         parts = [p for p in (self.faults, os.environ.get(FAULTS_ENV, "")) if p.strip()]
         return ";".join(parts)
+
+    def effective_io_log(self) -> tuple[str, bool]:
+        """(path, record written bytes) of the engine I/O log: io_log, else CKPTLAB_IO_LOG."""
+        path = self.io_log or os.environ.get(IO_LOG_ENV, "")
+        return path, os.environ.get(IO_LOG_ENV + "_DATA", "1") != "0"
 
     def replace(self, **changes) -> "CheckpointConfig":
         return dataclasses.replace(self, **changes)

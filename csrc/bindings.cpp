@@ -12,6 +12,7 @@
 #include "checksum.hpp"
 #include "engine.hpp"
 #include "fault.hpp"
+#include "io_log.hpp"
 #include "file_io.hpp"
 #include "manifest_writer.hpp"
 #include "reader.hpp"
@@ -147,6 +148,11 @@ PYBIND11_MODULE(_engine, m) {
   }, py::arg("ptr"), py::arg("nbytes"), py::arg("crc") = 0);
   m.def("crc32c_implementation", &crc32c_implementation);
   m.def("fault_points", &fault_point_names);
+  m.def("io_op_names", [] {
+    std::vector<std::string> names;
+    for (int i = 0; i < static_cast<int>(IoOp::kCount); ++i) names.emplace_back(io_op_name(static_cast<IoOp>(i)));
+    return names;
+  }, "Operation names used in I/O logs (Engine(io_log=PATH)), see faults/iolog.py.");
   m.def("validate_fault_spec", [](const std::string& spec) { FaultInjector check(spec); },
         "Raises ValueError naming the bad token if the spec does not parse.");
   m.def("phase_names", [] {
@@ -222,7 +228,7 @@ PYBIND11_MODULE(_engine, m) {
       .def(py::init([](const std::string& dir, int writer_threads, int max_inflight, int shards,
                        uint64_t chunk_bytes, uint64_t staging_bytes, int keep_last, const std::string& io_mode,
                        const std::string& faults, bool trace, uint64_t trace_capacity, bool prefault,
-                       const std::vector<std::string>& unsafe) {
+                       const std::vector<std::string>& unsafe, const std::string& io_log, bool io_log_data) {
              EngineOptions o;
              o.dir = dir;
              o.writer_threads = writer_threads;
@@ -236,6 +242,8 @@ PYBIND11_MODULE(_engine, m) {
              o.trace_records = trace;
              o.trace_capacity = trace_capacity;
              o.prefault = prefault;
+             o.io_log = io_log;
+             o.io_log_data = io_log_data;
              for (const auto& u : unsafe) {
                if (u == "skip_data_fsync") o.unsafe_skip_data_fsync = true;
                else if (u == "skip_dir_fsync") o.unsafe_skip_dir_fsync = true;
@@ -250,7 +258,7 @@ PYBIND11_MODULE(_engine, m) {
            py::arg("chunk_bytes") = 16ull << 20, py::arg("staging_bytes") = 256ull << 20, py::arg("keep_last") = 2,
            py::arg("io_mode") = "auto", py::arg("faults") = "", py::arg("trace") = false,
            py::arg("trace_capacity") = 1u << 16, py::arg("prefault") = true,
-           py::arg("unsafe") = std::vector<std::string>{})
+           py::arg("unsafe") = std::vector<std::string>{}, py::arg("io_log") = "", py::arg("io_log_data") = true)
       .def("submit",
            [](Engine& e, int64_t step, const std::string& meta_json,
               const std::vector<std::tuple<uintptr_t, uint64_t, uint64_t>>& segments, uint64_t total_bytes) {

@@ -1,0 +1,417 @@
+"""Crash-consistency campaigns: ``ckptlab campaign`` / ``python -m ckptlab.faults.campaign``.
+
+Runs the tiers of faults/tiers.py in parallel worker processes, each trial a real child
+process that is crashed (or failed, or power-cut on replay), recovered and checked against the
+oracle (faults/oracle.py). Writes one row per trial to ``OUT/results.parquet``, the summary to
+``OUT/summary.json``, keeps the working directory of every violating trial (child config, ack
+log, I/O log, crash states) under ``OUT/violations/``, prints a table, and exits non-zero on
+any violation or harness error. Every trial is reproducible from the printed seed and id:
+
+    ckptlab campaign --seed S --trial points:17 [--short] [--unsafe M]
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ckptlab.faults import tiers as T
+
+DEFAULT_OUT = "campaign-results"
+# Trials per tier: (short, full); exhaustive tiers ignore --trials.
+SCALE = {"random": (8, 300), "powerloss": (1, 16), "bitrot": (60, 660), "enospc": (1, 12), "training": (0, 6)}
+
+
+@dataclass
+class Options:
+    tiers: tuple[str, ...] = T.TIERS
+    short: bool = False
+    trials: int | None = None
+    seed: int = 1
+    jobs: int = 0
+    out: str = DEFAULT_OUT
+    unsafe: tuple[str, ...] = ()
+    trial: tuple[str, ...] = ()
+    max_violations: int | None = None
+    work_dir: str | None = None
+    keep_work: bool = False
+    progress: bool = True
+    quiet: bool = False
+
+
+@dataclass
+class Result:
+    rows: list[dict] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    out: str = ""
+
+    @property
+    def violations(self) -> int:
+        return sum(r["violations"] for r in self.rows)
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for r in self.rows if r["outcome"] == "error")
+
+    def by_tier(self) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for r in self.rows:
+            t = out.setdefault(r["tier"], {"trials": 0, "fired": 0, "checks": 0, "violations": 0,
+                                           "violating_trials": 0, "errors": 0, "not_fired": 0, "noop": 0,
+                                           "skipped": 0, "seconds": 0.0})
+            t["trials"] += 1
+            t["fired"] += 1 if r["fired"] else 0
+            t["checks"] += r["checks"]
+            t["violations"] += r["violations"]
+            t["violating_trials"] += 1 if r["violations"] else 0
+            for k in ("error", "not_fired", "noop", "skipped"):
+                t[k + ("s" if k == "error" else "")] += r["outcome"] == k
+            t["seconds"] += r["seconds"]
+        return out
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.violations or self.errors else 0
+
+
+def trial_count(tier: str, opts: Options) -> int:
+    short, full = SCALE[tier]
+    if opts.trials is None:
+        return short if opts.short else full
+    n = opts.trials
+    return {"random": n, "bitrot": 2 * n, "powerloss": max(1, n // 30), "enospc": max(2, n // 30),
+            "training": max(1, n // 50)}[tier]
+
+
+def generate(opts: Options) -> tuple[list[dict], dict[str, str]]:
+    """Every trial of the selected tiers (deterministic in opts.seed), and skipped tiers."""
+    trials: list[dict] = []
+    skipped: dict[str, str] = {}
+    for tier in opts.tiers:
+        if tier == "points":
+            trials += T.gen_points(opts.seed, opts.short)
+        elif tier == "random":
+            trials += T.gen_random(opts.seed, trial_count(tier, opts))
+        elif tier == "ioerr":
+            trials += T.gen_ioerr(opts.seed, opts.short)
+        elif tier == "powerloss":
+            trials += T.gen_powerloss(opts.seed, trial_count(tier, opts))
+        elif tier == "bitrot":
+            n = trial_count(tier, opts)
+            trials += T.gen_bitrot(opts.seed, n, bases=1 if opts.short else 4)
+        elif tier == "enospc":
+            prefix, why = T.namespace_prefix()
+            if prefix is None:
+                skipped[tier] = why
+            else:
+                trials += T.gen_enospc(opts.seed, trial_count(tier, opts))
+        elif tier == "training":
+            ok, why = T.training_available()
+            n = trial_count(tier, opts)
+            if not ok:
+                skipped[tier] = why
+            elif n:
+                trials += T.gen_training(opts.seed, n)
+        else:
+            raise ValueError(f"unknown tier {tier!r} (known: {', '.join(T.TIERS)})")
+    if opts.trial:
+        wanted = set(opts.trial)
+        trials = [t for t in trials if t["id"] in wanted]
+        missing = wanted - {t["id"] for t in trials}
+        if missing:
+            raise ValueError(f"no such trial(s) {sorted(missing)} for --seed {opts.seed}"
+                             f"{' --short' if opts.short else ''} and tiers {','.join(opts.tiers)}")
+    return trials, skipped
+
+
+def repro(trial: dict, opts: Options) -> str:
+    parts = ["ckptlab campaign", f"--seed {opts.seed}", f"--tiers {trial['tier']}", f"--trial {trial['id']}"]
+    if opts.short:
+        parts.append("--short")
+    parts += [f"--unsafe {u}" for u in opts.unsafe]
+    return " ".join(parts)
+
+
+# --- running trials ---------------------------------------------------------------------------
+
+_CTX: T.Context | None = None
+
+
+def _init_worker(ctx: T.Context) -> None:
+    global _CTX
+    _CTX = ctx
+    import torch  # noqa: F401  (pay the import once per worker, not per trial)
+
+    import ckptlab.core  # noqa: F401
+    torch.set_num_threads(1)
+
+
+def run_one(trial: dict, ctx: T.Context | None = None) -> tuple[dict, str | None]:
+    """Run one trial; returns its row and, if it violated, the kept working directory."""
+    ctx = ctx or _CTX
+    assert ctx is not None
+    tdir = os.path.join(ctx.work, "trials", trial["id"].replace(":", "-"))
+    shutil.rmtree(tdir, ignore_errors=True)
+    os.makedirs(tdir)
+    t0 = time.monotonic()
+    try:
+        r = T.RUNNERS[trial["tier"]](trial, ctx, tdir)
+    except Exception as e:  # noqa: BLE001 - a harness failure is reported, never swallowed
+        r = T.row(trial, "error", detail=f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}",
+                  seconds=time.monotonic() - t0)
+    if r["violations"] or r["outcome"] == "error":
+        return r, tdir
+    shutil.rmtree(tdir, ignore_errors=True)
+    return r, None
+
+
+def _weight(trial: dict) -> int:
+    return {"training": 0, "enospc": 1, "powerloss": 2, "random": 3, "points": 4, "ioerr": 5}.get(trial["tier"], 6)
+
+
+def run(opts: Options) -> Result:
+    t_start = time.monotonic()
+    trials, skipped = generate(opts)
+    trials.sort(key=_weight)  # long trials first: better packing across workers
+    own_work = opts.work_dir is None
+    work = opts.work_dir or tempfile.mkdtemp(prefix="ckptlab-campaign-")
+    os.makedirs(work, exist_ok=True)
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else work
+    states = tempfile.mkdtemp(prefix="ckptlab-states-", dir=shm)
+    ctx = T.Context(work=work, states=states, unsafe=tuple(opts.unsafe), short=opts.short)
+    os.makedirs(opts.out, exist_ok=True)
+    result = Result(skipped=skipped, out=opts.out)
+    jobs = opts.jobs or os.cpu_count() or 1
+    bar = _progress(len(trials), opts)
+    kept: list[tuple[dict, str]] = []
+
+    def collect(r: dict, tdir: str | None) -> bool:
+        result.rows.append(r)
+        if tdir:
+            dest = os.path.join(opts.out, "violations", r["trial"].replace(":", "-"))
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(tdir, dest, symlinks=True, ignore_dangling_symlinks=True)
+            shutil.rmtree(tdir, ignore_errors=True)
+            kept.append((r, dest))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(violations=result.violations, refresh=False)
+        return opts.max_violations is not None and result.violations >= opts.max_violations
+
+    try:
+        if jobs == 1 or len(trials) <= 1:
+            for t in trials:
+                if collect(*run_one(t, ctx)):
+                    break
+        else:
+            mp = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp, initializer=_init_worker,
+                                        initargs=(ctx,)) as ex:
+                futures = {ex.submit(run_one, t): t for t in trials}
+                stop = False
+                for fut in cf.as_completed(futures):
+                    try:
+                        r, tdir = fut.result()
+                    except cf.CancelledError:
+                        continue
+                    except Exception as e:  # noqa: BLE001 - a worker died
+                        r, tdir = T.row(futures[fut], "error", detail=f"worker failed: {e}"), None
+                    if not stop and collect(r, tdir):
+                        stop = True
+                        for f in futures:
+                            f.cancel()
+    finally:
+        if bar is not None:
+            bar.close()
+        shutil.rmtree(states, ignore_errors=True)
+        if own_work and not opts.keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+    result.seconds = time.monotonic() - t_start
+    for r in result.rows:
+        r["repro"] = repro({"tier": r["tier"], "id": r["trial"]}, opts)
+    result.rows.sort(key=lambda r: (T.TIERS.index(r["tier"]), int(r["trial"].split(":")[1])))
+    _write(result, opts)
+    return result
+
+
+def _progress(total: int, opts: Options):
+    if not opts.progress or opts.quiet:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="campaign", unit="trial", dynamic_ncols=True, file=sys.stderr)
+
+
+def _write(result: Result, opts: Options) -> None:
+    summary = {"seed": opts.seed, "short": opts.short, "tiers": list(opts.tiers), "unsafe": list(opts.unsafe),
+               "seconds": round(result.seconds, 2), "trials": len(result.rows), "violations": result.violations,
+               "errors": result.errors, "skipped": result.skipped, "by_tier": result.by_tier()}
+    with open(os.path.join(opts.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        with open(os.path.join(opts.out, "results.jsonl"), "w") as f:
+            for r in result.rows:
+                f.write(json.dumps(r) + "\n")
+        return
+    cols = ["tier", "trial", "seed", "outcome", "checks", "violations", "fired", "loaded_step", "acked_step",
+            "detail", "seconds", "params", "repro"]
+    schema = pa.schema([("tier", pa.string()), ("trial", pa.string()), ("seed", pa.uint64()),
+                        ("outcome", pa.string()), ("checks", pa.int64()), ("violations", pa.int64()),
+                        ("fired", pa.bool_()), ("loaded_step", pa.int64()), ("acked_step", pa.int64()),
+                        ("detail", pa.string()), ("seconds", pa.float64()), ("params", pa.string()),
+                        ("repro", pa.string())],
+                       metadata={"campaign": json.dumps({k: v for k, v in summary.items() if k != "by_tier"})})
+    table = pa.Table.from_pylist([{c: r.get(c) for c in cols} for r in result.rows], schema=schema)
+    tmp = os.path.join(opts.out, ".results.parquet.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, os.path.join(opts.out, "results.parquet"))
+
+
+def print_summary(result: Result, opts: Options, file=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(file=file or sys.stdout, width=120)
+    title = f"crash-consistency campaign (seed {opts.seed}{', short' if opts.short else ''}"
+    title += f", unsafe: {','.join(opts.unsafe)})" if opts.unsafe else ")"
+    table = Table(title=title)
+    for col, just in (("tier", "left"), ("trials", "right"), ("crashed/failed", "right"), ("states checked", "right"),
+                      ("violations", "right"), ("other", "left"), ("time", "right")):
+        table.add_column(col, justify=just)
+    tiers = result.by_tier()
+    for tier in T.TIERS:
+        if tier in result.skipped:
+            table.add_row(tier, "0", "-", "-", "-", f"[yellow]skipped: {result.skipped[tier]}[/yellow]", "-")
+            continue
+        if tier not in tiers:
+            continue
+        t = tiers[tier]
+        other = ", ".join(f"{t[k]} {k.replace('_', ' ')}" for k in ("not_fired", "noop", "errors", "skipped") if t[k])
+        style = "red" if t["violations"] or t["errors"] else "green"
+        table.add_row(tier, str(t["trials"]), str(t["fired"]), str(t["checks"]),
+                      f"[{style}]{t['violations']}[/{style}]" + (f" in {t['violating_trials']} trials"
+                                                                 if t["violations"] else ""),
+                      other, f"{t['seconds']:.1f}s")
+    total_checks = sum(t["checks"] for t in tiers.values())
+    style = "red" if result.exit_code else "green"
+    table.add_row("[b]total[/b]", str(len(result.rows)), "", str(total_checks),
+                  f"[{style}][b]{result.violations}[/b][/{style}]", f"{result.errors} errors" if result.errors else "",
+                  f"{result.seconds:.1f}s wall")
+    console.print(table)
+    bad = [r for r in result.rows if r["violations"] or r["outcome"] == "error"]
+    for r in bad[:10]:
+        console.print(Text.assemble((r["outcome"].upper(), "bold red"),
+                                    f" {r['trial']} (seed {r['seed']}): {r['detail'][:600]}"), highlight=False)
+        console.print(f"  reproduce: {r['repro']}", markup=False, highlight=False)
+    if len(bad) > 10:
+        console.print(f"... and {len(bad) - 10} more (see {os.path.join(opts.out, 'results.parquet')})")
+    console.print(f"results: {os.path.join(opts.out, 'results.parquet')}"
+                  + (f"; violating trials kept in {os.path.join(opts.out, 'violations')}" if bad else ""),
+                  markup=False, highlight=False)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+def _tiers(text: str) -> list[str]:
+    out = []
+    for t in text.split(","):
+        t = t.strip()
+        if not t:
+            continue
+        if t == "all":
+            out += list(T.TIERS)
+        elif t not in T.TIERS:
+            raise argparse.ArgumentTypeError(f"unknown tier {t!r} (known: {', '.join(T.TIERS)}, all)")
+        else:
+            out.append(t)
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ckptlab.core.config import DURABILITY_MUTATIONS
+
+    p.add_argument("--tiers", type=_tiers, action="append", default=None, metavar="LIST",
+                   help=f"comma-separated tiers ({', '.join(T.TIERS)}; default all)")
+    p.add_argument("--short", action="store_true", help="the quick version (seconds; what `make test` runs)")
+    p.add_argument("--trials", type=int, default=None, metavar="N",
+                   help="trials of each randomized tier (random, bitrot x2, powerloss N/30 recordings, ...); "
+                        "the exhaustive tiers (points, ioerr) always run their whole space")
+    p.add_argument("--seed", type=int, default=1, help="campaign seed; every trial's own seed derives from it")
+    p.add_argument("--jobs", "-j", type=int, default=0, help="parallel workers (default: CPU count)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"results directory (default ./{DEFAULT_OUT})")
+    p.add_argument("--unsafe", action="append", default=[], choices=DURABILITY_MUTATIONS,
+                   help="run every engine with this durability step removed (the campaign must then fail)")
+    p.add_argument("--trial", action="append", default=[], metavar="ID",
+                   help="run only this trial id (e.g. points:17), as printed; repeatable")
+    p.add_argument("--max-violations", type=int, default=None, metavar="N", help="stop after N violations")
+    p.add_argument("--work-dir", default=None, help="where trials run (default: a new temp dir, removed after)")
+    p.add_argument("--keep-work", action="store_true", help="keep the working directory")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--list", action="store_true", help="list the trials that would run, and exit")
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    tiers = tuple(dict.fromkeys(t for group in (args.tiers or [list(T.TIERS)]) for t in group))
+    return Options(tiers=tiers, short=args.short, trials=args.trials, seed=args.seed, jobs=args.jobs, out=args.out,
+                   unsafe=tuple(args.unsafe), trial=tuple(args.trial), max_violations=args.max_violations,
+                   work_dir=args.work_dir, keep_work=args.keep_work, progress=args.progress)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    opts = options_from_args(args)
+    try:
+        if args.list:
+            trials, skipped = generate(opts)
+            for t in trials:
+                print(t["id"], t["seed"], json.dumps(t["p"], sort_keys=True)[:160])
+            for tier, why in skipped.items():
+                print(f"# {tier} skipped: {why}")
+            return 0
+        print(f"ckptlab campaign: seed {opts.seed}, tiers {','.join(opts.tiers)}"
+              + (", short" if opts.short else "") + (f", unsafe {','.join(opts.unsafe)}" if opts.unsafe else ""),
+              flush=True)
+        result = run(opts)
+    except ValueError as e:
+        print(f"ckptlab campaign: error: {e}", file=sys.stderr)
+        return 2
+    print_summary(result, opts)
+    return result.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--inner-enospc"]:  # inside the mount namespace (faults/tiers.py run_enospc)
+        spec_path, result_path = argv[1], argv[2]
+        with open(spec_path) as f:
+            spec = json.load(f)
+        try:
+            r = T.enospc_inner(spec)
+        except Exception as e:  # noqa: BLE001
+            r = T.row(spec["trial"], "error", detail=f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}")
+        with open(result_path, "w") as f:
+            json.dump(r, f)
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m ckptlab.faults.campaign",
+                                     description="Crash-consistency campaign for the ckptlab engine.")
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
