@@ -11,6 +11,7 @@ import torch
 from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.durable import makedirs_durable
 from ckptlab.core.recovery import CheckpointInfo, latest_valid, load_latest
+from ckptlab.core.state import PinnedHostCache
 
 
 class CheckpointerBase:
@@ -25,6 +26,8 @@ class CheckpointerBase:
         makedirs_durable(self.directory)
         self.config = config
         self._closed = False
+        # pinned host copies of CUDA tensors, reused across saves (no effect without CUDA)
+        self._host_cache = PinnedHostCache() if config.pinned_host_copies else None
         self._saves = 0
         self._stall_total = 0.0
         self._stall_last = 0.0

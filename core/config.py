@@ -32,6 +32,8 @@ class CheckpointConfig:
     trace: keep per-thread timing records (drain with Checkpointer.drain_trace()).
     allow_pickle: extra "module.QualName" types allowed in pickled leaves on load.
     unsafe: durability mutations for the fault campaign's teeth only; never in real use.
+    pinned_host_copies: copy CUDA tensors into page-locked host buffers kept across saves
+        (fast D2H; costs host memory equal to the GPU state), instead of pageable copies.
     io_log: record the engine's file-system operations to this file for crash-state replay
         (docs/FAULTS.md); the CKPTLAB_IO_LOG environment variable sets it for child processes.
     """
@@ -52,6 +54,7 @@ class CheckpointConfig:
     allow_pickle: tuple[str, ...] = ()
     unsafe: tuple[str, ...] = field(default=())
     io_log: str = ""
+    pinned_host_copies: bool = True
 
     def __post_init__(self) -> None:
         def positive(name: str, minimum: int = 1) -> None:

@@ -21,7 +21,7 @@ from ckptlab import _engine
 from ckptlab.core.base import CheckpointerBase, now
 from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.errors import CheckpointError, CheckpointWriteError
-from ckptlab.core.state import capture, check_loadable
+from ckptlab.core.state import PinnedHostCache, capture, check_loadable
 from ckptlab.profiling.phases import engine_opened, phase, recording
 
 
@@ -78,7 +78,7 @@ class PCcheckCheckpointer(CheckpointerBase):
         self._raise_failure()
         t0 = now()
         with phase("capture", step=step):
-            captured = capture(state)
+            captured = capture(state, self._host_cache)
         check_loadable(captured, self.config.allow_pickle)
         if self._engine is None:
             auto = min(_round_up(captured.total_bytes, self.config.chunk_bytes), self.config.max_auto_staging_bytes)

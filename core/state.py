@@ -69,7 +69,31 @@ def _is_stateful(obj: Any) -> bool:
     return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
 
 
-def _host_copy_source(t: torch.Tensor, name: str) -> torch.Tensor:
+class PinnedHostCache:
+    """Page-locked host copies of device tensors, kept across saves.
+
+    A device-to-host copy into pinned memory runs at the link's speed (55 GB/s on an H100
+    versus 14 GB/s pageable, DESIGN.md); allocating pinned memory is slow, so buffers are
+    allocated at the first save and reused while name, shape and dtype stay the same. The
+    engine copies them into staging before save() returns, so the next save may reuse them.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def buffer_for(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+            buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            self._buffers[name] = buf
+        return buf
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+
+def _host_copy_source(t: torch.Tensor, name: str, cache: PinnedHostCache | None, pending: set) -> torch.Tensor:
     if t.layout != torch.strided:
         raise CheckpointError(f"tensor {name!r}: layout {t.layout} is not supported (dense tensors only)")
     if t.is_quantized:
@@ -79,21 +103,32 @@ def _host_copy_source(t: torch.Tensor, name: str) -> torch.Tensor:
         t = t.resolve_conj()
     if t.is_neg():
         t = t.resolve_neg()
+    if t.device.type == "cuda" and cache is not None:
+        # Enqueued on the current stream, after the kernels that produced t; synced in capture().
+        dst = cache.buffer_for(name, t)
+        dst.copy_(t.contiguous(), non_blocking=True)
+        pending.add(t.device)
+        return dst
     if t.device.type != "cpu":
         with phase("d2h", nbytes=t.numel() * t.element_size()):
             t = t.to("cpu")
     return t.contiguous()
 
 
-def capture(state: Mapping[str, Any]) -> CapturedState:
-    """Lift the tensors out of `state` and pickle the rest. Never mutates `state`."""
+def capture(state: Mapping[str, Any], host_cache: PinnedHostCache | None = None) -> CapturedState:
+    """Lift the tensors out of `state` and pickle the rest. Never mutates `state`.
+
+    CUDA tensors are copied to the host (into `host_cache`'s pinned buffers when given) and
+    the copies are complete when this returns.
+    """
     if not isinstance(state, Mapping):
         raise TypeError(f"state must be a mapping of names to objects, got {type(state).__name__}")
     tensors: list[tuple[str, torch.Tensor]] = []
+    pending_devices: set = set()
 
     def walk(obj: Any, path: str) -> Any:
         if isinstance(obj, torch.Tensor):
-            tensors.append((path, _host_copy_source(obj, path)))
+            tensors.append((path, _host_copy_source(obj, path, host_cache, pending_devices)))
             return TensorRef(len(tensors) - 1)
         if isinstance(obj, torch.nn.Parameter):  # pragma: no cover - Parameter is a Tensor
             return walk(obj.data, path)
@@ -108,6 +143,10 @@ def capture(state: Mapping[str, Any]) -> CapturedState:
         return obj
 
     skeleton_tree = walk(state, "")
+    if pending_devices:
+        with phase("d2h", nbytes=sum(t.numel() * t.element_size() for _, t in tensors if t.is_pinned())):
+            for device in pending_devices:  # the non-blocking copies were queued during walk()
+                torch.cuda.current_stream(device).synchronize()
     try:
         skeleton = pickle.dumps(skeleton_tree, protocol=pickle.HIGHEST_PROTOCOL)
     except (pickle.PicklingError, TypeError, AttributeError) as e:

@@ -20,7 +20,7 @@ from ckptlab.core.durable import fsync_dir, write_file_durable
 from ckptlab.core.errors import CheckpointWriteError
 from ckptlab.core.layout import committed_step_dirs, step_dir_name
 from ckptlab.core.manifest import FORMAT_VERSION, MANIFEST_NAME, encode_manifest
-from ckptlab.core.state import capture, check_loadable
+from ckptlab.core.state import PinnedHostCache, capture, check_loadable
 
 PAYLOAD_NAME = "state.pt"
 
@@ -38,7 +38,7 @@ class TorchSaveCheckpointer(CheckpointerBase):
         self._check_open()
         self._check_step(step)
         t0 = now()
-        captured = capture(state)
+        captured = capture(state, self._host_cache)
         check_loadable(captured, self.config.allow_pickle)
         buf = io.BytesIO()
         torch.save({"skeleton": captured.skeleton, "tensors": [t.tensor for t in captured.tensors]}, buf)

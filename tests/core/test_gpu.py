@@ -63,3 +63,20 @@ def test_map_location_cuda_without_a_gpu_is_a_clear_error(ckpt_dir):
         ck.save(1, {"w": torch.zeros(3)})
     with pytest.raises(CheckpointError, match="no usable CUDA device"):
         load_latest(ckpt_dir, map_location="cuda")
+
+
+@cuda
+@pytest.mark.gpu
+def test_pinned_host_buffers_are_reused_without_mixing_checkpoints(ckpt_dir):
+    w = torch.randn(1 << 20, device="cuda")
+    cfg = CFG.replace(keep_last=0, max_inflight=2)
+    expected = {}
+    with open_checkpointer("pccheck", ckpt_dir, cfg) as ck:
+        for step in (1, 2, 3):
+            w.mul_(1.5).add_(step)  # queued on the current stream right before the save
+            expected[step] = w.cpu()
+            ck.save(step, {"w": w})
+        ck.wait()
+        assert ck._host_cache.nbytes == w.numel() * 4  # one pinned buffer, reused
+    for step, value in expected.items():
+        assert torch.equal(load_latest(ckpt_dir, step=step)[1]["w"], value)
