@@ -25,5 +25,16 @@ from ckptlab.faults.spec import (
     validate,
 )
 
-__all__ = ["FAULTS_ENV", "IO_LOG_ENV", "IO_LOG_DATA_ENV", "FaultRule", "add_fault_arguments",
-           "apply_fault_arguments", "child_env", "fault_points", "join", "parse", "validate"]
+__all__ = [
+    "FAULTS_ENV",
+    "IO_LOG_DATA_ENV",
+    "IO_LOG_ENV",
+    "FaultRule",
+    "add_fault_arguments",
+    "apply_fault_arguments",
+    "child_env",
+    "fault_points",
+    "join",
+    "parse",
+    "validate",
+]

@@ -25,6 +25,11 @@ def _data_files(ckpt: str) -> list[str]:
     return [n for n in _files(ckpt) if n != MANIFEST_NAME]
 
 
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def _rewrite(path: str, data: bytes) -> None:
     with open(path, "r+b") as f:
         f.truncate(0)
@@ -34,7 +39,7 @@ def _rewrite(path: str, data: bytes) -> None:
 def flip_bit(ckpt: str, rng: random.Random) -> str | None:
     name = rng.choice(_files(ckpt))
     path = os.path.join(ckpt, name)
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(_read(path))
     if not data:
         return None
     pos, bit = rng.randrange(len(data)), rng.randrange(8)
@@ -46,7 +51,7 @@ def flip_bit(ckpt: str, rng: random.Random) -> str | None:
 def flip_byte(ckpt: str, rng: random.Random) -> str | None:
     name = rng.choice(_files(ckpt))
     path = os.path.join(ckpt, name)
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(_read(path))
     if not data:
         return None
     pos = rng.randrange(len(data))
@@ -58,7 +63,7 @@ def flip_byte(ckpt: str, rng: random.Random) -> str | None:
 def zero_block(ckpt: str, rng: random.Random) -> str | None:
     name = rng.choice(_files(ckpt))
     path = os.path.join(ckpt, name)
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(_read(path))
     if not data:
         return None
     block = 4096 if len(data) >= 4096 else 512
@@ -108,7 +113,7 @@ def swap_data(ckpt: str, rng: random.Random) -> str | None:
         return None
     a, b = rng.sample(names, 2)
     pa, pb = os.path.join(ckpt, a), os.path.join(ckpt, b)
-    da, db = open(pa, "rb").read(), open(pb, "rb").read()
+    da, db = _read(pa), _read(pb)
     if da == db:
         return None
     _rewrite(pa, db)
@@ -124,8 +129,8 @@ def foreign_data(ckpt: str, rng: random.Random, other: str | None = None) -> str
     if not names:
         return None
     name = rng.choice(names)
-    src = open(os.path.join(other, name), "rb").read()
-    if src == open(os.path.join(ckpt, name), "rb").read():
+    src = _read(os.path.join(other, name))
+    if src == _read(os.path.join(ckpt, name)):
         return None
     _rewrite(os.path.join(ckpt, name), src)
     return f"{name} replaced by {os.path.basename(other)}'s copy"

@@ -150,9 +150,8 @@ _CTX: T.Context | None = None
 def _init_worker(ctx: T.Context) -> None:
     global _CTX
     _CTX = ctx
-    import torch  # noqa: F401  (pay the import once per worker, not per trial)
-
     import ckptlab.core  # noqa: F401
+    import torch
     torch.set_num_threads(1)
 
 
@@ -265,8 +264,7 @@ def _write(result: Result, opts: Options) -> None:
         import pyarrow.parquet as pq
     except ImportError:
         with open(os.path.join(opts.out, "results.jsonl"), "w") as f:
-            for r in result.rows:
-                f.write(json.dumps(r) + "\n")
+            f.writelines(json.dumps(r) + "\n" for r in result.rows)
         return
     cols = ["tier", "trial", "seed", "outcome", "checks", "violations", "fired", "loaded_step", "acked_step",
             "detail", "seconds", "params", "repro"]
@@ -291,7 +289,7 @@ def print_summary(result: Result, opts: Options, file=None) -> None:
     title = f"crash-consistency campaign (seed {opts.seed}{', short' if opts.short else ''}"
     title += f", unsafe: {','.join(opts.unsafe)})" if opts.unsafe else ")"
     table = Table(title=title)
-    for col, just in (("tier", "left"), ("trials", "right"), ("crashed/failed", "right"), ("states checked", "right"),
+    for col, just in (("tier", "left"), ("trials", "right"), ("crashed/failed", "right"), ("checks", "right"),
                       ("violations", "right"), ("other", "left"), ("time", "right")):
         table.add_column(col, justify=just)
     tiers = result.by_tier()

@@ -18,6 +18,7 @@ verify, since everything before the commit rename was written and fsynced.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -169,7 +170,7 @@ def check_directory(directory: str, layout: list[TensorSpec], seed: int, *, acke
 def check_commit_order(commits: list[tuple[int, bool]]) -> str | None:
     """The engine reports checkpoints (committed or failed) in step order, within a session."""
     steps = [s for s, _ in commits]
-    for a, b in zip(steps, steps[1:]):
+    for a, b in itertools.pairwise(steps):
         if b < a:
             return f"the engine acknowledged step {b} after step {a}: commits out of step order ({steps})"
     return None

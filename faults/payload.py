@@ -36,7 +36,7 @@ class TensorSpec:
         return [self.name, self.dtype, list(self.shape)]
 
     @staticmethod
-    def from_json(v: list) -> "TensorSpec":
+    def from_json(v: list) -> TensorSpec:
         return TensorSpec(v[0], v[1], tuple(v[2]))
 
 
@@ -72,7 +72,6 @@ def plan_step(layout: list[TensorSpec], seed: int, step: int) -> dict[str, Any]:
     the pickled skeleton are exactly those of ``open_checkpointer("pccheck")``.
     """
     import torch
-
     from ckptlab.core.state import capture
 
     template = {"step": step, "seed": seed,

@@ -213,9 +213,7 @@ class CrashModel:
         every acknowledgement marker (the oracle changes there), and the whole log."""
         pts = {0, len(self.records)}
         for i, r in enumerate(self.records):
-            if not r.is_mark and not r.err:
-                pts.add(i + 1)
-            elif r.is_mark and r.path in ("ack", "fail"):
+            if not r.is_mark and not r.err or r.is_mark and r.path in ("ack", "fail"):
                 pts.add(i + 1)
         return sorted(pts)
 

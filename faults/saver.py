@@ -31,7 +31,6 @@ import time
 from typing import Any
 
 import numpy as np
-
 from ckptlab import _engine
 from ckptlab.faults.payload import TensorSpec, tensor_bytes
 

@@ -2,17 +2,17 @@
 import os
 import random
 import shutil
+from pathlib import Path
 
 import pytest
-from faults_helpers import save_steps, small_setup
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from ckptlab.core import CorruptCheckpointError, ManifestError, verify_checkpoint
 from ckptlab.core.layout import committed_step_dirs
 from ckptlab.core.manifest import decode_manifest
 from ckptlab.faults import oracle
 from ckptlab.faults.bitrot import KINDS, corrupt
+from faults_helpers import save_steps, small_setup
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_manifest_parser_fails_closed(base, data):
     """Any damage to MANIFEST bytes gives a ManifestError or a manifest whose own checksum
     held (the damage missed it) — never another exception."""
     src, _ = base
-    raw = bytearray(open(os.path.join(committed_step_dirs(src)[-1][1], "MANIFEST"), "rb").read())
+    raw = bytearray(Path(committed_step_dirs(src)[-1][1], "MANIFEST").read_bytes())
     edits = data.draw(st.lists(st.tuples(st.integers(0, len(raw) - 1), st.integers(0, 255)), min_size=1, max_size=4))
     for pos, val in edits:
         raw[pos] = val

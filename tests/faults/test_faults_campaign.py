@@ -5,7 +5,6 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
-
 from ckptlab.faults import campaign, tiers
 from ckptlab.faults.cli import add_parser, run
 

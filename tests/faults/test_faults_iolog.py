@@ -1,11 +1,10 @@
 """The engine's I/O recording: every mutating operation, in protocol order, with its bytes."""
 import os
 
-from faults_helpers import save_steps, small_setup
-
 from ckptlab import _engine
 from ckptlab.core import CheckpointConfig, open_checkpointer
 from ckptlab.faults.iolog import marks, parse_io_log, point_census, read_io_log
+from faults_helpers import save_steps, small_setup
 
 
 def test_one_checkpoint_follows_the_commit_protocol(tmp_path):
@@ -38,7 +37,8 @@ def test_without_data_and_torn_tail(tmp_path):
     d, log = str(tmp_path / "ck"), str(tmp_path / "io.log")
     os.mkdir(d)
     save_steps(d, small_setup(), io_log=log, io_log_data=False)
-    raw = open(log, "rb").read()
+    with open(log, "rb") as f:
+        raw = f.read()
     recs = parse_io_log(raw)
     assert all(r.data is None for r in recs) and any(r.op == "write" and r.nbytes for r in recs)
     assert len(parse_io_log(raw[:-7])) == len(recs) - 1  # a torn last record is dropped

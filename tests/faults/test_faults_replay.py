@@ -3,10 +3,9 @@ import os
 import random
 
 import pytest
-from faults_helpers import save_steps, small_setup
-
 from ckptlab.faults.iolog import IoRecord, read_io_log
 from ckptlab.faults.replay import CrashModel, materialize, snapshot
+from faults_helpers import save_steps, small_setup
 
 ROOT = "/r"
 
@@ -38,7 +37,7 @@ def test_unsynced_file_and_entry_may_vanish():
     m = CrashModel(log + [rec("fsync", f"{ROOT}/a")])
     assert states_at(m, 4)["durable"] == {}          # a file fsync does not persist its name
     m = CrashModel(log + [rec("fdatasync", f"{ROOT}/a"), rec("fsync_dir", ROOT)])
-    assert set(s.variant for s in m.states(random.Random(0), points=[5])) == {"durable"}
+    assert {s.variant for s in m.states(random.Random(0), points=[5])} == {"durable"}
     assert states_at(m, 5)["durable"] == {"a": b"x" * 1024}
 
 

@@ -3,7 +3,6 @@ import argparse
 import os
 
 import pytest
-
 from ckptlab import _engine
 from ckptlab.core import CheckpointConfig
 from ckptlab.faults import spec

@@ -2,7 +2,6 @@
 engine, the campaign must report violations (and it reports none without the mutation:
 test_faults_campaign.py)."""
 import pytest
-
 from ckptlab.faults import campaign
 
 # mutation -> the tiers (and trials) that must catch it. A process crash keeps the page

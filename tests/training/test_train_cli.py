@@ -84,3 +84,23 @@ def test_seed_entry_points_default_to_their_checkpointer(module: str, kind: str)
     assert proc.returncode == 0, proc.stderr
     assert f"(default {kind})" in proc.stdout
     assert build_parser(kind).parse_args([]).checkpointer == kind
+
+
+def test_fault_flag_kills_the_run_inside_the_engine(tmp_path):
+    """`ckptlab train --fault` arms the engine's fault points for that run."""
+    ckpt = tmp_path / "ckpt"
+    cmd = [sys.executable, "-m", "ckptlab.core.cli", "train", "--checkpointer", "pccheck", "--preset", "tiny",
+           "--training-steps", "6", "--checkpoint-freq", "2", "--ckpt-dir", str(ckpt), "--no-progress",
+           "--loss-file", str(tmp_path / "loss.txt"), "--fault", "point=before_rename,ckpt=2,action=kill"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    from ckptlab.core import list_checkpoints
+
+    assert [i.step for i in list_checkpoints(ckpt)] == [2]  # checkpoint 2 (step 4) never committed
+
+
+def test_bad_fault_flag_is_a_clear_error(tmp_path):
+    cmd = [sys.executable, "-m", "ckptlab.core.cli", "train", "--preset", "tiny", "--training-steps", "2",
+           "--ckpt-dir", str(tmp_path / "c"), "--no-progress", "--fault", "point=nowhere"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown point 'nowhere'" in proc.stderr
