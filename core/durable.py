@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -49,13 +50,20 @@ def write_file_durable(path: str, data: bytes | memoryview) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
-    """Replace `path` with `data` atomically and durably (temp + fsync + rename + dir fsync)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+def atomic_replace(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Replace `path` atomically and durably: `write(tmp)` creates a temp file beside it,
+    which is fsynced, renamed over `path`, and the directory fsynced. No temp file survives
+    a failure."""
+    path = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(path)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        write_file_durable(tmp, data)
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -64,3 +72,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Non
             pass
         raise
     fsync_dir(directory)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """Replace `path` with `data` atomically and durably (temp + fsync + rename + dir fsync)."""
+    atomic_replace(path, lambda tmp: write_file_durable(tmp, data))

@@ -124,15 +124,14 @@ def write_trace_file(path: str | os.PathLike, batches: Iterator[pa.RecordBatch] 
                      metadata: Mapping[str, str], schema: pa.Schema = SCHEMA) -> str:
     """Write record batches as an Arrow IPC file (Feather v2, zstd-compressed buffers)
     atomically: temp file in the same directory, fsync, rename, fsync the directory."""
-    from ckptlab.core.durable import fsync_dir
+    from ckptlab.core.durable import atomic_replace
 
     path = os.path.abspath(os.fspath(path))
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     full_schema = schema.with_metadata({k: v for k, v in metadata.items()})
     options = pa.ipc.IpcWriteOptions(compression=_compression())
-    try:
+
+    def write(tmp: str) -> None:
         wrote = False
         with pa.OSFile(tmp, "wb") as sink:
             with pa.ipc.new_file(sink, full_schema, options=options) as writer:
@@ -141,19 +140,8 @@ def write_trace_file(path: str | os.PathLike, batches: Iterator[pa.RecordBatch] 
                     wrote = True
                 if not wrote:
                     writer.write_batch(pa.RecordBatch.from_pylist([], schema=schema))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(directory)
+
+    atomic_replace(path, write)
     return path
 
 
