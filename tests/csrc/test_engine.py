@@ -31,7 +31,7 @@ def test_crc32c_matches_an_independent_implementation():
                 c = (c >> 1) ^ (0x82F63B78 & -(c & 1))
         return c ^ 0xFFFFFFFF
 
-    for n in (1, 7, 8, 9, 63, 1000):
+    for n in (1, 7, 8, 9, 63, 1000, 3 * 4096 - 1, 3 * 4096, 3 * 4096 + 9, 7 * 4096 + 3):  # serial and 3-stream paths
         d = os.urandom(n)
         assert _engine.crc32c(d) == ref(d)
     assert ref(b"x") != zlib.crc32(b"x")  # it is not plain CRC-32
