@@ -36,44 +36,53 @@ def _rewrite(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def flip_bit(ckpt: str, rng: random.Random) -> str | None:
+def _damage_one_file(ckpt: str, rng: random.Random, damage) -> str | None:
+    """Pick a file, let `damage(data, rng)` change its bytes in place (returning what it did,
+    or None for no change), and write it back."""
     name = rng.choice(_files(ckpt))
     path = os.path.join(ckpt, name)
     data = bytearray(_read(path))
     if not data:
         return None
+    what = damage(data, rng)
+    if what is None:
+        return None
+    _rewrite(path, bytes(data))
+    return f"{what} in {name}"
+
+
+def _flip_bit(data: bytearray, rng: random.Random) -> str:
     pos, bit = rng.randrange(len(data)), rng.randrange(8)
     data[pos] ^= 1 << bit
-    _rewrite(path, bytes(data))
-    return f"flipped bit {bit} of byte {pos} in {name}"
+    return f"flipped bit {bit} of byte {pos}"
 
 
-def flip_byte(ckpt: str, rng: random.Random) -> str | None:
-    name = rng.choice(_files(ckpt))
-    path = os.path.join(ckpt, name)
-    data = bytearray(_read(path))
-    if not data:
-        return None
+def _flip_byte(data: bytearray, rng: random.Random) -> str:
     pos = rng.randrange(len(data))
     data[pos] ^= rng.randrange(1, 256)
-    _rewrite(path, bytes(data))
-    return f"changed byte {pos} in {name}"
+    return f"changed byte {pos}"
 
 
-def zero_block(ckpt: str, rng: random.Random) -> str | None:
-    name = rng.choice(_files(ckpt))
-    path = os.path.join(ckpt, name)
-    data = bytearray(_read(path))
-    if not data:
-        return None
+def _zero_block(data: bytearray, rng: random.Random) -> str | None:
     block = 4096 if len(data) >= 4096 else 512
     start = rng.randrange(max(1, (len(data) + block - 1) // block)) * block
     end = min(len(data), start + block)
     if not any(data[start:end]):
         return None
     data[start:end] = bytes(end - start)
-    _rewrite(path, bytes(data))
-    return f"zeroed bytes {start}..{end} of {name}"
+    return f"zeroed bytes {start}..{end}"
+
+
+def flip_bit(ckpt: str, rng: random.Random) -> str | None:
+    return _damage_one_file(ckpt, rng, _flip_bit)
+
+
+def flip_byte(ckpt: str, rng: random.Random) -> str | None:
+    return _damage_one_file(ckpt, rng, _flip_byte)
+
+
+def zero_block(ckpt: str, rng: random.Random) -> str | None:
+    return _damage_one_file(ckpt, rng, _zero_block)
 
 
 def truncate_data(ckpt: str, rng: random.Random) -> str | None:
