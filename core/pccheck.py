@@ -82,7 +82,7 @@ class PCcheckCheckpointer(CheckpointerBase):
         check_loadable(captured, self.config.allow_pickle)
         if self._engine is None:
             auto = min(_round_up(captured.total_bytes, self.config.chunk_bytes), self.config.max_auto_staging_bytes)
-            self._engine = self._open_engine(max(auto, self.config.chunk_bytes))
+            self._engine = self._open_engine(auto)  # _open_engine rounds up to >= one chunk
         meta = captured.layout_meta()
         meta.update(saved_unix=time.time(), host=platform.node(), torch=torch.__version__)
         skeleton = captured.skeleton
@@ -97,8 +97,6 @@ class PCcheckCheckpointer(CheckpointerBase):
             raise CheckpointWriteError(e.errno or 5, f"checkpoint of step {step} failed: {e.strerror}; "
                                        f"the previous checkpoint is kept", e.filename or self.directory,
                                        step=step) from None
-        finally:
-            del segments  # the engine has copied everything; captured tensors may go now
         self._record_stall(now() - t0)
 
     def wait(self) -> None:
