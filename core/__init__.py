@@ -11,6 +11,7 @@ from ckptlab.core.errors import (
     CorruptCheckpointError,
     ManifestError,
     NoCheckpointError,
+    SnapshotTornError,
     UnsafePickleError,
 )
 from ckptlab.core.recovery import CheckpointInfo, list_checkpoints, load_latest, verify_checkpoint
@@ -18,5 +19,5 @@ from ckptlab.core.recovery import CheckpointInfo, list_checkpoints, load_latest,
 __all__ = [
     "KINDS", "Checkpointer", "open_checkpointer", "CheckpointConfig", "CheckpointInfo", "list_checkpoints",
     "load_latest", "verify_checkpoint", "CheckpointError", "CheckpointMismatchError", "CheckpointWriteError",
-    "CorruptCheckpointError", "ManifestError", "NoCheckpointError", "UnsafePickleError",
+    "CorruptCheckpointError", "ManifestError", "NoCheckpointError", "SnapshotTornError", "UnsafePickleError",
 ]

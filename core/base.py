@@ -28,6 +28,7 @@ class CheckpointerBase:
         self._closed = False
         # pinned host copies of CUDA tensors, reused across saves (no effect without CUDA)
         self._host_cache = PinnedHostCache() if config.pinned_host_copies else None
+        self._guards: list = []  # optimizer step pre-hook handles (guard())
         self._saves = 0
         self._stall_total = 0.0
         self._stall_last = 0.0
@@ -47,6 +48,22 @@ class CheckpointerBase:
     def _check_step(step: int) -> None:
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise ValueError(f"step must be a non-negative integer, got {step!r}")
+
+    def barrier(self) -> None:
+        """Return once the state may change again after save() (a no-op unless a pccheck
+        checkpointer defers its snapshot, see CheckpointConfig.snapshot)."""
+
+    def guard(self, *optimizers: torch.optim.Optimizer) -> None:
+        """Run barrier() before every step() of these optimizers (until close())."""
+        for opt in optimizers:
+            if not isinstance(opt, torch.optim.Optimizer):
+                raise TypeError(f"guard() takes torch.optim.Optimizer objects, got {type(opt).__name__}")
+            self._guards.append(opt.register_step_pre_hook(lambda *_: self.barrier()))
+
+    def _remove_guards(self) -> None:
+        for handle in self._guards:
+            handle.remove()
+        self._guards.clear()
 
     def latest(self) -> CheckpointInfo | None:
         return latest_valid(self.directory)
@@ -80,6 +97,7 @@ class CheckpointerBase:
         self.close()
 
     def close(self) -> None:  # pragma: no cover - overridden
+        self._remove_guards()
         self._closed = True
 
 

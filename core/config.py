@@ -9,6 +9,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 IO_MODES = ("auto", "direct", "buffered")
+SNAPSHOT_MODES = ("sync", "deferred", "gpu")  # core/snapshot.py
 DURABILITY_MUTATIONS = ("skip_data_fsync", "skip_dir_fsync", "corrupt_manifest_checksum", "unordered_commit")
 FAULTS_ENV = "CKPTLAB_FAULTS"
 IO_LOG_ENV = "CKPTLAB_IO_LOG"  # record engine file-system operations (faults/iolog.py)
@@ -34,6 +35,11 @@ class CheckpointConfig:
     unsafe: durability mutations for the fault campaign's teeth only; never in real use.
     pinned_host_copies: copy CUDA tensors into page-locked host buffers kept across saves
         (fast D2H; costs host memory equal to the GPU state), instead of pageable copies.
+    snapshot: when save() may return (pccheck; docs/API.md "Snapshot modes"). "sync": after
+        every tensor is on the host. "deferred": once the copies are enqueued (D2H on a side
+        stream; the state may change only after checkpointer.barrier(), which
+        checkpointer.guard(optimizer) runs before each optimizer.step()). "gpu": after a
+        device-to-device copy into a GPU snapshot buffer (GPU memory equal to the state).
     io_log: record the engine's file-system operations to this file for crash-state replay
         (docs/FAULTS.md); the CKPTLAB_IO_LOG environment variable sets it for child processes.
     """
@@ -55,6 +61,7 @@ class CheckpointConfig:
     unsafe: tuple[str, ...] = field(default=())
     io_log: str = ""
     pinned_host_copies: bool = True
+    snapshot: str = "sync"
 
     def __post_init__(self) -> None:
         def positive(name: str, minimum: int = 1) -> None:
@@ -74,6 +81,11 @@ class CheckpointConfig:
         positive("max_auto_staging_bytes", self.chunk_bytes)
         if self.io_mode not in IO_MODES:
             raise ValueError(f"CheckpointConfig.io_mode must be one of {IO_MODES}, got {self.io_mode!r}")
+        if self.snapshot not in SNAPSHOT_MODES:
+            raise ValueError(f"CheckpointConfig.snapshot must be one of {SNAPSHOT_MODES}, got {self.snapshot!r}")
+        if self.snapshot != "sync" and not self.pinned_host_copies:
+            raise ValueError(f"CheckpointConfig.snapshot={self.snapshot!r} copies to pinned host buffers; "
+                             f"it needs pinned_host_copies=True")
         if not isinstance(self.faults, str):
             raise ValueError("CheckpointConfig.faults must be a fault spec string")
         for u in self.unsafe:

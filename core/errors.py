@@ -41,3 +41,17 @@ class NoCheckpointError(CheckpointError, FileNotFoundError):
 
 class CheckpointMismatchError(CheckpointError, ValueError):
     """The checkpoint does not fit the objects it is loaded into (shape, dtype, missing keys)."""
+
+
+class SnapshotTornError(CheckpointError):
+    """The state changed before its deferred snapshot was complete; that checkpoint was not
+    written (the previous one is kept)."""
+
+    def __init__(self, step: int, names: list[str]) -> None:
+        shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        super().__init__(
+            f"checkpoint of step {step} was not written: {shown} changed before its deferred snapshot "
+            f"completed; call checkpointer.guard(optimizer) (or checkpointer.barrier() before the first "
+            f"in-place update after save()), or use snapshot='sync'; the previous checkpoint is kept")
+        self.step = step
+        self.names = names

@@ -4,6 +4,8 @@ save() captures the state (GPU tensors are copied to the host first), copies it 
 engine's reusable staging buffers and returns; the engine persists chunks on its writer
 threads and commits checkpoints in step order while training goes on. Up to
 `max_inflight` checkpoints may be in flight; a further save waits (back-pressure).
+With CheckpointConfig.snapshot "deferred" or "gpu", save() returns once the copies are
+enqueued and a background thread submits them (core/snapshot.py).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from ckptlab import _engine
 from ckptlab.core.base import CheckpointerBase, now
 from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.errors import CheckpointError, CheckpointWriteError
-from ckptlab.core.state import PinnedHostCache, capture, check_loadable
+from ckptlab.core.snapshot import Snapshotter
+from ckptlab.core.state import CapturedState, capture, check_loadable, lay_out, lift_tensors
 from ckptlab.profiling.phases import engine_opened, phase, recording
 
 
@@ -40,6 +43,7 @@ class PCcheckCheckpointer(CheckpointerBase):
         except ValueError as e:
             raise ValueError(f"bad fault spec {self._faults!r}: {e}") from None
         self._engine: _engine.Engine | None = None
+        self._snapshots = Snapshotter(config.snapshot, self._submit) if config.snapshot != "sync" else None
         if config.staging_bytes is not None:
             self._engine = self._open_engine(config.staging_bytes)
 
@@ -72,17 +76,37 @@ class PCcheckCheckpointer(CheckpointerBase):
             )
 
     def save(self, step: int, state: Mapping[str, Any]) -> None:
-        """Capture `state` and queue it; returns once training may mutate the state again."""
+        """Capture `state` and queue it; returns once training may mutate the state again
+        (with a deferred snapshot: once checkpointer.barrier() has returned)."""
+        t0 = now()
         self._check_open()
         self._check_step(step)
+        if self._snapshots is not None:
+            self._snapshots.settle()  # the previous snapshot's buffers are about to be reused
         self._raise_failure()
-        t0 = now()
-        with phase("capture", step=step):
-            captured = capture(state, self._host_cache)
-        check_loadable(captured, self.config.allow_pickle)
-        if self._engine is None:
-            auto = min(_round_up(captured.total_bytes, self.config.chunk_bytes), self.config.max_auto_staging_bytes)
-            self._engine = self._open_engine(auto)  # _open_engine rounds up to >= one chunk
+        if self._snapshots is None:
+            with phase("capture", step=step):
+                captured = capture(state, self._host_cache)
+            check_loadable(captured.skeleton, self.config.allow_pickle)
+            self._ensure_engine(captured.total_bytes)
+            self._submit(step, captured)
+        else:
+            with phase("capture", step=step):
+                skeleton, tensors = lift_tensors(state)
+            check_loadable(skeleton, self.config.allow_pickle)
+            self._ensure_engine(lay_out(skeleton, tensors).total_bytes)
+            with phase("snapshot_enqueue", step=step):
+                self._snapshots.take(step, skeleton, tensors)
+        self._record_stall(now() - t0)
+
+    def _ensure_engine(self, total_bytes: int) -> None:
+        if self._engine is None:  # staging sized to one checkpoint (capped); _open_engine rounds up
+            self._engine = self._open_engine(min(_round_up(total_bytes, self.config.chunk_bytes),
+                                                 self.config.max_auto_staging_bytes))
+
+    def _submit(self, step: int, captured: CapturedState) -> None:
+        """Copy `captured` into staging and queue it (on a snapshot thread in deferred modes)."""
+        assert self._engine is not None
         meta = captured.layout_meta()
         meta.update(saved_unix=time.time(), host=platform.node(), torch=torch.__version__)
         skeleton = captured.skeleton
@@ -97,16 +121,27 @@ class PCcheckCheckpointer(CheckpointerBase):
             raise CheckpointWriteError(e.errno or 5, f"checkpoint of step {step} failed: {e.strerror}; "
                                        f"the previous checkpoint is kept", e.filename or self.directory,
                                        step=step) from None
-        self._record_stall(now() - t0)
+
+    def barrier(self) -> None:
+        """Return once the state may change after the last save() (deferred snapshots: on the
+        GPU this only orders the current stream after the copies; the host does not wait)."""
+        if self._snapshots is not None:
+            self._snapshots.barrier()
 
     def wait(self) -> None:
         self._check_open()
+        if self._snapshots is not None:
+            self._snapshots.settle()
         if self._engine is not None:
             self._engine.wait()
         self._raise_failure()
 
     def stats(self) -> dict[str, Any]:
         s = super().stats()
+        s["snapshot"] = self.config.snapshot
+        if self._snapshots is not None:
+            s.update(snapshot_host_bytes=self._snapshots.host_bytes, snapshot_gpu_bytes=self._snapshots.gpu_bytes,
+                     snapshot_wait_s=self._snapshots.host_wait_s)
         if self._engine is None:
             return s
         records = self._engine.commit_records()
@@ -136,9 +171,18 @@ class PCcheckCheckpointer(CheckpointerBase):
         if self._closed:
             return
         self._closed = True
+        self._remove_guards()
+        snapshot_error: BaseException | None = None
+        if self._snapshots is not None:
+            try:
+                self._snapshots.settle()
+            except BaseException as e:  # close the engine first, then raise
+                snapshot_error = e
         if self._engine is not None:
             self._engine.close()
-            self._raise_failure()
+        if snapshot_error is not None:
+            raise snapshot_error
+        self._raise_failure()
 
 
 def _bytes_ptr(data: bytes) -> int:

@@ -69,7 +69,29 @@ def _is_stateful(obj: Any) -> bool:
     return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
 
 
-class PinnedHostCache:
+class BufferCache:
+    """Copies of tensors kept across saves, one buffer per tensor name, reused while shape
+    and dtype stay the same (allocation, above all of pinned memory, is slow)."""
+
+    def __init__(self, device: str | torch.device | None = "cpu", pinned: bool = False) -> None:
+        self._device = None if device is None else torch.device(device)  # None: the tensor's
+        self._pinned = pinned
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def buffer_for(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        device = self._device or t.device
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or buf.device != device:
+            buf = torch.empty(t.shape, dtype=t.dtype, device=device, pin_memory=self._pinned)
+            self._buffers[name] = buf
+        return buf
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+
+class PinnedHostCache(BufferCache):
     """Page-locked host copies of device tensors, kept across saves.
 
     A device-to-host copy into pinned memory runs at the link's speed (55 GB/s on an H100
@@ -79,21 +101,11 @@ class PinnedHostCache:
     """
 
     def __init__(self) -> None:
-        self._buffers: dict[str, torch.Tensor] = {}
-
-    def buffer_for(self, name: str, t: torch.Tensor) -> torch.Tensor:
-        buf = self._buffers.get(name)
-        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-            buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-            self._buffers[name] = buf
-        return buf
-
-    @property
-    def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+        super().__init__("cpu", pinned=True)
 
 
-def _host_copy_source(t: torch.Tensor, name: str, cache: PinnedHostCache | None, pending: set) -> torch.Tensor:
+def _normalized(t: torch.Tensor, name: str) -> torch.Tensor:
+    """A dense, detached view of `t` (sharing its storage and version counter when possible)."""
     if t.layout != torch.strided:
         raise CheckpointError(f"tensor {name!r}: layout {t.layout} is not supported (dense tensors only)")
     if t.is_quantized:
@@ -103,6 +115,10 @@ def _host_copy_source(t: torch.Tensor, name: str, cache: PinnedHostCache | None,
         t = t.resolve_conj()
     if t.is_neg():
         t = t.resolve_neg()
+    return t
+
+
+def _host_copy_source(t: torch.Tensor, name: str, cache: PinnedHostCache | None, pending: set) -> torch.Tensor:
     if t.device.type == "cuda" and cache is not None:
         # Enqueued on the current stream, after the kernels that produced t; synced in capture().
         dst = cache.buffer_for(name, t)
@@ -115,23 +131,17 @@ def _host_copy_source(t: torch.Tensor, name: str, cache: PinnedHostCache | None,
     return t.contiguous()
 
 
-def capture(state: Mapping[str, Any], host_cache: PinnedHostCache | None = None) -> CapturedState:
-    """Lift the tensors out of `state` and pickle the rest. Never mutates `state`.
-
-    CUDA tensors are copied to the host (into `host_cache`'s pinned buffers when given) and
-    the copies are complete when this returns.
-    """
+def lift_tensors(state: Mapping[str, Any]) -> tuple[bytes, list[tuple[str, torch.Tensor]]]:
+    """Pickle `state` with every tensor replaced by a TensorRef; return the pickle and the
+    (path, tensor) list, tensors still where they live (device, storage). Never mutates `state`."""
     if not isinstance(state, Mapping):
         raise TypeError(f"state must be a mapping of names to objects, got {type(state).__name__}")
     tensors: list[tuple[str, torch.Tensor]] = []
-    pending_devices: set = set()
 
     def walk(obj: Any, path: str) -> Any:
         if isinstance(obj, torch.Tensor):
-            tensors.append((path, _host_copy_source(obj, path, host_cache, pending_devices)))
+            tensors.append((path, _normalized(obj, path)))
             return TensorRef(len(tensors) - 1)
-        if isinstance(obj, torch.nn.Parameter):  # pragma: no cover - Parameter is a Tensor
-            return walk(obj.data, path)
         if _is_stateful(obj) and not isinstance(obj, Mapping):
             return StatefulRef(walk(obj.state_dict(), path))
         if isinstance(obj, Mapping):
@@ -143,23 +153,39 @@ def capture(state: Mapping[str, Any], host_cache: PinnedHostCache | None = None)
         return obj
 
     skeleton_tree = walk(state, "")
-    if pending_devices:
-        with phase("d2h", nbytes=sum(t.numel() * t.element_size() for _, t in tensors if t.is_pinned())):
-            for device in pending_devices:  # the non-blocking copies were queued during walk()
-                torch.cuda.current_stream(device).synchronize()
     try:
         skeleton = pickle.dumps(skeleton_tree, protocol=pickle.HIGHEST_PROTOCOL)
     except (pickle.PicklingError, TypeError, AttributeError) as e:
         raise CheckpointError(f"state has a leaf that cannot be pickled: {e}") from e
+    return skeleton, tensors
 
+
+def lay_out(skeleton: bytes, host_tensors: list[tuple[str, torch.Tensor]]) -> CapturedState:
+    """Place the skeleton and the (contiguous, host) tensors in one byte stream."""
     offset = len(skeleton)
     captured = []
-    for name, t in tensors:
+    for name, t in host_tensors:
         offset = (offset + TENSOR_ALIGN - 1) // TENSOR_ALIGN * TENSOR_ALIGN
         nbytes = t.numel() * t.element_size()
         captured.append(CapturedTensor(name, t, offset, nbytes))
         offset += nbytes
     return CapturedState(skeleton, captured, offset)
+
+
+def capture(state: Mapping[str, Any], host_cache: PinnedHostCache | None = None) -> CapturedState:
+    """Lift the tensors out of `state` and pickle the rest. Never mutates `state`.
+
+    CUDA tensors are copied to the host (into `host_cache`'s pinned buffers when given) and
+    the copies are complete when this returns.
+    """
+    skeleton, tensors = lift_tensors(state)
+    pending_devices: set = set()
+    host = [(name, _host_copy_source(t, name, host_cache, pending_devices)) for name, t in tensors]
+    if pending_devices:
+        with phase("d2h", nbytes=sum(t.numel() * t.element_size() for _, t in host if t.is_pinned())):
+            for device in pending_devices:  # the non-blocking copies were queued above
+                torch.cuda.current_stream(device).synchronize()
+    return lay_out(skeleton, host)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -207,9 +233,9 @@ def unpickle_skeleton(data: bytes, allow: tuple[str, ...] = (), source: str = "<
         raise CorruptCheckpointError(source, f"pickled objects do not load: {type(e).__name__}: {e}") from None
 
 
-def check_loadable(captured: CapturedState, allow: tuple[str, ...]) -> None:
-    """Fail at save time, not after a crash, if a leaf would be refused on load."""
-    unpickle_skeleton(captured.skeleton, allow, source="<state being saved>")
+def check_loadable(skeleton: bytes, allow: tuple[str, ...]) -> None:
+    """Fail at save time, not after a crash, if a pickled leaf would be refused on load."""
+    unpickle_skeleton(skeleton, allow, source="<state being saved>")
 
 
 def materialize(tree: Any, tensors: list[torch.Tensor]) -> Any:

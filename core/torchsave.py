@@ -29,6 +29,9 @@ class TorchSaveCheckpointer(CheckpointerBase):
     kind = "torchsave"
 
     def __init__(self, directory: str | os.PathLike, config: CheckpointConfig) -> None:
+        if config.snapshot != "sync":
+            raise ValueError(f"CheckpointConfig.snapshot={config.snapshot!r} is a pccheck mode; "
+                             f"torchsave saves synchronously (use snapshot='sync')")
         super().__init__(directory, config)
         for name in os.listdir(self.directory):
             if name.startswith(".step_") and ".tmp-" in name:
@@ -39,7 +42,7 @@ class TorchSaveCheckpointer(CheckpointerBase):
         self._check_step(step)
         t0 = now()
         captured = capture(state, self._host_cache)
-        check_loadable(captured, self.config.allow_pickle)
+        check_loadable(captured.skeleton, self.config.allow_pickle)
         buf = io.BytesIO()
         torch.save({"skeleton": captured.skeleton, "tensors": [t.tensor for t in captured.tensors]}, buf)
         payload = buf.getbuffer()
@@ -93,4 +96,5 @@ class TorchSaveCheckpointer(CheckpointerBase):
         self._check_open()  # save() is synchronous: nothing is ever in flight
 
     def close(self) -> None:
+        self._remove_guards()
         self._closed = True

@@ -38,7 +38,7 @@ ENGINE_PHASES: tuple[str, ...] = (
 # the next free id on first use.
 PYTHON_PHASES: tuple[str, ...] = (
     "forward", "backward", "optimizer", "train_step", "save", "wait", "load", "capture", "submit",
-    "restore", "data",
+    "restore", "data", "snapshot_enqueue", "snapshot_barrier",
 )
 
 _COLORS = {  # ARGB; engine phases use their own colours in C++

@@ -85,6 +85,7 @@ class CheckpointerOptions:
     writer_threads: int = 4
     keep_last: int = 2
     trace: bool = False  # engine timing records (pccheck), for --trace
+    snapshot: str = "sync"  # pccheck: CheckpointConfig.snapshot
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -108,7 +109,7 @@ def open_training_checkpointer(opts: CheckpointerOptions) -> Checkpointer:
             f"--checkpointer {opts.kind} needs ckptlab.core, which does not import here "
             f"({exc}); build it with `pip install -e .`") from exc
     wanted = {"max_inflight": opts.max_inflight, "writer_threads": opts.writer_threads,
-              "keep_last": opts.keep_last, "trace": opts.trace}
+              "keep_last": opts.keep_last, "trace": opts.trace, "snapshot": opts.snapshot}
     known = {f.name for f in fields(CheckpointConfig)}
     config = CheckpointConfig(**{k: v for k, v in wanted.items() if k in known})
     return open_checkpointer(opts.kind, str(opts.ckpt_dir), config)

@@ -91,6 +91,11 @@ def add_train_arguments(parser: argparse.ArgumentParser, *,
                      help="writer threads per checkpoint (default 4)")
     run.add_argument("--keep-last", type=_non_negative_int, default=2,
                      help="committed checkpoints to keep, 0 keeps all (default 2)")
+    run.add_argument("--snapshot", choices=["sync", "deferred", "gpu"], default="sync",
+                     help="pccheck: when save() returns — sync (state on the host), deferred "
+                          "(D2H on a side stream overlapping the next forward/backward; the next "
+                          "optimizer.step waits for it), gpu (copy into a GPU snapshot buffer); "
+                          "default sync, docs/API.md")
     run.add_argument("--trace", type=Path, default=None, metavar="FILE",
                      help="record a timing trace to FILE (needs ckptlab.profiling)")
     run.add_argument("--allow-fresh-start", action="store_true",
@@ -153,7 +158,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         load_checkpoint=args.load_checkpoint, allow_fresh_start=args.allow_fresh_start,
         ckpt_dir=args.ckpt_dir, device=args.device, threads=args.threads, tf32=args.tf32,
         max_inflight=args.max_inflight,
-        writer_threads=args.writer_threads, keep_last=args.keep_last, trace=args.trace,
+        writer_threads=args.writer_threads, keep_last=args.keep_last, snapshot=args.snapshot,
+        trace=args.trace,
         fail_at_step=args.fail_at_step, fail_after_durable=args.fail_after_durable,
         sigterm_budget_s=args.sigterm_budget, lr=args.lr, warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, dim=args.dim,

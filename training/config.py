@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ckptlab.core.config import SNAPSHOT_MODES
 from ckptlab.training.checkpointers import KINDS
 from ckptlab.training.presets import ModelConfig, Preset, get_preset
 
@@ -41,6 +42,7 @@ class TrainConfig:
     max_inflight: int = 2
     writer_threads: int = 4
     keep_last: int = 2
+    snapshot: str = "sync"  # pccheck: sync | deferred | gpu (CheckpointConfig.snapshot)
     trace: Path | None = None
     fail_at_step: int | None = None
     fail_after_durable: bool = False
@@ -84,6 +86,11 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, "
                                  f"got {getattr(self, name)}")
+        if self.snapshot not in SNAPSHOT_MODES:
+            raise ValueError(f"unknown snapshot mode {self.snapshot!r}; choose from {', '.join(SNAPSHOT_MODES)}")
+        if self.snapshot != "sync" and self.checkpointer != "pccheck":
+            raise ValueError(f"--snapshot {self.snapshot} is a pccheck mode; --checkpointer "
+                             f"{self.checkpointer} takes only --snapshot sync")
         if self.keep_last < 0:
             raise ValueError(f"keep-last must be >= 0 (0 keeps all), got {self.keep_last}")
         if self.fail_at_step is not None and not 1 <= self.fail_at_step <= self.training_steps:

@@ -80,3 +80,65 @@ def test_pinned_host_buffers_are_reused_without_mixing_checkpoints(ckpt_dir):
         assert ck._host_cache.nbytes == w.numel() * 4  # one pinned buffer, reused
     for step, value in expected.items():
         assert torch.equal(load_latest(ckpt_dir, step=step)[1]["w"], value)
+
+
+def _model_and_opt(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(1024, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 1024)).cuda()
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["deferred", "gpu"])
+def test_deferred_snapshots_of_a_training_model_are_bit_exact(mode, ckpt_dir):
+    """save() returns before the D2H copies ran; the guarded optimizer steps right after."""
+    model, opt = _model_and_opt()
+    cfg = CFG.replace(keep_last=0, snapshot=mode)
+    expected = {}
+    with open_checkpointer("pccheck", ckpt_dir, cfg) as ck:
+        ck.guard(opt)
+        for step in range(1, 6):
+            _train(model, opt, 1)
+            expected[step] = {k: v.cpu() for k, v in model.state_dict().items()}
+            ck.save(step, {"model": model, "optim": opt})
+        ck.wait()
+        if mode == "gpu":
+            assert ck.stats()["snapshot_gpu_bytes"] >= sum(v.numel() * 4 for v in expected[1].values())
+    for step, state in expected.items():
+        fresh, fresh_opt = _model_and_opt(seed=1)
+        load_latest(ckpt_dir, {"model": fresh, "optim": fresh_opt}, step=step)
+        for k, v in state.items():
+            assert torch.equal(fresh.state_dict()[k].cpu(), v), (step, k)
+
+
+@cuda
+@pytest.mark.gpu
+def test_cuda_tensor_changed_before_the_barrier_fails_the_checkpoint(ckpt_dir):
+    from ckptlab.core.snapshot import SnapshotTornError
+
+    w = torch.ones(1 << 22, device="cuda")
+    with open_checkpointer("pccheck", ckpt_dir, CFG.replace(snapshot="deferred")) as ck:
+        ck.save(1, {"w": w})
+        w.add_(1)  # enqueued before barrier(): may run while the side stream reads w
+        with pytest.raises(SnapshotTornError, match="'w'"):
+            ck.wait()
+
+
+@cuda
+@pytest.mark.gpu
+def test_deferred_d2h_is_recorded_and_runs_after_save_returned(ckpt_dir, tmp_path):
+    from ckptlab.profiling import read_trace, start_trace
+
+    w = torch.randn(1 << 26, device="cuda")  # 256 MiB
+    cfg = CFG.replace(snapshot="deferred", trace=True)
+    with open_checkpointer("pccheck", ckpt_dir, cfg) as ck:
+        session = start_trace(tmp_path / "t.arrow", ck)
+        ck.save(1, {"w": w})
+        ck.wait()
+        session.close()
+    table = read_trace(tmp_path / "t.arrow").to_pylist()
+    d2h = [r for r in table if r["phase"] == "d2h"]
+    enqueue = [r for r in table if r["phase"] == "snapshot_enqueue"]
+    assert len(d2h) == 1 and d2h[0]["nbytes"] == w.numel() * 4 and len(enqueue) == 1
+    assert d2h[0]["t_end_ns"] > enqueue[0]["t_end_ns"], "the copy should finish after save() returned"

@@ -30,6 +30,8 @@ def _exit_code_and_stderr(argv: list[str], capsys: pytest.CaptureFixture[str]) -
     (["--training-steps", "4", "--fail-at-step", "9"], "would never fire"),
     (["--load-checkpoint"], "--checkpointer none keeps no checkpoints"),
     (["--n-heads", "5"], "not divisible"),
+    (["--snapshot", "async"], "invalid choice"),
+    (["--checkpointer", "torchsave", "--snapshot", "deferred"], "--snapshot deferred is a pccheck mode"),
 ])
 def test_bad_input_is_an_argparse_error(argv: list[str], message: str,
                                         capsys: pytest.CaptureFixture[str]) -> None:

@@ -36,11 +36,14 @@ def test_kill_before_the_commit_rename_falls_back_to_the_previous_checkpoint(
     assert loss_lines(loss) == loss_lines(reference_losses(STEPS))
 
 
-@pytest.mark.parametrize("point", ["after_chunk_write", "before_manifest"])
-def test_kill_while_persisting_a_large_state(tmp_path: Path, point: str,
+@pytest.mark.parametrize("point, snapshot", [("after_chunk_write", "sync"), ("before_manifest", "sync"),
+                                             ("after_chunk_write", "deferred")])
+def test_kill_while_persisting_a_large_state(tmp_path: Path, point: str, snapshot: str,
                                              reference_losses) -> None:
-    """Killed mid-persist of checkpoint 2 (step 8) of a multi-chunk state."""
-    loss, summary = _run_killed_then_resume(tmp_path, f"point={point},ckpt=2,action=kill", *LARGE)
+    """Killed mid-persist of checkpoint 2 (step 8) of a multi-chunk state (with a deferred
+    snapshot the engine is fed by the snapshot thread while training goes on)."""
+    loss, summary = _run_killed_then_resume(tmp_path, f"point={point},ckpt=2,action=kill", *LARGE,
+                                            "--snapshot", snapshot)
     assert summary["resumed_from"] == 4
     assert loss_lines(loss) == loss_lines(reference_losses(STEPS, *LARGE))
 

@@ -15,11 +15,12 @@ from ckptlab.training.validate import (ValidationPlan, ValidationReport, _compar
 from training_helpers import skip_without_core
 
 
-@pytest.mark.parametrize("kind", ["torchsave", "pccheck"])
-def test_validation_in_ci(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize("kind, extra", [("torchsave", []), ("pccheck", []),
+                                         ("pccheck", ["--", "--snapshot", "deferred"])])
+def test_validation_in_ci(tmp_path: Path, kind: str, extra: list[str]) -> None:
     skip_without_core(kind)
     code = main(["--checkpointer", kind, "--steps", "12", "--freq", "4", "--kill-after", "8",
-                 "--out", str(tmp_path)])
+                 "--out", str(tmp_path), *extra])
     verdict = json.loads((tmp_path / "verdict.json").read_text())
     assert code == 0, verdict
     assert verdict["passed"] and verdict["resumed_from"] == 8

@@ -1,0 +1,225 @@
+"""Snapshots that complete after save() returns (DESIGN.md "Low-memory mode"; CheckFreq's trick).
+
+In the default ``sync`` mode save() copies every tensor to the host before it returns. The
+two modes here cut the stall down to enqueueing the copies:
+
+``deferred`` (low GPU memory): CUDA tensors are copied device-to-host on a side stream into
+pinned buffers kept across saves, CPU tensors by a background thread into host buffers.
+save() returns once the copies are enqueued, and the next forward/backward run while they
+proceed. The state must not change until ``barrier()``; ``checkpointer.guard(optimizer)``
+puts it in front of every ``optimizer.step()``. On the GPU the barrier is a stream
+dependency (the optimizer's kernels wait for the copies, the host does not); CPU tensors
+make it wait for their copy. A tensor changed in place before the barrier (its version
+counter moved) fails that checkpoint with ``SnapshotTornError`` rather than risking a torn
+state; changes that bypass version counters (``tensor.data`` writes) cannot be seen.
+
+``gpu`` (PCcheck's GPU buffer): CUDA tensors are copied into a GPU snapshot buffer on the
+current stream (device to device, a few ms); the copy to the host runs on the side stream.
+No barrier is needed: later kernels on the stream run after the copy. Costs GPU memory equal
+to the state's CUDA tensors. CPU tensors are copied inside save().
+
+Either way one background thread per snapshot waits for the copies and hands the host
+buffers to the engine; its failure surfaces at the next save(), wait() or close().
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ckptlab.core.config import SNAPSHOT_MODES  # noqa: F401 - re-exported
+from ckptlab.core.errors import SnapshotTornError
+from ckptlab.core.state import BufferCache, CapturedState, PinnedHostCache, lay_out
+from ckptlab.profiling.phases import phase, record
+
+
+@dataclass
+class _Copy:
+    name: str
+    dst: torch.Tensor          # host buffer the engine reads
+    src: torch.Tensor          # live tensor, or the GPU snapshot buffer
+    version: int | None        # src._version at save(); None when src is private (GPU buffer)
+
+    @property
+    def nbytes(self) -> int:
+        return self.dst.numel() * self.dst.element_size()
+
+
+@dataclass
+class _DeviceCopies:
+    start: torch.cuda.Event
+    done: torch.cuda.Event
+    nbytes: int
+
+
+@dataclass
+class PendingSnapshot:
+    """One save()'s copies in flight, and the thread that hands them to the engine."""
+
+    step: int
+    captured: CapturedState
+    cpu_copies: list[_Copy]                 # run by the thread (deferred mode)
+    cuda_copies: list[_Copy]                # enqueued on side streams
+    devices: dict[torch.device, _DeviceCopies]
+    host_ready: threading.Event = field(default_factory=threading.Event)  # CPU tensors copied
+    released: threading.Event = field(default_factory=threading.Event)    # barrier() passed
+    torn: list[str] = field(default_factory=list)  # set by barrier()
+    error: BaseException | None = None
+    thread: threading.Thread | None = None
+
+
+class Snapshotter:
+    """Takes deferred/gpu snapshots and submits them with ``submit(step, captured)``."""
+
+    def __init__(self, mode: str, submit: Callable[[int, CapturedState], None]) -> None:
+        if mode not in ("deferred", "gpu"):
+            raise ValueError(f"Snapshotter mode must be 'deferred' or 'gpu', got {mode!r}")
+        self.mode = mode
+        self._submit = submit
+        self._host = BufferCache("cpu")
+        self._pinned: PinnedHostCache | None = None  # allocated on the first CUDA tensor
+        self._gpu = BufferCache(None)                 # gpu mode: same device as the tensor
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}
+        self._last_done: dict[torch.device, torch.cuda.Event] = {}
+        self._pending: PendingSnapshot | None = None
+        self.host_wait_s = 0.0  # time the caller blocked in barrier()/settle()
+
+    @property
+    def pending(self) -> PendingSnapshot | None:
+        return self._pending
+
+    @property
+    def host_bytes(self) -> int:
+        return self._host.nbytes + (self._pinned.nbytes if self._pinned else 0)
+
+    @property
+    def gpu_bytes(self) -> int:
+        return self._gpu.nbytes
+
+    def take(self, step: int, skeleton: bytes, tensors: list[tuple[str, torch.Tensor]]) -> PendingSnapshot:
+        """Start copying `tensors` off the state; returns once the copies are enqueued.
+
+        The previous snapshot must be settled (its buffers are reused)."""
+        if self._pending is not None:
+            raise RuntimeError("the previous snapshot is not settled")
+        host: list[tuple[str, torch.Tensor]] = []
+        cpu_copies: list[_Copy] = []
+        by_device: dict[torch.device, list[tuple[str, torch.Tensor, torch.Tensor]]] = {}
+        for name, t in tensors:
+            if t.device.type == "cuda":
+                if self._pinned is None:
+                    self._pinned = PinnedHostCache()
+                dst = self._pinned.buffer_for(name, t)
+                by_device.setdefault(t.device, []).append((name, t, dst))
+            elif t.device.type == "cpu":
+                dst = self._host.buffer_for(name, t)
+                cpu_copies.append(_Copy(name, dst, t, t._version))
+            else:  # another accelerator: no stream API here, copy now
+                with phase("d2h", step=step, nbytes=t.numel() * t.element_size()):
+                    dst = t.to("cpu").contiguous()
+            host.append((name, dst))
+        captured = lay_out(skeleton, host)
+        cuda_copies: list[_Copy] = []
+        devices = {dev: self._enqueue(step, dev, items, cuda_copies) for dev, items in by_device.items()}
+        p = PendingSnapshot(step, captured, cpu_copies, cuda_copies, devices)
+        if self.mode == "gpu":  # CPU tensors now; the GPU copies need no barrier
+            self._copy_cpu(p)
+            p.released.set()
+        p.thread = threading.Thread(target=self._finish, args=(p,), name=f"ckptlab-snapshot-{step}", daemon=True)
+        self._pending = p
+        p.thread.start()
+        return p
+
+    def _enqueue(self, step: int, dev: torch.device, items: list[tuple[str, torch.Tensor, torch.Tensor]],
+                 out: list[_Copy]) -> _DeviceCopies:
+        current = torch.cuda.current_stream(dev)
+        side = self._streams.get(dev)
+        if side is None:
+            side = self._streams[dev] = torch.cuda.Stream(dev)
+        sources: list[tuple[str, torch.Tensor, torch.Tensor, int | None]] = []
+        if self.mode == "gpu":
+            with phase("snapshot", step=step, nbytes=sum(d.numel() * d.element_size() for _, _, d in items)):
+                previous = self._last_done.get(dev)
+                if previous is not None:  # the last D2H read these buffers: let it finish first
+                    current.wait_event(previous)
+                for name, t, dst in items:
+                    buf = self._gpu.buffer_for(name, t)
+                    buf.copy_(t)  # on the current stream, after the kernels that produced t
+                    sources.append((name, buf, dst, None))
+        else:
+            sources = [(name, t, dst, t._version) for name, t, dst in items]
+        side.wait_stream(current)
+        start = torch.cuda.Event(enable_timing=True, blocking=True)
+        done = torch.cuda.Event(enable_timing=True, blocking=True)
+        nbytes = 0
+        with torch.cuda.stream(side):
+            start.record(side)
+            for name, src, dst, version in sources:
+                src.record_stream(side)  # its memory is not reused before the side stream read it
+                dst.copy_(src.contiguous(), non_blocking=True)  # a temporary lives on the side stream
+                nbytes += dst.numel() * dst.element_size()
+                out.append(_Copy(name, dst, src, version))
+            done.record(side)
+        self._last_done[dev] = done
+        return _DeviceCopies(start, done, nbytes)
+
+    @staticmethod
+    def _copy_cpu(p: PendingSnapshot) -> None:
+        try:
+            if p.cpu_copies:
+                with phase("snapshot", step=p.step, nbytes=sum(c.nbytes for c in p.cpu_copies)):
+                    for c in p.cpu_copies:
+                        c.dst.copy_(c.src)
+        finally:
+            p.host_ready.set()
+
+    def _finish(self, p: PendingSnapshot) -> None:
+        try:
+            if not p.host_ready.is_set():
+                self._copy_cpu(p)
+            for d in p.devices.values():
+                d.done.synchronize()
+                t_end = time.monotonic_ns()
+                # the copy's span on the GPU, placed on the host clock where it ended
+                record("d2h", t_end - int(d.start.elapsed_time(d.done) * 1e6), t_end, step=p.step, nbytes=d.nbytes)
+            p.released.wait()
+            if p.torn:
+                raise SnapshotTornError(p.step, p.torn)
+            self._submit(p.step, p.captured)
+        except BaseException as e:  # handed to the training thread at the next call
+            p.error = e
+        finally:
+            p.host_ready.set()
+
+    def barrier(self) -> None:
+        """Order the next change of the state after the pending snapshot's copies."""
+        p = self._pending
+        if p is None or p.released.is_set():
+            return
+        t0 = time.perf_counter()
+        with phase("snapshot_barrier", step=p.step):
+            p.host_ready.wait()
+            # any change between save() and here breaks the contract, whether or not it raced
+            p.torn.extend(c.name for c in p.cpu_copies + p.cuda_copies
+                          if c.version is not None and c.src._version != c.version)
+            for dev, d in p.devices.items():
+                torch.cuda.current_stream(dev).wait_event(d.done)
+            p.released.set()
+        self.host_wait_s += time.perf_counter() - t0
+
+    def settle(self) -> None:
+        """Barrier, then wait until the pending snapshot is handed to the engine; raise its failure."""
+        p = self._pending
+        if p is None:
+            return
+        self.barrier()
+        assert p.thread is not None
+        t0 = time.perf_counter()
+        p.thread.join()
+        self.host_wait_s += time.perf_counter() - t0
+        self._pending = None
+        if p.error is not None:
+            raise p.error

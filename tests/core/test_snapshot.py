@@ -1,0 +1,156 @@
+"""Deferred and GPU-buffer snapshots (core/snapshot.py) on CPU tensors: save() returns before
+the copies are done, barrier()/guard() order changes after them, changes made too early fail
+the checkpoint instead of tearing it, and failures surface at the next call."""
+import os
+
+import pytest
+import torch
+
+from ckptlab.core import CheckpointConfig, CheckpointWriteError, list_checkpoints, load_latest, open_checkpointer
+from ckptlab.core.snapshot import SnapshotTornError
+from ckpt_testutil import assert_state_is_step, det_state
+
+CFG = CheckpointConfig(chunk_bytes=1 << 20, writer_threads=2, snapshot="deferred", keep_last=0)
+
+
+@pytest.mark.parametrize("mode", ["deferred", "gpu"])
+def test_saves_round_trip_bit_exact(mode, ckpt_dir):
+    with open_checkpointer("pccheck", ckpt_dir, CFG.replace(snapshot=mode)) as ck:
+        for step in (1, 2, 3):
+            ck.save(step, det_state(step, 3 << 20))
+        ck.wait()
+        assert ck.stats()["committed"] == 3 and ck.stats()["snapshot"] == mode
+    for step in (1, 2, 3):
+        assert_state_is_step(load_latest(ckpt_dir, step=step)[1], step, 3 << 20)
+
+
+def test_non_contiguous_and_odd_dtypes(ckpt_dir):
+    base = torch.arange(4096, dtype=torch.float64).reshape(64, 64)
+    state = {"t": base.t(), "strided": base[::3, 1::2], "b": torch.tensor([True, False]),
+             "c": torch.randn(5, dtype=torch.complex64).conj(), "bf": torch.randn(7).bfloat16()}
+    expected = {k: v.clone() for k, v in state.items()}
+    with open_checkpointer("pccheck", ckpt_dir, CFG) as ck:
+        ck.save(1, state)
+    loaded = load_latest(ckpt_dir)[1]
+    for k, v in expected.items():
+        assert torch.equal(loaded[k], v.resolve_conj()), k
+
+
+def test_changes_after_barrier_are_not_in_the_checkpoint(ckpt_dir):
+    big = torch.zeros(16 << 20, dtype=torch.float32)  # 64 MiB: its copy takes a while
+    with open_checkpointer("pccheck", ckpt_dir, CFG) as ck:
+        for step in (1, 2):
+            big.fill_(step)
+            ck.save(step, {"big": big})
+            ck.barrier()
+            big.fill_(-1.0)  # allowed now: the snapshot of `step` is complete
+        ck.wait()
+    for step in (1, 2):
+        t = load_latest(ckpt_dir, step=step)[1]["big"]
+        assert bool((t == step).all()), f"step {step} holds values written after barrier()"
+
+
+def test_guard_runs_the_barrier_before_each_optimizer_step(ckpt_dir):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(512, 512)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    saved = {}
+    with open_checkpointer("pccheck", ckpt_dir, CFG) as ck:
+        ck.guard(opt)
+        for step in range(1, 5):
+            model(torch.randn(4, 512)).sum().backward()
+            opt.step()  # without the guard this would race with (and be refused for) the snapshot
+            opt.zero_grad()
+            saved[step] = {k: v.clone() for k, v in model.state_dict().items()}
+            ck.save(step, {"model": model, "optim": opt})
+        ck.wait()
+    for step, expected in saved.items():
+        fresh = torch.nn.Linear(512, 512)
+        load_latest(ckpt_dir, {"model": fresh}, step=step)
+        for k, v in expected.items():
+            assert torch.equal(fresh.state_dict()[k], v), (step, k)
+
+
+def test_change_before_barrier_fails_that_checkpoint_and_keeps_the_previous(ckpt_dir):
+    w = torch.ones(1 << 16)
+    with open_checkpointer("pccheck", ckpt_dir, CFG) as ck:
+        ck.save(1, {"w": w})
+        ck.barrier()
+        ck.save(2, {"w": w})
+        w.add_(1)  # no barrier(): the snapshot of step 2 may be torn
+        with pytest.raises(SnapshotTornError, match=r"step 2 .*'w'.*guard\(optimizer\)") as info:
+            ck.wait()
+        assert info.value.step == 2 and info.value.names == ["w"]
+        ck.save(3, {"w": w})  # the checkpointer keeps working
+    assert [c.step for c in list_checkpoints(ckpt_dir) if c.status != "corrupt"] == [1, 3]
+    assert torch.equal(load_latest(ckpt_dir, step=1)[1]["w"], torch.ones(1 << 16))
+    assert torch.equal(load_latest(ckpt_dir)[1]["w"], torch.full((1 << 16,), 2.0))
+
+
+def test_torn_snapshot_is_reported_by_the_next_save(ckpt_dir):
+    w = torch.ones(1000)
+    with open_checkpointer("pccheck", ckpt_dir, CFG) as ck:
+        ck.save(1, {"w": w})
+        w.mul_(3)
+        with pytest.raises(SnapshotTornError):
+            ck.save(2, {"w": w})
+    assert list_checkpoints(ckpt_dir) == []
+
+
+def test_gpu_mode_needs_no_barrier_for_cpu_tensors(ckpt_dir):
+    w = torch.ones(1 << 16)
+    with open_checkpointer("pccheck", ckpt_dir, CFG.replace(snapshot="gpu")) as ck:
+        ck.save(1, {"w": w})
+        w.add_(1)  # CPU tensors were copied inside save()
+        ck.wait()
+    assert torch.equal(load_latest(ckpt_dir)[1]["w"], torch.ones(1 << 16))
+
+
+def test_write_failure_of_a_deferred_checkpoint_surfaces_at_wait(ckpt_dir):
+    cfg = CFG.replace(faults="point=before_chunk_write,step=2,action=eio")
+    with open_checkpointer("pccheck", ckpt_dir, cfg) as ck:
+        ck.save(1, det_state(1))
+        ck.save(2, det_state(2))
+        with pytest.raises(CheckpointWriteError, match="step 2") as info:
+            ck.wait()
+        assert info.value.errno == 5
+    assert [c.step for c in list_checkpoints(ckpt_dir) if c.status != "corrupt"] == [1]
+
+
+def test_close_without_wait_commits_the_pending_snapshot(ckpt_dir):
+    ck = open_checkpointer("pccheck", ckpt_dir, CFG)
+    ck.save(7, det_state(7))
+    ck.close()
+    assert_state_is_step(load_latest(ckpt_dir)[1], 7)
+
+
+def test_stall_is_shorter_than_the_copy(ckpt_dir):
+    """Not a timing assertion: the snapshot is still pending when save() returns."""
+    with open_checkpointer("pccheck", ckpt_dir, CFG) as ck:
+        ck.save(1, {"big": torch.zeros(32 << 20)})
+        pending = ck._snapshots.pending
+        assert pending is not None and not pending.released.is_set()
+        ck.wait()
+        assert ck._snapshots.pending is None
+
+
+def test_guard_rejects_non_optimizers_and_is_removed_at_close(ckpt_dir):
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ck = open_checkpointer("pccheck", ckpt_dir, CFG)
+    with pytest.raises(TypeError, match="Optimizer"):
+        ck.guard(model)
+    ck.guard(opt)
+    assert len(opt._optimizer_step_pre_hooks) == 1
+    ck.close()
+    assert len(opt._optimizer_step_pre_hooks) == 0
+
+
+def test_bad_snapshot_settings_are_refused(ckpt_dir):
+    with pytest.raises(ValueError, match="snapshot must be one of"):
+        CheckpointConfig(snapshot="async")
+    with pytest.raises(ValueError, match="pinned_host_copies=True"):
+        CheckpointConfig(snapshot="deferred", pinned_host_copies=False)
+    with pytest.raises(ValueError, match="torchsave saves synchronously"):
+        open_checkpointer("torchsave", ckpt_dir, CFG)
+    assert os.listdir(ckpt_dir) == []
