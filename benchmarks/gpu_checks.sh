@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA GPU, runnable as one command on a fresh GPU machine (the
+# device tool's boxes: torch preinstalled, no network). Builds ckptlab in place, then runs
+# the named stages in order and packs what they wrote into $OUT/gpu-checks.tgz (the device
+# tool returns at most 8 files).
+#
+#   bash benchmarks/gpu_checks.sh tests validate-torchsave trace modes seed2048
+#
+# stages (rough wall time on an H100):
+#   tests              pytest -m gpu (tests/core/test_gpu.py: pinned D2H, deferred and gpu snapshots)
+#   validate-torchsave the seeds' validation, --checkpointer torchsave, seed-1024 fp32 and bf16
+#   validate-deferred  the same with pccheck --snapshot deferred (fp32)
+#   trace              seed-1024 fp32, 40 steps, checkpoint every 10, --snapshot deferred, traced;
+#                      prints how much of d2h overlaps the training step
+#   modes              benchmarks/bench_snapshot_modes.py on seed-1024 (none, torchsave, pccheck sync/deferred/gpu)
+#   seed2048           benchmarks/bench_snapshot_modes.py on seed-2048 (none, pccheck sync/deferred; 12.85 GB checkpoints)
+set -euo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-$(mktemp -d)}
+RES=$(mktemp -d)
+PY=${PYTHON:-python3}
+log() { echo "== $(date +%T) $*"; }
+
+if ! $PY -c "import ckptlab._engine" 2>/dev/null; then
+  log "building ckptlab"
+  $PY -m pip install -q --no-build-isolation --no-deps -e . >"$RES/build.log" 2>&1 || { tail -40 "$RES/build.log"; exit 1; }
+fi
+$PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
+
+for stage in "$@"; do
+  log "stage $stage"
+  case "$stage" in
+    tests)
+      $PY -m pytest -m gpu tests/core/test_gpu.py -q -p no:cacheprovider -o addopts="" 2>&1 | tee "$RES/tests.log" ;;
+    validate-torchsave)
+      for dt in fp32 bf16; do
+        $PY -m ckptlab.training.validate --checkpointer torchsave --preset seed-1024 --model-dtype $dt \
+          --device cuda --steps 24 --freq 8 --kill-after 8 --out "$RES/validate-torchsave-$dt" 2>&1 | tail -15
+        rm -rf "$RES/validate-torchsave-$dt"/ckpt-*
+      done ;;
+    validate-deferred)
+      $PY -m ckptlab.training.validate --checkpointer pccheck --preset seed-1024 --model-dtype fp32 \
+        --device cuda --steps 24 --freq 8 --kill-after 8 --out "$RES/validate-deferred-fp32" -- --snapshot deferred 2>&1 | tail -15
+      rm -rf "$RES/validate-deferred-fp32"/ckpt-* ;;
+    trace)
+      d=$(mktemp -d)
+      $PY -m training.train_pccheck --preset seed-1024 --device cuda --training-steps 40 --checkpoint-freq 10 \
+        --snapshot deferred --ckpt-dir "$d" --trace "$RES/trace-deferred.arrow" --summary-json "$RES/trace-summary.json" \
+        --no-progress 2>&1 | tail -12
+      rm -rf "$d"
+      $PY - "$RES/trace-deferred.arrow" <<'EOF' | tee "$RES/trace-overlap.txt"
+import json, sys
+from ckptlab.profiling import overlap, read_trace
+t = read_trace(sys.argv[1])
+out = {k: overlap(t, a, b) for k, a, b in [("d2h~train_step", "d2h", "train_step"),
+                                            ("d2h~forward+backward(host)", "d2h", {"forward", "backward"}),
+                                            ("write+checksum+fsync~train_step", {"write", "checksum", "fsync"}, "train_step")]}
+print(json.dumps(out, indent=1))
+EOF
+      ;;
+    modes)
+      $PY benchmarks/bench_snapshot_modes.py --preset seed-1024 --device cuda --steps 40 --freq 10 --trace \
+        --out "$RES/snapshot_modes_h100_seed-1024.json" ;;
+    seed2048)
+      $PY benchmarks/bench_snapshot_modes.py --preset seed-2048 --device cuda --steps 30 --freq 10 \
+        --runs none,pccheck-sync,pccheck-deferred --out "$RES/snapshot_modes_h100_seed-2048.json" ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+done
+tar -C "$RES" -czf "$OUT/gpu-checks.tgz" .
+log "packed $(du -h "$OUT/gpu-checks.tgz" | cut -f1) into $OUT/gpu-checks.tgz"
