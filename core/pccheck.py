@@ -175,7 +175,7 @@ class PCcheckCheckpointer(CheckpointerBase):
         snapshot_error: BaseException | None = None
         if self._snapshots is not None:
             try:
-                self._snapshots.settle()
+                self._snapshots.close()
             except BaseException as e:  # close the engine first, then raise
                 snapshot_error = e
         if self._engine is not None:

@@ -18,11 +18,13 @@ current stream (device to device, a few ms); the copy to the host runs on the si
 No barrier is needed: later kernels on the stream run after the copy. Costs GPU memory equal
 to the state's CUDA tensors. CPU tensors are copied inside save().
 
-Either way one background thread per snapshot waits for the copies and hands the host
-buffers to the engine; its failure surfaces at the next save(), wait() or close().
+Either way a background thread (``ckptlab-snapshot``, one per checkpointer) waits for the
+copies and hands the host buffers to the engine; a failure surfaces at the next save(),
+wait() or close().
 """
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -68,7 +70,7 @@ class PendingSnapshot:
     released: threading.Event = field(default_factory=threading.Event)    # barrier() passed
     torn: list[str] = field(default_factory=list)  # set by barrier()
     error: BaseException | None = None
-    thread: threading.Thread | None = None
+    finished: threading.Event = field(default_factory=threading.Event)   # handed over, or failed
 
 
 class Snapshotter:
@@ -85,6 +87,8 @@ class Snapshotter:
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
         self._last_done: dict[torch.device, torch.cuda.Event] = {}
         self._pending: PendingSnapshot | None = None
+        self._queue: queue.SimpleQueue[PendingSnapshot | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
         self.host_wait_s = 0.0  # time the caller blocked in barrier()/settle()
 
     @property
@@ -128,10 +132,16 @@ class Snapshotter:
         if self.mode == "gpu":  # CPU tensors now; the GPU copies need no barrier
             self._copy_cpu(p)
             p.released.set()
-        p.thread = threading.Thread(target=self._finish, args=(p,), name=f"ckptlab-snapshot-{step}", daemon=True)
+        if self._worker is None:  # a daemon: a process that never closes the checkpointer still exits
+            self._worker = threading.Thread(target=self._serve, name="ckptlab-snapshot", daemon=True)
+            self._worker.start()
         self._pending = p
-        p.thread.start()
+        self._queue.put(p)
         return p
+
+    def _serve(self) -> None:
+        while (p := self._queue.get()) is not None:
+            self._finish(p)
 
     def _enqueue(self, step: int, dev: torch.device, items: list[tuple[str, torch.Tensor, torch.Tensor]],
                  out: list[_Copy]) -> _DeviceCopies:
@@ -193,6 +203,7 @@ class Snapshotter:
             p.error = e
         finally:
             p.host_ready.set()
+            p.finished.set()
 
     def barrier(self) -> None:
         """Order the next change of the state after the pending snapshot's copies."""
@@ -216,10 +227,19 @@ class Snapshotter:
         if p is None:
             return
         self.barrier()
-        assert p.thread is not None
         t0 = time.perf_counter()
-        p.thread.join()
+        p.finished.wait()
         self.host_wait_s += time.perf_counter() - t0
         self._pending = None
         if p.error is not None:
             raise p.error
+
+    def close(self) -> None:
+        """Settle, then stop the worker thread."""
+        try:
+            self.settle()
+        finally:
+            if self._worker is not None:
+                self._queue.put(None)
+                self._worker.join()
+                self._worker = None

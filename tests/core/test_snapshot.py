@@ -2,6 +2,7 @@
 the copies are done, barrier()/guard() order changes after them, changes made too early fail
 the checkpoint instead of tearing it, and failures surface at the next call."""
 import os
+import threading
 
 import pytest
 import torch
@@ -117,10 +118,13 @@ def test_write_failure_of_a_deferred_checkpoint_surfaces_at_wait(ckpt_dir):
     assert [c.step for c in list_checkpoints(ckpt_dir) if c.status != "corrupt"] == [1]
 
 
-def test_close_without_wait_commits_the_pending_snapshot(ckpt_dir):
+def test_close_without_wait_commits_the_pending_snapshot_and_stops_the_thread(ckpt_dir):
     ck = open_checkpointer("pccheck", ckpt_dir, CFG)
+    ck.save(6, det_state(6))
     ck.save(7, det_state(7))
+    assert [t.name for t in threading.enumerate()].count("ckptlab-snapshot") == 1  # one, reused
     ck.close()
+    assert "ckptlab-snapshot" not in [t.name for t in threading.enumerate()]
     assert_state_is_step(load_latest(ckpt_dir)[1], 7)
 
 
