@@ -94,7 +94,8 @@ class PCcheckCheckpointer(CheckpointerBase):
             with phase("capture", step=step):
                 skeleton, tensors = lift_tensors(state)
             check_loadable(skeleton, self.config.allow_pickle)
-            self._ensure_engine(lay_out(skeleton, tensors).total_bytes)
+            if self._engine is None:  # sized from the layout; take() lays out the host copies
+                self._ensure_engine(lay_out(skeleton, tensors).total_bytes)
             with phase("snapshot_enqueue", step=step):
                 self._snapshots.take(step, skeleton, tensors)
         self._record_stall(now() - t0)
