@@ -43,7 +43,10 @@ class PCcheckCheckpointer(CheckpointerBase):
         except ValueError as e:
             raise ValueError(f"bad fault spec {self._faults!r}: {e}") from None
         self._engine: _engine.Engine | None = None
-        self._snapshots = Snapshotter(config.snapshot, self._submit) if config.snapshot != "sync" else None
+        self._snapshots = None
+        if config.snapshot != "sync":  # the config guarantees pinned_host_copies for these modes
+            assert self._host_cache is not None
+            self._snapshots = Snapshotter(config.snapshot, self._submit, self._host_cache)
         if config.staging_bytes is not None:
             self._engine = self._open_engine(config.staging_bytes)
 

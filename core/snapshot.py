@@ -32,9 +32,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ckptlab.core.config import SNAPSHOT_MODES  # noqa: F401 - re-exported
 from ckptlab.core.errors import SnapshotTornError
-from ckptlab.core.state import BufferCache, CapturedState, PinnedHostCache, lay_out
+from ckptlab.core.state import BufferCache, CapturedState, PinnedHostCache, host_copy_source, lay_out
 from ckptlab.profiling.phases import phase, record
 
 
@@ -74,15 +73,14 @@ class PendingSnapshot:
 
 
 class Snapshotter:
-    """Takes deferred/gpu snapshots and submits them with ``submit(step, captured)``."""
+    """Takes deferred/gpu snapshots (CheckpointConfig.snapshot) and submits them with
+    ``submit(step, captured)``; CUDA tensors land in the checkpointer's `pinned` cache."""
 
-    def __init__(self, mode: str, submit: Callable[[int, CapturedState], None]) -> None:
-        if mode not in ("deferred", "gpu"):
-            raise ValueError(f"Snapshotter mode must be 'deferred' or 'gpu', got {mode!r}")
+    def __init__(self, mode: str, submit: Callable[[int, CapturedState], None], pinned: PinnedHostCache) -> None:
         self.mode = mode
         self._submit = submit
         self._host = BufferCache("cpu")
-        self._pinned: PinnedHostCache | None = None  # allocated on the first CUDA tensor
+        self._pinned = pinned
         self._gpu = BufferCache(None)                 # gpu mode: same device as the tensor
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
         self._last_done: dict[torch.device, torch.cuda.Event] = {}
@@ -97,7 +95,7 @@ class Snapshotter:
 
     @property
     def host_bytes(self) -> int:
-        return self._host.nbytes + (self._pinned.nbytes if self._pinned else 0)
+        return self._host.nbytes + self._pinned.nbytes
 
     @property
     def gpu_bytes(self) -> int:
@@ -114,16 +112,13 @@ class Snapshotter:
         by_device: dict[torch.device, list[tuple[str, torch.Tensor, torch.Tensor]]] = {}
         for name, t in tensors:
             if t.device.type == "cuda":
-                if self._pinned is None:
-                    self._pinned = PinnedHostCache()
                 dst = self._pinned.buffer_for(name, t)
                 by_device.setdefault(t.device, []).append((name, t, dst))
             elif t.device.type == "cpu":
                 dst = self._host.buffer_for(name, t)
                 cpu_copies.append(_Copy(name, dst, t, t._version))
-            else:  # another accelerator: no stream API here, copy now
-                with phase("d2h", step=step, nbytes=t.numel() * t.element_size()):
-                    dst = t.to("cpu").contiguous()
+            else:  # another accelerator: no stream API here, copied now as capture() does
+                dst = host_copy_source(t, name, None, set())
             host.append((name, dst))
         captured = lay_out(skeleton, host)
         cuda_copies: list[_Copy] = []

@@ -118,7 +118,7 @@ def _normalized(t: torch.Tensor, name: str) -> torch.Tensor:
     return t
 
 
-def _host_copy_source(t: torch.Tensor, name: str, cache: PinnedHostCache | None, pending: set) -> torch.Tensor:
+def host_copy_source(t: torch.Tensor, name: str, cache: PinnedHostCache | None, pending: set) -> torch.Tensor:
     if t.device.type == "cuda" and cache is not None:
         # Enqueued on the current stream, after the kernels that produced t; synced in capture().
         dst = cache.buffer_for(name, t)
@@ -180,7 +180,7 @@ def capture(state: Mapping[str, Any], host_cache: PinnedHostCache | None = None)
     """
     skeleton, tensors = lift_tensors(state)
     pending_devices: set = set()
-    host = [(name, _host_copy_source(t, name, host_cache, pending_devices)) for name, t in tensors]
+    host = [(name, host_copy_source(t, name, host_cache, pending_devices)) for name, t in tensors]
     if pending_devices:
         with phase("d2h", nbytes=sum(t.numel() * t.element_size() for _, t in host if t.is_pinned())):
             for device in pending_devices:  # the non-blocking copies were queued above

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ckptlab.core.config import SNAPSHOT_MODES
 from ckptlab.training.checkpointers import KINDS
 from ckptlab.training.config import MODEL_DTYPES, TrainConfig
 from ckptlab.training.presets import PRESETS, get_preset
@@ -91,7 +92,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, *,
                      help="writer threads per checkpoint (default 4)")
     run.add_argument("--keep-last", type=_non_negative_int, default=2,
                      help="committed checkpoints to keep, 0 keeps all (default 2)")
-    run.add_argument("--snapshot", choices=["sync", "deferred", "gpu"], default="sync",
+    run.add_argument("--snapshot", choices=list(SNAPSHOT_MODES), default="sync",
                      help="pccheck: when save() returns — sync (state on the host), deferred "
                           "(D2H on a side stream overlapping the next forward/backward; the next "
                           "optimizer.step waits for it), gpu (copy into a GPU snapshot buffer); "

@@ -115,7 +115,7 @@ def test_deferred_snapshots_of_a_training_model_are_bit_exact(mode, ckpt_dir):
 @cuda
 @pytest.mark.gpu
 def test_cuda_tensor_changed_before_the_barrier_fails_the_checkpoint(ckpt_dir):
-    from ckptlab.core.snapshot import SnapshotTornError
+    from ckptlab.core import SnapshotTornError
 
     w = torch.ones(1 << 22, device="cuda")
     with open_checkpointer("pccheck", ckpt_dir, CFG.replace(snapshot="deferred")) as ck:

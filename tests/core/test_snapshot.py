@@ -7,8 +7,8 @@ import threading
 import pytest
 import torch
 
-from ckptlab.core import CheckpointConfig, CheckpointWriteError, list_checkpoints, load_latest, open_checkpointer
-from ckptlab.core.snapshot import SnapshotTornError
+from ckptlab.core import (CheckpointConfig, CheckpointWriteError, SnapshotTornError, list_checkpoints, load_latest,
+                          open_checkpointer)
 from ckpt_testutil import assert_state_is_step, det_state
 
 CFG = CheckpointConfig(chunk_bytes=1 << 20, writer_threads=2, snapshot="deferred", keep_last=0)
