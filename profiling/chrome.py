@@ -8,37 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from ckptlab.profiling.records import read_trace, trace_metadata
+from ckptlab.profiling.tables import column, track_sort_key
 
 _OTHER_DATA_KEYS = ("run_id", "host", "arch", "kernel", "cpu_model", "cpu_count", "cpus_allowed",
                     "affinity_policy", "clock", "dropped_records", "versions", "config")
-
-
-def _sort_key(name: str) -> tuple[int, str]:
-    """Tracks in a useful order: Python/training threads, save, writers, commit, readers, rest."""
-    order = (("ckptlab-save", 0), ("ckptlab-writer", 1), ("ckptlab-commit", 2), ("ckptlab-reader", 3))
-    for prefix, rank in order:
-        if prefix in name:
-            return (rank, _natural(name))
-    return (4, _natural(name))
-
-
-def _natural(name: str) -> str:
-    return re.sub(r"\d+", lambda m: m.group().zfill(8), name)
-
-
-def _column(table: pa.Table, name: str) -> np.ndarray:
-    col = table.column(name)
-    if pa.types.is_dictionary(col.type):
-        col = col.cast(col.type.value_type)
-        return np.asarray(col.to_pylist(), dtype=object)
-    return col.to_numpy()
 
 
 def to_chrome_trace(table: pa.Table, phases: set[str] | None = None) -> dict[str, Any]:
@@ -46,14 +25,14 @@ def to_chrome_trace(table: pa.Table, phases: set[str] | None = None) -> dict[str
     meta = trace_metadata(table)
     pid = int(meta.get("pid") or 1)
     n = table.num_rows
-    phase = _column(table, "phase")
+    phase = column(table, "phase")
     keep = np.ones(n, dtype=bool) if not phases else np.isin(phase, list(phases))
-    tb = _column(table, "t_begin_ns").astype(np.int64)
-    te = _column(table, "t_end_ns").astype(np.int64)
+    tb = column(table, "t_begin_ns").astype(np.int64)
+    te = column(table, "t_end_ns").astype(np.int64)
     t0 = int(tb.min()) if n else 0
-    tid = _column(table, "thread").astype(np.int64)
-    tname = _column(table, "thread_name")
-    cols = {c: _column(table, c) for c in ("ckpt_id", "step", "chunk", "offset", "nbytes", "cpu_begin", "cpu_end")}
+    tid = column(table, "thread").astype(np.int64)
+    tname = column(table, "thread_name")
+    cols = {c: column(table, c) for c in ("ckpt_id", "step", "chunk", "offset", "nbytes", "cpu_begin", "cpu_end")}
 
     names: dict[int, str] = {}
     for t, nm in zip(tid.tolist(), tname.tolist(), strict=True):
@@ -63,7 +42,7 @@ def to_chrome_trace(table: pa.Table, phases: set[str] | None = None) -> dict[str
         {"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
          "args": {"name": f"ckptlab {meta.get('run_id', '')} on {host}".strip()}},
     ]
-    for rank, t in enumerate(sorted(names, key=lambda t: _sort_key(names[t]))):
+    for rank, t in enumerate(sorted(names, key=lambda t: track_sort_key(names[t]))):
         events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": t, "args": {"name": names[t]}})
         events.append({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": t, "args": {"sort_index": rank}})
 

@@ -2,6 +2,7 @@
 
     ckptlab trace export TRACE --chrome out.json [--phases write,fsync]
     ckptlab trace info TRACE [--json]
+    ckptlab trace plot TRACE -o timeline.png [--step N | --window A:B] [--phases P1,P2]
     ckptlab profile nsys [-o NAME] [--sample none] [--no-stats] [--dry-run] -- CMD ...
     ckptlab profile py-spy [-o FILE] [--rate HZ] [--native] [--idle] [--dry-run] -- CMD ...
 
@@ -81,6 +82,51 @@ def _trace_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_window(text: str) -> tuple[float, float]:
+    parts = text.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        a, b = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not START:END in seconds, e.g. 1.5:2.25") from None
+    if not (0 <= a < b):
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= START < END (seconds from the trace's first record)")
+    return a, b
+
+
+def _trace_plot(args: argparse.Namespace) -> int:
+    from ckptlab.profiling.records import read_trace
+    from ckptlab.profiling.tables import column
+    from ckptlab.profiling.timeline import plot_timeline
+
+    if not os.path.isfile(args.trace):
+        print(f"ckptlab trace plot: {args.trace}: no such trace file", file=sys.stderr)
+        return 2
+    try:
+        table = read_trace(args.trace)
+    except (OSError, ValueError) as e:
+        print(f"ckptlab trace plot: cannot read {args.trace} as a ckptlab trace: {e}", file=sys.stderr)
+        return 2
+    window = None
+    if args.window is not None and table.num_rows:
+        t0 = int(column(table, "t_begin_ns").min())
+        window = (t0 + int(args.window[0] * 1e9), t0 + int(args.window[1] * 1e9))
+    phases = {p.strip() for p in args.phases.split(",") if p.strip()} if args.phases else None
+    title = args.title or f"{os.path.basename(args.trace)}" + (f", step {args.step}" if args.step is not None else "")
+    try:
+        drawn = plot_timeline(table, args.output, window_ns=window, step=args.step, phases=phases, title=title)
+    except ValueError as e:
+        print(f"ckptlab trace plot: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"ckptlab trace plot: cannot write {args.output}: {e}", file=sys.stderr)
+        return 2
+    span = (drawn.t_end_ns - drawn.t_begin_ns) / 1e6
+    print(f"drew {drawn.records} records on {len(drawn.tracks)} thread tracks ({span:.1f} ms) to {drawn.path}")
+    return 0
+
+
 def _profile_nsys(args: argparse.Namespace) -> int:
     from ckptlab.profiling.tools import NsysOptions, ToolMissing, default_output, run_id_for_child, run_nsys
 
@@ -115,7 +161,7 @@ def _profile_py_spy(args: argparse.Namespace) -> int:
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``trace`` and ``profile`` on the ``ckptlab`` console script."""
-    trace = subparsers.add_parser("trace", help="timing-record traces (Arrow): export to Perfetto, summarise",
+    trace = subparsers.add_parser("trace", help="timing-record traces (Arrow): export to Perfetto, summarise, plot",
                                   description="Work with trace files written by `--trace FILE` (docs/TRACE.md).")
     tsub = trace.add_subparsers(dest="trace_command", metavar="ACTION")
     tsub.required = True
@@ -128,6 +174,19 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("trace", help="trace file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_trace_info)
+    p = tsub.add_parser("plot", help="draw a timeline PNG: one track per thread, a colour per phase",
+                        description="Draw the trace (or one step's checkpoint, or a time window) as a timeline "
+                                    "PNG: one track per thread, nested phases in lanes, a colour per phase.")
+    p.add_argument("trace", help="trace file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="output PNG")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--step", type=int, default=None, metavar="N",
+                       help="zoom on training step N: from its first record (the save) to its last (the commit)")
+    where.add_argument("--window", type=_parse_window, default=None, metavar="START:END",
+                       help="seconds from the trace's first record, e.g. 1.5:2.25")
+    p.add_argument("--phases", default=None, metavar="P1,P2", help="only these phases (default: all)")
+    p.add_argument("--title", default=None, help="figure title (default: the file name and step)")
+    p.set_defaults(func=_trace_plot)
 
     prof = subparsers.add_parser("profile", help="run a command under nsys or py-spy",
                                  description="Profile a command (docs/PROFILING.md). Put the command after `--`.")
