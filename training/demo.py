@@ -3,7 +3,8 @@
 Train with ckptlab (pccheck) checkpoints; SIGKILL the run inside the engine while it
 persists a checkpoint (fault point ``before_rename``); show what recovery finds on disk;
 resume with ``--load-checkpoint``; check that the loss file matches two uninterrupted runs
-to the last bit; say where the plot and the traces are.
+to the last bit; say where the plot and the traces are, and draw run A's timeline around the
+checkpoint that run C lost.
 
     python -m ckptlab.training.demo --out demo-out
 """
@@ -34,8 +35,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"[demo] tiny preset, {plan.steps} steps, pccheck checkpoint every {plan.freq}; "
           f"run C is SIGKILLed inside the engine while persisting step {plan.kill_after}")
     report = run_validation(plan)
-    print_verdict(plan, report)
+    print_verdict(plan, report, [_draw_timeline(plan)])
     return 0 if report.passed else 1
+
+
+def _draw_timeline(plan: ValidationPlan) -> str:
+    """Run A's trace around the checkpoint whose write run C lost, as a PNG (a failure to draw
+    is reported, not fatal: the demo's verdict is the losses)."""
+    trace = plan.out / "trace-a.arrow"
+    out = plan.out / f"timeline-a-step{plan.kill_after}.png"
+    try:
+        from ckptlab.profiling.records import read_trace
+        from ckptlab.profiling.timeline import plot_timeline
+
+        plot_timeline(read_trace(trace), out, step=plan.kill_after,
+                      title=f"run A, checkpoint of step {plan.kill_after} (the one run C was killed writing)")
+    except (OSError, ValueError, ImportError) as exc:
+        return f"timeline: not drawn ({exc})"
+    return (f"timeline of run A's checkpoint at step {plan.kill_after}: {out} "
+            f"(any trace: ckptlab trace plot TRACE -o OUT.png --step N)")
 
 
 if __name__ == "__main__":

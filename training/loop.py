@@ -438,5 +438,5 @@ def summary_lines(result: TrainResult, cfg: TrainConfig) -> list[str]:
     if result.peak_gpu_bytes is not None:
         lines.append(f"  peak GPU memory: {result.peak_gpu_bytes / 1e9:.2f} GB")
     if cfg.trace is not None and cfg.trace.exists():
-        lines.append(f"  trace: {cfg.trace}")
+        lines.append(f"  trace: {cfg.trace} (ckptlab trace info | export --chrome | plot -o timeline.png --step N)")
     return lines

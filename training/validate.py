@@ -183,7 +183,7 @@ def _compare(plan: ValidationPlan, report: ValidationReport) -> None:
         report.problems.append(f"plot failed: {exc!r}")
 
 
-def print_verdict(plan: ValidationPlan, report: ValidationReport) -> None:
+def print_verdict(plan: ValidationPlan, report: ValidationReport, notes: Sequence[str] = ()) -> None:
     how = ("killed inside the engine while persisting" if plan.kill_during_write
            else "SIGKILL after")
     print(f"validate {plan.checkpointer} on {plan.preset} {plan.model_dtype}: {plan.steps} "
@@ -202,6 +202,8 @@ def print_verdict(plan: ValidationPlan, report: ValidationReport) -> None:
     traces = sorted(plan.out.glob("trace-*"))
     if traces:
         print(f"  traces: {', '.join(str(t) for t in traces)}")
+    for note in notes:
+        print(f"  {note}")
     print("PASS: the three loss files are identical to the last bit" if report.passed
           else "FAIL")
 
