@@ -11,12 +11,14 @@
 #   validate-torchsave the seeds' validation, --checkpointer torchsave, seed-1024 fp32 and bf16
 #   validate-deferred  the same with pccheck --snapshot deferred (fp32)
 #   trace              seed-1024 fp32, 40 steps, checkpoint every 10, --snapshot deferred, traced;
-#                      prints how much of d2h overlaps the training step
+#                      prints how much of d2h overlaps the training step, draws timelines (PNG)
+#                      of the whole run and of the checkpoint at step 20
 #   modes              benchmarks/bench_snapshot_modes.py on seed-1024 (none, torchsave, pccheck sync/deferred/gpu)
 #   seed2048           benchmarks/bench_snapshot_modes.py on seed-2048 (none, pccheck sync/deferred; 12.85 GB checkpoints)
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 RES=$(mktemp -d)
 PY=${PYTHON:-python3}
 log() { echo "== $(date +%T) $*"; }
@@ -26,6 +28,8 @@ if ! $PY -c "import ckptlab._engine" 2>/dev/null; then
   $PY -m pip install -q --no-build-isolation --no-deps -e . >"$RES/build.log" 2>&1 || { tail -40 "$RES/build.log"; exit 1; }
 fi
 $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
+# h100 / h200 / ... for result file names
+GPU=$($PY -c "import re, torch; m = re.search(r'[A-Z]+\d{2,3}', torch.cuda.get_device_name()); print(m.group().lower() if m else 'gpu')")
 
 for stage in "$@"; do
   log "stage $stage"
@@ -57,13 +61,15 @@ out = {k: overlap(t, a, b) for k, a, b in [("d2h~train_step", "d2h", "train_step
                                             ("write+checksum+fsync~train_step", {"write", "checksum", "fsync"}, "train_step")]}
 print(json.dumps(out, indent=1))
 EOF
+      $PY -m ckptlab.profiling.cli trace plot "$RES/trace-deferred.arrow" -o "$RES/timeline-deferred-step20.png" --step 20
+      $PY -m ckptlab.profiling.cli trace plot "$RES/trace-deferred.arrow" -o "$RES/timeline-deferred.png"
       ;;
     modes)
       $PY benchmarks/bench_snapshot_modes.py --preset seed-1024 --device cuda --steps 40 --freq 10 --trace \
-        --out "$RES/snapshot_modes_h100_seed-1024.json" ;;
+        --out "$RES/snapshot_modes_${GPU}_seed-1024.json" ;;
     seed2048)
       $PY benchmarks/bench_snapshot_modes.py --preset seed-2048 --device cuda --steps 30 --freq 10 \
-        --runs none,pccheck-sync,pccheck-deferred --out "$RES/snapshot_modes_h100_seed-2048.json" ;;
+        --runs none,pccheck-sync,pccheck-deferred --out "$RES/snapshot_modes_${GPU}_seed-2048.json" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done
