@@ -46,17 +46,20 @@ def step_window(table: pa.Table, step: int) -> tuple[int, int]:
     return int(column(table, "t_begin_ns")[mask].min()), int(column(table, "t_end_ns")[mask].max())
 
 
-def assign_lanes(begin: np.ndarray, end: np.ndarray) -> np.ndarray:
+def assign_lanes(begin: np.ndarray, end: np.ndarray, max_lanes: int | None = None) -> np.ndarray:
     """A lane for each interval of one thread, so that no two intervals of a lane overlap:
     taken in order of start (longer first), each goes to the first lane free at its start.
-    A nested interval thus lies below the one holding it, as in a flame chart."""
+    A nested interval thus lies below the one holding it, as in a flame chart. With
+    ``max_lanes``, an interval finding none of them free shares the last (bounded work)."""
     lane = np.zeros(len(begin), dtype=np.int64)
     lane_end: list[int] = []
     for i in np.lexsort((-(end - begin), begin)).tolist():
         free = next((k for k, e in enumerate(lane_end) if e <= begin[i]), len(lane_end))
+        if max_lanes is not None and free >= max_lanes:
+            free = max_lanes - 1
         if free == len(lane_end):
             lane_end.append(0)
-        lane_end[free] = int(end[i])
+        lane_end[free] = max(lane_end[free], int(end[i]))
         lane[i] = free
     return lane
 
@@ -126,7 +129,7 @@ def plot_timeline(table: pa.Table, out: str | os.PathLike, *, window_ns: tuple[i
     depth_all = np.zeros(len(tb), dtype=np.int64)
     for t in order:
         idx = np.flatnonzero(keep & (tid == t))
-        depth_all[idx] = np.minimum(assign_lanes(tb[idx], te[idx]), MAX_LANES - 1)
+        depth_all[idx] = assign_lanes(tb[idx], te[idx], MAX_LANES)
         lanes_of[t] = int(depth_all[idx].max()) + 1
     lane_h = 0.5
     height_units = sum(lanes_of.values()) * lane_h + 0.3 * len(order)

@@ -41,6 +41,12 @@ def test_assign_lanes(intervals, expected):
     assert assign_lanes(b, e).tolist() == expected
 
 
+def test_lanes_are_capped():
+    b, e = np.zeros(1000, dtype=np.int64), np.full(1000, 5, dtype=np.int64)  # 1000 equal spans
+    lanes = assign_lanes(b, e, max_lanes=4)
+    assert lanes.max() == 3 and np.bincount(lanes).tolist() == [1, 1, 1, 997]
+
+
 def _check_lanes(b: np.ndarray, e: np.ndarray, lane: np.ndarray, nested_below: bool) -> None:
     for i in range(len(b)):
         for j in range(len(b)):
