@@ -9,6 +9,7 @@ Public API (docs/TRACE.md, docs/PROFILING.md)::
     session.close()                      # drains and writes the file atomically
 
     ckptlab trace export runs/a/trace.arrow --chrome trace.json   # Perfetto UI
+    ckptlab trace plot runs/a/trace.arrow -o timeline.png --step 20   # a PNG (plot_timeline)
     ckptlab profile nsys -- python -m training.train_pccheck ...
     ckptlab profile py-spy -- python -m training.train_pccheck ...
 
@@ -35,6 +36,7 @@ _LAZY = {
     "export_chrome": "ckptlab.profiling.chrome",
     "summarize": "ckptlab.profiling.summary",
     "overlap": "ckptlab.profiling.summary",
+    "plot_timeline": "ckptlab.profiling.timeline",
 }
 
 __all__ = ["phase", "record", "recording", "add_engine_records", "nvtx_range", "nvtx_enabled", "mark", *_LAZY]
