@@ -10,6 +10,7 @@ Public API (docs/TRACE.md, docs/PROFILING.md)::
 
     ckptlab trace export runs/a/trace.arrow --chrome trace.json   # Perfetto UI
     ckptlab trace plot runs/a/trace.arrow -o timeline.png --step 20   # a PNG (plot_timeline)
+    ckptlab trace threads runs/a/trace.arrow       # writer stragglers, migrations (writer_stragglers)
     ckptlab profile nsys -- python -m training.train_pccheck ...
     ckptlab profile py-spy -- python -m training.train_pccheck ...
 
@@ -37,6 +38,8 @@ _LAZY = {
     "summarize": "ckptlab.profiling.summary",
     "overlap": "ckptlab.profiling.summary",
     "plot_timeline": "ckptlab.profiling.timeline",
+    "writer_stragglers": "ckptlab.profiling.stragglers",
+    "thread_totals": "ckptlab.profiling.stragglers",
 }
 
 __all__ = ["phase", "record", "recording", "add_engine_records", "nvtx_range", "nvtx_enabled", "mark", *_LAZY]

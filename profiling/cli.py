@@ -3,6 +3,7 @@
     ckptlab trace export TRACE --chrome out.json [--phases write,fsync]
     ckptlab trace info TRACE [--json]
     ckptlab trace plot TRACE -o timeline.png [--step N | --window A:B] [--phases P1,P2]
+    ckptlab trace threads TRACE [--json]
     ckptlab profile nsys [-o NAME] [--sample none] [--no-stats] [--dry-run] -- CMD ...
     ckptlab profile py-spy [-o FILE] [--rate HZ] [--native] [--idle] [--dry-run] -- CMD ...
 
@@ -19,6 +20,7 @@ import sys
 from collections.abc import Sequence
 
 EXIT_TOOL_MISSING = 127  # like a shell's "command not found"
+NAMED_STRAGGLER_RATIO = 1.1  # `trace threads` says why the last writer was last from this last/median on
 
 
 def _command(args: argparse.Namespace, prog: str) -> list[str] | None:
@@ -119,11 +121,71 @@ def _trace_plot(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"ckptlab trace plot: {e}", file=sys.stderr)
         return 2
+    except ImportError as e:
+        print(f"ckptlab trace plot: needs matplotlib ({e}); pip install 'ckptlab[analysis]'", file=sys.stderr)
+        return EXIT_TOOL_MISSING
     except OSError as e:
         print(f"ckptlab trace plot: cannot write {args.output}: {e}", file=sys.stderr)
         return 2
     span = (drawn.t_end_ns - drawn.t_begin_ns) / 1e6
     print(f"drew {drawn.records} records on {len(drawn.tracks)} thread tracks ({span:.1f} ms) to {drawn.path}")
+    return 0
+
+
+def _cpu_list(cpus: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5" (the form of /proc's cpu lists)."""
+    runs: list[list[int]] = []
+    for c in sorted(cpus):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs) or "?"
+
+
+def _trace_threads(args: argparse.Namespace) -> int:
+    from ckptlab.profiling.records import read_trace
+    from ckptlab.profiling.stragglers import thread_totals, writer_stragglers
+
+    if not os.path.isfile(args.trace):
+        print(f"ckptlab trace threads: {args.trace}: no such trace file", file=sys.stderr)
+        return 2
+    try:
+        table = read_trace(args.trace)
+    except (OSError, ValueError) as e:
+        print(f"ckptlab trace threads: cannot read {args.trace} as a ckptlab trace: {e}", file=sys.stderr)
+        return 2
+    checkpoints, threads = writer_stragglers(table)
+    totals = thread_totals(threads)
+    if args.json:
+        print(json.dumps({"checkpoints": checkpoints, "threads": threads, "totals": totals}, indent=2))
+        return 0
+    if not checkpoints:
+        print(f"{args.trace}: no engine writes in this trace (a pccheck run with --trace records them)")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    out = Table(title="writer threads per checkpoint (times from the checkpoint's first engine record)")
+    for col in ("step", "threads", "MB", "makespan ms", "last/median", "imbalance %", "slowest", "why",
+                "outliers", "migrations"):
+        out.add_column(col, justify="left" if col in ("slowest", "why", "outliers") else "right")
+    for c in checkpoints:
+        out.add_row(str(c["step"]), str(c["threads"]), f"{c['bytes'] / 1e6:.1f}", f"{c['makespan_s'] * 1e3:.2f}",
+                    f"{c['straggler_ratio']:.2f}", f"{c['imbalance_pct']:.0f}", c["slowest"],
+                    c["slowest_cause"] if c["straggler_ratio"] >= NAMED_STRAGGLER_RATIO else "-",
+                    ", ".join(c["outliers"]) or "-", str(c["migrations"]))
+    console.print(out)
+    out = Table(title="per writer thread, all checkpoints")
+    for col in ("thread", "checkpoints", "chunks", "MB", "busy s", "median finish ms", "last", "migrations",
+                "CPUs"):
+        out.add_column(col, justify="left" if col in ("thread", "CPUs") else "right")
+    for r in totals:
+        out.add_row(r["thread_name"], str(r["checkpoints"]), str(r["chunks"]), f"{r['bytes'] / 1e6:.1f}",
+                    f"{r['busy_s']:.3f}", f"{r['median_finish_s'] * 1e3:.2f}", str(r["times_last"]),
+                    str(r["migrations"]), _cpu_list(r["cpus"]))
+    console.print(out)
     return 0
 
 
@@ -161,7 +223,7 @@ def _profile_py_spy(args: argparse.Namespace) -> int:
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``trace`` and ``profile`` on the ``ckptlab`` console script."""
-    trace = subparsers.add_parser("trace", help="timing-record traces (Arrow): export to Perfetto, summarise, plot",
+    trace = subparsers.add_parser("trace", help="timing-record traces (Arrow): export to Perfetto, summarise, plot, stragglers",
                                   description="Work with trace files written by `--trace FILE` (docs/TRACE.md).")
     tsub = trace.add_subparsers(dest="trace_command", metavar="ACTION")
     tsub.required = True
@@ -187,6 +249,13 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--phases", default=None, metavar="P1,P2", help="only these phases (default: all)")
     p.add_argument("--title", default=None, help="figure title (default: the file name and step)")
     p.set_defaults(func=_trace_plot)
+    p = tsub.add_parser("threads", help="writer-thread stragglers and CPU migrations per checkpoint",
+                        description="Per checkpoint: makespan, last/median finish, imbalance, the slowest "
+                                    "writer thread and why (started late / worked slowly), outliers, "
+                                    "CPU migrations; then per thread over all checkpoints.")
+    p.add_argument("trace", help="trace file")
+    p.add_argument("--json", action="store_true", help="machine-readable output (every row)")
+    p.set_defaults(func=_trace_threads)
 
     prof = subparsers.add_parser("profile", help="run a command under nsys or py-spy",
                                  description="Profile a command (docs/PROFILING.md). Put the command after `--`.")
