@@ -12,7 +12,7 @@
 #   validate-deferred  the same with pccheck --snapshot deferred (fp32)
 #   trace              seed-1024 fp32, 40 steps, checkpoint every 10, --snapshot deferred, traced;
 #                      prints how much of d2h overlaps the training step, draws timelines (PNG)
-#                      of the whole run and of the checkpoint at step 20
+#                      of the whole run and of the checkpoint at step 20, and the writer stragglers
 #   modes              benchmarks/bench_snapshot_modes.py on seed-1024 (none, torchsave, pccheck sync/deferred/gpu)
 #   seed2048           benchmarks/bench_snapshot_modes.py on seed-2048 (none, pccheck sync/deferred; 12.85 GB checkpoints)
 set -euo pipefail
@@ -63,6 +63,7 @@ print(json.dumps(out, indent=1))
 EOF
       $PY -m ckptlab.profiling.cli trace plot "$RES/trace-deferred.arrow" -o "$RES/timeline-deferred-step20.png" --step 20
       $PY -m ckptlab.profiling.cli trace plot "$RES/trace-deferred.arrow" -o "$RES/timeline-deferred.png"
+      $PY -m ckptlab.profiling.cli trace threads "$RES/trace-deferred.arrow" | tee "$RES/trace-threads.txt"
       ;;
     modes)
       $PY benchmarks/bench_snapshot_modes.py --preset seed-1024 --device cuda --steps 40 --freq 10 --trace \
