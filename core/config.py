@@ -42,6 +42,9 @@ class CheckpointConfig:
         device-to-device copy into a GPU snapshot buffer (GPU memory equal to the state).
     io_log: record the engine's file-system operations to this file for crash-state replay
         (docs/FAULTS.md); the CKPTLAB_IO_LOG environment variable sets it for child processes.
+    writer_cpus: CPUs the engine's writer threads may run on, e.g. "6-7" or (6, 7): cores kept
+        free of training threads and NVMe interrupts. Empty: wherever the kernel puts them.
+        CPUs this process may not use are refused when the engine starts.
     """
 
     max_inflight: int = 2
@@ -62,6 +65,7 @@ class CheckpointConfig:
     io_log: str = ""
     pinned_host_copies: bool = True
     snapshot: str = "sync"
+    writer_cpus: tuple[int, ...] | str = ()
 
     def __post_init__(self) -> None:
         def positive(name: str, minimum: int = 1) -> None:
@@ -91,6 +95,7 @@ class CheckpointConfig:
         for u in self.unsafe:
             if u not in DURABILITY_MUTATIONS:
                 raise ValueError(f"CheckpointConfig.unsafe: unknown mutation {u!r} (known: {DURABILITY_MUTATIONS})")
+        object.__setattr__(self, "writer_cpus", parse_cpu_list(self.writer_cpus, "CheckpointConfig.writer_cpus"))
         object.__setattr__(self, "allow_pickle", tuple(self.allow_pickle))
         object.__setattr__(self, "unsafe", tuple(self.unsafe))
 
@@ -106,3 +111,38 @@ class CheckpointConfig:
 
     def replace(self, **changes) -> "CheckpointConfig":
         return dataclasses.replace(self, **changes)
+
+
+def parse_cpu_list(value: str | tuple[int, ...] | list[int], what: str = "CPU list") -> tuple[int, ...]:
+    """"0-3,6" or (0, 1, 2, 3, 6) -> (0, 1, 2, 3, 6), sorted, without repeats (the form of
+    taskset -c and /proc's Cpus_allowed_list)."""
+    cpus: list[int] = []
+    if isinstance(value, str):
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            lo, sep, hi = part.partition("-")
+            try:
+                a, b = int(lo), int(hi) if sep else int(lo)
+            except ValueError:
+                raise ValueError(f"{what}: {part!r} is not a CPU or a range like 2-5") from None
+            if a > b:
+                raise ValueError(f"{what}: range {part!r} runs backwards")
+            cpus += range(a, b + 1)
+    else:
+        for c in value:
+            if not isinstance(c, int) or isinstance(c, bool):
+                raise ValueError(f"{what}: {c!r} is not a CPU number")
+            cpus.append(c)
+    if any(c < 0 for c in cpus):
+        raise ValueError(f"{what}: CPU numbers are >= 0, got {min(cpus)}")
+    return tuple(sorted(set(cpus)))
+
+
+def format_cpu_list(cpus: tuple[int, ...] | list[int]) -> str:
+    """(0, 1, 2, 5) -> "0-2,5"."""
+    runs: list[list[int]] = []
+    for c in sorted(cpus):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)

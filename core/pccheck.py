@@ -21,7 +21,7 @@ import torch
 
 from ckptlab import _engine
 from ckptlab.core.base import CheckpointerBase, now
-from ckptlab.core.config import CheckpointConfig
+from ckptlab.core.config import CheckpointConfig, format_cpu_list
 from ckptlab.core.errors import CheckpointError, CheckpointWriteError
 from ckptlab.core.snapshot import Snapshotter
 from ckptlab.core.state import CapturedState, capture, check_loadable, lay_out, lift_tensors
@@ -42,6 +42,10 @@ class PCcheckCheckpointer(CheckpointerBase):
             _engine.validate_fault_spec(self._faults)
         except ValueError as e:
             raise ValueError(f"bad fault spec {self._faults!r}: {e}") from None
+        if config.writer_cpus and not set(config.writer_cpus) <= (allowed := os.sched_getaffinity(0)):
+            raise ValueError(f"CheckpointConfig.writer_cpus: CPU "
+                             f"{format_cpu_list(sorted(set(config.writer_cpus) - allowed))} not available to this "
+                             f"process (it may use {format_cpu_list(sorted(allowed))})")
         self._engine: _engine.Engine | None = None
         self._snapshots = None
         if config.snapshot != "sync":  # the config guarantees pinned_host_copies for these modes
@@ -58,6 +62,7 @@ class PCcheckCheckpointer(CheckpointerBase):
             chunk_bytes=c.chunk_bytes, staging_bytes=staging, keep_last=c.keep_last, io_mode=c.io_mode,
             faults=self._faults, trace=c.trace or recording(), trace_capacity=c.trace_capacity, prefault=c.prefault_staging,
             unsafe=list(c.unsafe), io_log=c.effective_io_log()[0], io_log_data=c.effective_io_log()[1],
+            writer_cpus=list(c.writer_cpus),
         )
         engine_opened(self)  # a recording ckptlab.profiling trace session attaches this checkpointer
         return engine

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <memory>
 
+#include "affinity.hpp"
 #include "checksum.hpp"
 #include "engine.hpp"
 #include "fault.hpp"
@@ -168,6 +169,7 @@ PYBIND11_MODULE(_engine, m) {
   m.attr("MANIFEST_NAME") = kManifestName;
   m.def("monotonic_ns", &monotonic_ns);
   m.def("current_cpu", &current_cpu, "sched_getcpu() of the calling thread (timing records' cpu columns).");
+  m.def("allowed_cpus", &allowed_cpus, "CPUs this process may run on (sched_getaffinity), ascending.");
   m.def("current_tid", &current_tid, "gettid() of the calling thread (timing records' thread column).");
   m.def("trace_overhead_ns",
         [](uint64_t iterations, bool records) {
@@ -228,7 +230,8 @@ PYBIND11_MODULE(_engine, m) {
       .def(py::init([](const std::string& dir, int writer_threads, int max_inflight, int shards,
                        uint64_t chunk_bytes, uint64_t staging_bytes, int keep_last, const std::string& io_mode,
                        const std::string& faults, bool trace, uint64_t trace_capacity, bool prefault,
-                       const std::vector<std::string>& unsafe, const std::string& io_log, bool io_log_data) {
+                       const std::vector<std::string>& unsafe, const std::string& io_log, bool io_log_data,
+                       const std::vector<int>& writer_cpus) {
              EngineOptions o;
              o.dir = dir;
              o.writer_threads = writer_threads;
@@ -244,6 +247,7 @@ PYBIND11_MODULE(_engine, m) {
              o.prefault = prefault;
              o.io_log = io_log;
              o.io_log_data = io_log_data;
+             o.writer_cpus = writer_cpus;
              for (const auto& u : unsafe) {
                if (u == "skip_data_fsync") o.unsafe_skip_data_fsync = true;
                else if (u == "skip_dir_fsync") o.unsafe_skip_dir_fsync = true;
@@ -258,7 +262,8 @@ PYBIND11_MODULE(_engine, m) {
            py::arg("chunk_bytes") = 16ull << 20, py::arg("staging_bytes") = 256ull << 20, py::arg("keep_last") = 2,
            py::arg("io_mode") = "auto", py::arg("faults") = "", py::arg("trace") = false,
            py::arg("trace_capacity") = 1u << 16, py::arg("prefault") = true,
-           py::arg("unsafe") = std::vector<std::string>{}, py::arg("io_log") = "", py::arg("io_log_data") = true)
+           py::arg("unsafe") = std::vector<std::string>{}, py::arg("io_log") = "", py::arg("io_log_data") = true,
+           py::arg("writer_cpus") = std::vector<int>{})
       .def("submit",
            [](Engine& e, int64_t step, const std::string& meta_json,
               const std::vector<std::tuple<uintptr_t, uint64_t, uint64_t>>& segments, uint64_t total_bytes) {
@@ -284,6 +289,8 @@ PYBIND11_MODULE(_engine, m) {
       .def_property_readonly("inflight", &Engine::inflight)
       .def_property_readonly("io_mode", &Engine::io_mode)
       .def_property_readonly("direct_io_note", &Engine::direct_io_note)
+      .def_property_readonly("writer_cpus", [](const Engine& e) { return e.options().writer_cpus; })
+      .def_property_readonly("pin_failures", &Engine::pin_failures)
       .def_property_readonly("staging_region", [](const Engine& e) {
              return py::make_tuple(reinterpret_cast<uintptr_t>(e.staging().base()), e.staging().total_bytes());
            })

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "affinity.hpp"
 #include "checksum.hpp"
 #include "manifest_writer.hpp"
 
@@ -92,6 +93,7 @@ Engine::Engine(EngineOptions options)
   size_t align = std::max<size_t>(page_size(), kIoAlign);
   pool_ = std::make_unique<StagingPool>(opt_.chunk_bytes, opt_.staging_bytes / opt_.chunk_bytes, align,
                                         opt_.prefault);
+  if (!opt_.writer_cpus.empty()) check_cpus_allowed(opt_.writer_cpus, "writer_cpus");
   for (int i = 0; i < opt_.writer_threads; ++i) writers_.emplace_back([this, i] { writer_main(i); });
   committer_ = std::thread([this] { committer_main(); });
 }
@@ -287,6 +289,7 @@ void Engine::stage_chunks(const std::shared_ptr<Checkpoint>& ck, const std::vect
 }
 
 void Engine::writer_main(int index) {
+  if (!opt_.writer_cpus.empty() && !pin_current_thread(opt_.writer_cpus)) pin_failures_.fetch_add(1);
   TraceThread self(&tracer_, "ckptlab-writer-" + std::to_string(index));
   for (;;) {
     WriteTask task;

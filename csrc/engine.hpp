@@ -61,6 +61,8 @@ struct EngineOptions {
   // empty = off. io_log_data also stores the bytes of each write (small test states only).
   std::string io_log;
   bool io_log_data = true;
+  // CPUs the writer threads may run on (affinity.hpp); empty = wherever the kernel puts them.
+  std::vector<int> writer_cpus;
 };
 
 // A segment of caller memory placed at `stream_offset` in the checkpoint's byte stream.
@@ -116,6 +118,8 @@ class Engine {
   const StagingPool& staging() const { return *pool_; }
   const EngineOptions& options() const { return opt_; }
   IoLog* io_log() const { return io_log_.get(); }
+  // Writer threads the kernel refused to pin to options().writer_cpus (they run unpinned).
+  int pin_failures() const { return pin_failures_.load(); }
 
  private:
   struct Shard {
@@ -193,6 +197,7 @@ class Engine {
   std::vector<std::thread> writers_;
   std::thread committer_;
   bool closed_ = false;
+  std::atomic<int> pin_failures_{0};
 };
 
 }  // namespace ckptlab

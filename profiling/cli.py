@@ -132,18 +132,8 @@ def _trace_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cpu_list(cpus: list[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2,5" (the form of /proc's cpu lists)."""
-    runs: list[list[int]] = []
-    for c in sorted(cpus):
-        if runs and c == runs[-1][1] + 1:
-            runs[-1][1] = c
-        else:
-            runs.append([c, c])
-    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs) or "?"
-
-
 def _trace_threads(args: argparse.Namespace) -> int:
+    from ckptlab.core.config import format_cpu_list
     from ckptlab.profiling.records import read_trace
     from ckptlab.profiling.stragglers import thread_totals, writer_stragglers
 
@@ -184,7 +174,7 @@ def _trace_threads(args: argparse.Namespace) -> int:
     for r in totals:
         out.add_row(r["thread_name"], str(r["checkpoints"]), str(r["chunks"]), f"{r['bytes'] / 1e6:.1f}",
                     f"{r['busy_s']:.3f}", f"{r['median_finish_s'] * 1e3:.2f}", str(r["times_last"]),
-                    str(r["migrations"]), _cpu_list(r["cpus"]))
+                    str(r["migrations"]), format_cpu_list(r["cpus"]) or "?")
     console.print(out)
     return 0
 

@@ -397,7 +397,7 @@ class TraceSession:
     def metadata(self) -> dict[str, str]:
         threads = self.thread_names()
         config = {"run": self.config, "checkpointers": [s.describe() for s in self._sources]}
-        meta = run_metadata(run_id=self.run_id, config=config, affinity_policy=self.affinity_policy,
+        meta = run_metadata(run_id=self.run_id, config=config, affinity_policy=self._affinity_policy(),
                             extra=self.extra_metadata)
         meta.update({
             "ckptlab.threads": json.dumps({str(t): n for t, n in sorted(threads.items())}),
@@ -407,6 +407,17 @@ class TraceSession:
             "ckptlab.rows": str(self.rows),
         })
         return meta
+
+    def _affinity_policy(self) -> str:
+        """The caller's words, else what the attached checkpointers did: "unpinned", or
+        "writers pinned to 6-7" (several checkpointers: joined with "; ")."""
+        if self.affinity_policy != "unpinned":
+            return self.affinity_policy
+        from ckptlab.core.config import format_cpu_list
+
+        pinned = [format_cpu_list(cpus) for s in self._sources
+                  if (cpus := getattr(getattr(s.obj, "config", None), "writer_cpus", ()))]
+        return "; ".join(f"writers pinned to {p}" for p in pinned) or "unpinned"
 
     def _file_batches(self) -> Iterator[pa.RecordBatch]:
         finalise = _Finaliser(self.run_id, list(_phases.PHASES), self.thread_names())

@@ -86,6 +86,7 @@ class CheckpointerOptions:
     keep_last: int = 2
     trace: bool = False  # engine timing records (pccheck), for --trace
     snapshot: str = "sync"  # pccheck: CheckpointConfig.snapshot
+    writer_cpus: str = ""  # pccheck: CheckpointConfig.writer_cpus
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -109,7 +110,8 @@ def open_training_checkpointer(opts: CheckpointerOptions) -> Checkpointer:
             f"--checkpointer {opts.kind} needs ckptlab.core, which does not import here "
             f"({exc}); build it with `pip install -e .`") from exc
     wanted = {"max_inflight": opts.max_inflight, "writer_threads": opts.writer_threads,
-              "keep_last": opts.keep_last, "trace": opts.trace, "snapshot": opts.snapshot}
+              "keep_last": opts.keep_last, "trace": opts.trace, "snapshot": opts.snapshot,
+              "writer_cpus": opts.writer_cpus}
     known = {f.name for f in fields(CheckpointConfig)}
     config = CheckpointConfig(**{k: v for k, v in wanted.items() if k in known})
     return open_checkpointer(opts.kind, str(opts.ckpt_dir), config)

@@ -90,6 +90,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, *,
                      help="checkpoints in flight at once before save() waits (default 2)")
     run.add_argument("--writer-threads", type=_positive_int, default=4,
                      help="writer threads per checkpoint (default 4)")
+    run.add_argument("--writer-cpus", default="", metavar="LIST",
+                     help="pccheck: CPUs the writer threads may run on, e.g. 6-7 or 2,4-5 (default: "
+                          "wherever the kernel puts them); keep them off the training threads' cores")
     run.add_argument("--keep-last", type=_non_negative_int, default=2,
                      help="committed checkpoints to keep, 0 keeps all (default 2)")
     run.add_argument("--snapshot", choices=list(SNAPSHOT_MODES), default="sync",
@@ -160,6 +163,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ckpt_dir=args.ckpt_dir, device=args.device, threads=args.threads, tf32=args.tf32,
         max_inflight=args.max_inflight,
         writer_threads=args.writer_threads, keep_last=args.keep_last, snapshot=args.snapshot,
+        writer_cpus=args.writer_cpus,
         trace=args.trace,
         fail_at_step=args.fail_at_step, fail_after_durable=args.fail_after_durable,
         sigterm_budget_s=args.sigterm_budget, lr=args.lr, warmup_steps=args.warmup_steps,

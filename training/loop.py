@@ -264,7 +264,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                          sum(p.numel() for p in state["model"].parameters()), snapshot=cfg.snapshot)
     opts = CheckpointerOptions(cfg.checkpointer, cfg.ckpt_dir, cfg.max_inflight,
                                cfg.writer_threads, cfg.keep_last, trace=cfg.trace is not None,
-                               snapshot=cfg.snapshot)
+                               snapshot=cfg.snapshot, writer_cpus=cfg.writer_cpus)
     try:
         ck = open_training_checkpointer(opts)
     except CheckpointError as exc:

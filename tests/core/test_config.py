@@ -43,3 +43,27 @@ def test_checkpoint_dir_that_is_a_file_is_refused(tmp_path):
     f.write_text("x")
     with pytest.raises(NotADirectoryError):
         open_checkpointer("pccheck", str(f))
+
+
+@pytest.mark.parametrize("value, cpus", [("", ()), ("3", (3,)), ("0-2,5", (0, 1, 2, 5)), (" 4-5, 1 ,4", (1, 4, 5)),
+                                         ((2, 0, 2), (0, 2)), ([], ())])
+def test_writer_cpus_lists(value, cpus):
+    from ckptlab.core.config import format_cpu_list
+
+    assert CheckpointConfig(writer_cpus=value).writer_cpus == cpus
+    assert format_cpu_list(cpus) == {(): "", (3,): "3", (0, 1, 2, 5): "0-2,5", (1, 4, 5): "1,4-5", (0, 2): "0,2"}[cpus]
+
+
+@pytest.mark.parametrize("value, needle", [("x", "'x' is not a CPU"), ("5-2", "runs backwards"), ("-3", "not a CPU"),
+                                           ((1.5,), "1.5 is not a CPU number"), ((-1,), ">= 0")])
+def test_bad_writer_cpus(value, needle):
+    with pytest.raises(ValueError, match=f"writer_cpus: .*{needle}"):
+        CheckpointConfig(writer_cpus=value)
+
+
+def test_writer_cpus_this_process_may_not_use_are_refused_at_open(ckpt_dir):
+    import os
+
+    bad = max(os.sched_getaffinity(0)) + 1
+    with pytest.raises(ValueError, match=f"writer_cpus: CPU {bad} not available to this process"):
+        open_checkpointer("pccheck", ckpt_dir, CheckpointConfig(writer_cpus=(bad,)))

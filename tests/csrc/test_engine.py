@@ -148,3 +148,34 @@ def test_bad_engine_options(tmp_path):
         _engine.Engine(str(tmp_path), io_mode="turbo")
     with pytest.raises(ValueError, match="unknown durability mutation"):
         _engine.Engine(str(tmp_path), unsafe=["skip_all"])
+
+
+def test_allowed_cpus_is_the_process_affinity():
+    assert _engine.allowed_cpus() == sorted(os.sched_getaffinity(0))
+
+
+def test_writer_threads_stay_on_writer_cpus(tmp_path):
+    """Each writer record begins and ends on the one CPU the writers were pinned to."""
+    cpu = _engine.allowed_cpus()[-1]
+    arr = np.random.default_rng(1).integers(0, 255, 12 * 65536, dtype=np.uint8)
+    e = _engine.Engine(str(tmp_path), writer_threads=3, chunk_bytes=65536, staging_bytes=65536 * 4, trace=True,
+                       writer_cpus=[cpu])
+    assert e.writer_cpus == [cpu]
+    for step in (1, 2, 3):
+        _submit(e, step, arr)
+    e.wait()
+    assert e.pin_failures == 0 and e.take_failure() is None
+    cols = e.drain_trace()
+    names = dict(e.thread_names())
+    writer = np.array([names.get(int(t), "").startswith("ckptlab-writer") for t in cols["thread"]])
+    assert writer.sum() >= 3 * 12, "a write (and checksum) record per chunk"
+    assert set(cols["cpu_begin"][writer].tolist()) == {cpu} and set(cols["cpu_end"][writer].tolist()) == {cpu}
+    e.close()
+
+
+def test_writer_cpus_outside_the_process_affinity_are_refused(tmp_path):
+    bad = max(_engine.allowed_cpus()) + 1
+    with pytest.raises(ValueError, match=rf"writer_cpus: CPU {bad} not available to this process \(it may use "):
+        _engine.Engine(str(tmp_path), writer_cpus=[bad])
+    e = _engine.Engine(str(tmp_path))  # the refused engine released the directory lock
+    e.close()

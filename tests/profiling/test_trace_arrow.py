@@ -114,3 +114,22 @@ def test_metadata_json_values_decode(traced_run):
     raw = traced_run.table.schema.metadata
     for key in (b"ckptlab.config", b"ckptlab.versions", b"ckptlab.threads", b"ckptlab.phases"):
         json.loads(raw[key])
+
+
+def test_affinity_policy_says_where_the_writers_were_pinned(tmp_path):
+    import torch
+
+    from ckptlab.core import CheckpointConfig, open_checkpointer
+    from ckptlab.profiling import start_trace
+
+    cpu = max(os.sched_getaffinity(0))
+    ck = open_checkpointer("pccheck", tmp_path / "ck", CheckpointConfig(writer_cpus=(cpu,), chunk_bytes=65536))
+    with start_trace(tmp_path / "t.arrow", ck) as session:
+        ck.save(1, {"w": torch.zeros(1000)})
+        ck.close()
+    meta = trace_metadata(read_trace(session.path))
+    assert meta["affinity_policy"] == f"writers pinned to {cpu}"
+    assert meta["config"]["checkpointers"][0]["config"]["writer_cpus"] == [cpu]
+    with start_trace(tmp_path / "u.arrow", affinity_policy="training on 0, writers on 1") as session:
+        pass
+    assert trace_metadata(read_trace(session.path))["affinity_policy"] == "training on 0, writers on 1"

@@ -32,6 +32,9 @@ def _exit_code_and_stderr(argv: list[str], capsys: pytest.CaptureFixture[str]) -
     (["--n-heads", "5"], "not divisible"),
     (["--snapshot", "async"], "invalid choice"),
     (["--checkpointer", "torchsave", "--snapshot", "deferred"], "--snapshot deferred is a pccheck mode"),
+    (["--checkpointer", "pccheck", "--writer-cpus", "1-x"], "--writer-cpus: '1-x' is not a CPU"),
+    (["--checkpointer", "pccheck", "--writer-cpus", "100000"], "--writer-cpus: CPU 100000 not available"),
+    (["--checkpointer", "torchsave", "--writer-cpus", "0"], "--checkpointer torchsave has none"),
 ])
 def test_bad_input_is_an_argparse_error(argv: list[str], message: str,
                                         capsys: pytest.CaptureFixture[str]) -> None:
