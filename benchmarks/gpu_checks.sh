@@ -15,6 +15,8 @@
 #                      of the whole run and of the checkpoint at step 20, and the writer stragglers
 #   modes              benchmarks/bench_snapshot_modes.py on seed-1024 (none, torchsave, pccheck sync/deferred/gpu)
 #   seed2048           benchmarks/bench_snapshot_modes.py on seed-2048 (none, pccheck sync/deferred; 12.85 GB checkpoints)
+#   affinity           seed-1024, 30 steps, checkpoint every 10, 4 writers unpinned vs --writer-cpus on the
+#                      last 4 CPUs; writer stragglers and migrations of each (ckptlab trace threads)
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-$(mktemp -d)}
@@ -71,6 +73,17 @@ EOF
     seed2048)
       $PY benchmarks/bench_snapshot_modes.py --preset seed-2048 --device cuda --steps 30 --freq 10 \
         --runs none,pccheck-sync,pccheck-deferred --out "$RES/snapshot_modes_${GPU}_seed-2048.json" ;;
+    affinity)
+      last4=$($PY -c "import os; c = sorted(os.sched_getaffinity(0)); print(f'{c[-4]}-{c[-1]}')")
+      for placement in unpinned "$last4"; do
+        d=$(mktemp -d)
+        pin=(); [ "$placement" = unpinned ] || pin=(--writer-cpus "$placement")
+        $PY -m training.train_pccheck --preset seed-1024 --device cuda --training-steps 30 --checkpoint-freq 10 \
+          --writer-threads 4 "${pin[@]}" --ckpt-dir "$d" --trace "$RES/trace-writers-${placement}.arrow" \
+          --no-progress 2>&1 | tail -6
+        rm -rf "$d"
+        $PY -m ckptlab.profiling.cli trace threads "$RES/trace-writers-${placement}.arrow" | tee "$RES/threads-${placement}.txt"
+      done ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done
