@@ -82,7 +82,8 @@ EOF
           --writer-threads 4 "${pin[@]}" --ckpt-dir "$d" --trace "$RES/trace-writers-${placement}.arrow" \
           --no-progress 2>&1 | tail -6
         rm -rf "$d"
-        $PY -m ckptlab.profiling.cli trace threads "$RES/trace-writers-${placement}.arrow" | tee "$RES/threads-${placement}.txt"
+        $PY -m ckptlab.profiling.cli trace threads "$RES/trace-writers-${placement}.arrow" \
+          --plot "$RES/writers-${placement}.png" | tee "$RES/threads-${placement}.txt"
       done ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac

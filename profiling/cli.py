@@ -3,7 +3,7 @@
     ckptlab trace export TRACE --chrome out.json [--phases write,fsync]
     ckptlab trace info TRACE [--json]
     ckptlab trace plot TRACE -o timeline.png [--step N | --window A:B] [--phases P1,P2]
-    ckptlab trace threads TRACE [--json]
+    ckptlab trace threads TRACE [--json] [--plot OUT.png]
     ckptlab profile nsys [-o NAME] [--sample none] [--no-stats] [--dry-run] -- CMD ...
     ckptlab profile py-spy [-o FILE] [--rate HZ] [--native] [--idle] [--dry-run] -- CMD ...
 
@@ -147,6 +147,18 @@ def _trace_threads(args: argparse.Namespace) -> int:
         return 2
     checkpoints, threads = writer_stragglers(table)
     totals = thread_totals(threads)
+    if args.plot is not None and checkpoints:
+        from ckptlab.profiling.straggler_plot import plot_writer_report
+
+        try:
+            plot_writer_report(table, args.plot, title=os.path.basename(args.trace))
+        except ImportError as e:
+            print(f"ckptlab trace threads: --plot needs matplotlib, seaborn and pandas ({e}); "
+                  f"pip install 'ckptlab[analysis]'", file=sys.stderr)
+            return EXIT_TOOL_MISSING
+        except OSError as e:
+            print(f"ckptlab trace threads: cannot write {args.plot}: {e}", file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps({"checkpoints": checkpoints, "threads": threads, "totals": totals}, indent=2))
         return 0
@@ -176,6 +188,8 @@ def _trace_threads(args: argparse.Namespace) -> int:
                     f"{r['busy_s']:.3f}", f"{r['median_finish_s'] * 1e3:.2f}", str(r["times_last"]),
                     str(r["migrations"]), format_cpu_list(r["cpus"]) or "?")
     console.print(out)
+    if args.plot is not None:
+        console.print(f"figure: {args.plot}")
     return 0
 
 
@@ -245,6 +259,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                                     "CPU migrations; then per thread over all checkpoints.")
     p.add_argument("trace", help="trace file")
     p.add_argument("--json", action="store_true", help="machine-readable output (every row)")
+    p.add_argument("--plot", default=None, metavar="OUT.png",
+                   help="also draw latency ECDFs, work, finish per checkpoint and CPUs per writer thread")
     p.set_defaults(func=_trace_threads)
 
     prof = subparsers.add_parser("profile", help="run a command under nsys or py-spy",

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 
 from ckptlab.profiling.stragglers import migrations, robust_z, thread_totals, writer_stragglers
@@ -91,12 +92,25 @@ def test_a_real_save_accounts_for_every_chunk(traced_run):
     assert all(0 <= r["start_s"] < r["finish_s"] for r in threads)
 
 
+def test_writer_report_figure(traced_run, tmp_path):
+    from ckptlab.profiling.straggler_plot import plot_writer_report
+
+    assert plot_writer_report(traced_run.table, tmp_path / "w.png") == 1
+    assert (tmp_path / "w.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    caller_only = traced_run.table.filter(pa.compute.invert(pa.compute.is_in(
+        traced_run.table.column("phase").cast(pa.string()), pa.array(["write", "checksum", "fsync"]))))
+    with pytest.raises(ValueError, match="no engine writes"):
+        plot_writer_report(caller_only, tmp_path / "x.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.png"]
+
+
 def test_cli(traced_run, tmp_path, capsys):
     from ckptlab.profiling.cli import main
 
-    assert main(["trace", "threads", traced_run.path]) == 0
+    assert main(["trace", "threads", traced_run.path, "--plot", str(tmp_path / "w.png")]) == 0
     out = capsys.readouterr().out
     assert "writer threads per checkpoint" in out and "ckptlab-writer-1" in out
+    assert f"figure: {tmp_path / 'w.png'}" in out and (tmp_path / "w.png").stat().st_size > 10_000
     assert main(["trace", "threads", traced_run.path, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert set(doc) == {"checkpoints", "threads", "totals"} and len(doc["threads"]) == 2
