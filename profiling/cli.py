@@ -34,6 +34,20 @@ def _command(args: argparse.Namespace, prog: str) -> list[str] | None:
     return cmd
 
 
+def _open_trace(path: str, prog: str):
+    """The trace at ``path`` as a table, or None after printing why it cannot be read."""
+    from ckptlab.profiling.records import read_trace
+
+    if not os.path.isfile(path):
+        print(f"ckptlab {prog}: {path}: no such trace file", file=sys.stderr)
+        return None
+    try:
+        return read_trace(path)
+    except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
+        print(f"ckptlab {prog}: cannot read {path} as a ckptlab trace: {e}", file=sys.stderr)
+        return None
+
+
 def _trace_export(args: argparse.Namespace) -> int:
     from ckptlab.profiling.chrome import export_chrome
 
@@ -98,17 +112,11 @@ def _parse_window(text: str) -> tuple[float, float]:
 
 
 def _trace_plot(args: argparse.Namespace) -> int:
-    from ckptlab.profiling.records import read_trace
     from ckptlab.profiling.tables import column
     from ckptlab.profiling.timeline import plot_timeline
 
-    if not os.path.isfile(args.trace):
-        print(f"ckptlab trace plot: {args.trace}: no such trace file", file=sys.stderr)
-        return 2
-    try:
-        table = read_trace(args.trace)
-    except (OSError, ValueError) as e:
-        print(f"ckptlab trace plot: cannot read {args.trace} as a ckptlab trace: {e}", file=sys.stderr)
+    table = _open_trace(args.trace, "trace plot")
+    if table is None:
         return 2
     window = None
     if args.window is not None and table.num_rows:
@@ -134,16 +142,10 @@ def _trace_plot(args: argparse.Namespace) -> int:
 
 def _trace_threads(args: argparse.Namespace) -> int:
     from ckptlab.core.config import format_cpu_list
-    from ckptlab.profiling.records import read_trace
     from ckptlab.profiling.stragglers import thread_totals, writer_stragglers
 
-    if not os.path.isfile(args.trace):
-        print(f"ckptlab trace threads: {args.trace}: no such trace file", file=sys.stderr)
-        return 2
-    try:
-        table = read_trace(args.trace)
-    except (OSError, ValueError) as e:
-        print(f"ckptlab trace threads: cannot read {args.trace} as a ckptlab trace: {e}", file=sys.stderr)
+    table = _open_trace(args.trace, "trace threads")
+    if table is None:
         return 2
     checkpoints, threads = writer_stragglers(table)
     totals = thread_totals(threads)
