@@ -137,12 +137,13 @@ def parse_cpu_list(value: str | tuple[int, ...] | list[int], what: str = "CPU li
     return tuple(sorted(set(cpus)))
 
 
-def format_cpu_list(cpus: tuple[int, ...] | list[int]) -> str:
-    """(0, 1, 2, 5) -> "0-2,5"."""
-    runs: list[list[int]] = []
-    for c in sorted(cpus):
-        if runs and c == runs[-1][1] + 1:
-            runs[-1][1] = c
-        else:
-            runs.append([c, c])
-    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+
+def check_cpus_available(cpus: tuple[int, ...], what: str) -> None:
+    """Raise ValueError naming the CPUs of ``cpus`` this process may not run on
+    (sched_getaffinity: a Slurm or container cpuset restricts it)."""
+    from ckptlab.profiling.metadata import cpu_list_string
+
+    refused = set(cpus) - (allowed := os.sched_getaffinity(0))
+    if refused:
+        raise ValueError(f"{what}: CPU {cpu_list_string(refused)} not available to this process "
+                         f"(it may use {cpu_list_string(allowed)})")

@@ -21,7 +21,7 @@ import torch
 
 from ckptlab import _engine
 from ckptlab.core.base import CheckpointerBase, now
-from ckptlab.core.config import CheckpointConfig, format_cpu_list
+from ckptlab.core.config import CheckpointConfig, check_cpus_available
 from ckptlab.core.errors import CheckpointError, CheckpointWriteError
 from ckptlab.core.snapshot import Snapshotter
 from ckptlab.core.state import CapturedState, capture, check_loadable, lay_out, lift_tensors
@@ -42,10 +42,7 @@ class PCcheckCheckpointer(CheckpointerBase):
             _engine.validate_fault_spec(self._faults)
         except ValueError as e:
             raise ValueError(f"bad fault spec {self._faults!r}: {e}") from None
-        if config.writer_cpus and not set(config.writer_cpus) <= (allowed := os.sched_getaffinity(0)):
-            raise ValueError(f"CheckpointConfig.writer_cpus: CPU "
-                             f"{format_cpu_list(sorted(set(config.writer_cpus) - allowed))} not available to this "
-                             f"process (it may use {format_cpu_list(sorted(allowed))})")
+        check_cpus_available(config.writer_cpus, "CheckpointConfig.writer_cpus")
         self._engine: _engine.Engine | None = None
         self._snapshots = None
         if config.snapshot != "sync":  # the config guarantees pinned_host_copies for these modes

@@ -141,7 +141,7 @@ def _trace_plot(args: argparse.Namespace) -> int:
 
 
 def _trace_threads(args: argparse.Namespace) -> int:
-    from ckptlab.core.config import format_cpu_list
+    from ckptlab.profiling.metadata import cpu_list_string
     from ckptlab.profiling.stragglers import thread_totals, writer_stragglers
 
     table = _open_trace(args.trace, "trace threads")
@@ -188,7 +188,7 @@ def _trace_threads(args: argparse.Namespace) -> int:
     for r in totals:
         out.add_row(r["thread_name"], str(r["checkpoints"]), str(r["chunks"]), f"{r['bytes'] / 1e6:.1f}",
                     f"{r['busy_s']:.3f}", f"{r['median_finish_s'] * 1e3:.2f}", str(r["times_last"]),
-                    str(r["migrations"]), format_cpu_list(r["cpus"]) or "?")
+                    str(r["migrations"]), cpu_list_string(r["cpus"]) or "?")
     console.print(out)
     if args.plot is not None:
         console.print(f"figure: {args.plot}")

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from ckptlab.profiling import phases as _phases
-from ckptlab.profiling.metadata import new_run_id, run_metadata
+from ckptlab.profiling.metadata import cpu_list_string, new_run_id, run_metadata
 from ckptlab.profiling.nvtx_ranges import mark
 
 # Raw columns as the engine hands them over (bindings.cpp records_to_columns), in file order.
@@ -413,9 +413,7 @@ class TraceSession:
         "writers pinned to 6-7" (several checkpointers: joined with "; ")."""
         if self.affinity_policy != "unpinned":
             return self.affinity_policy
-        from ckptlab.core.config import format_cpu_list
-
-        pinned = [format_cpu_list(cpus) for s in self._sources
+        pinned = [cpu_list_string(cpus) for s in self._sources
                   if (cpus := getattr(getattr(s.obj, "config", None), "writer_cpus", ()))]
         return "; ".join(f"writers pinned to {p}" for p in pinned) or "unpinned"
 

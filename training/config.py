@@ -7,14 +7,13 @@ dimensions) means "the preset's value"; ``resolved_*`` methods apply the preset.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ckptlab.core.config import SNAPSHOT_MODES, format_cpu_list, parse_cpu_list
+from ckptlab.core.config import SNAPSHOT_MODES, check_cpus_available, parse_cpu_list
 from ckptlab.training.checkpointers import KINDS
 from ckptlab.training.presets import ModelConfig, Preset, get_preset
 
@@ -97,10 +96,7 @@ class TrainConfig:
             if self.checkpointer != "pccheck":
                 raise ValueError(f"--writer-cpus places the pccheck engine's writer threads; "
                                  f"--checkpointer {self.checkpointer} has none")
-            cpus = set(parse_cpu_list(self.writer_cpus, "--writer-cpus"))
-            if not cpus <= (allowed := os.sched_getaffinity(0)):
-                raise ValueError(f"--writer-cpus: CPU {format_cpu_list(sorted(cpus - allowed))} not available "
-                                 f"to this process (it may use {format_cpu_list(sorted(allowed))})")
+            check_cpus_available(parse_cpu_list(self.writer_cpus, "--writer-cpus"), "--writer-cpus")
         if self.keep_last < 0:
             raise ValueError(f"keep-last must be >= 0 (0 keeps all), got {self.keep_last}")
         if self.fail_at_step is not None and not 1 <= self.fail_at_step <= self.training_steps:

@@ -48,10 +48,10 @@ def test_checkpoint_dir_that_is_a_file_is_refused(tmp_path):
 @pytest.mark.parametrize("value, cpus", [("", ()), ("3", (3,)), ("0-2,5", (0, 1, 2, 5)), (" 4-5, 1 ,4", (1, 4, 5)),
                                          ((2, 0, 2), (0, 2)), ([], ())])
 def test_writer_cpus_lists(value, cpus):
-    from ckptlab.core.config import format_cpu_list
+    from ckptlab.profiling.metadata import cpu_list_string
 
     assert CheckpointConfig(writer_cpus=value).writer_cpus == cpus
-    assert format_cpu_list(cpus) == {(): "", (3,): "3", (0, 1, 2, 5): "0-2,5", (1, 4, 5): "1,4-5", (0, 2): "0,2"}[cpus]
+    assert cpu_list_string(cpus) == {(): "", (3,): "3", (0, 1, 2, 5): "0-2,5", (1, 4, 5): "1,4-5", (0, 2): "0,2"}[cpus]
 
 
 @pytest.mark.parametrize("value, needle", [("x", "'x' is not a CPU"), ("5-2", "runs backwards"), ("-3", "not a CPU"),
