@@ -121,14 +121,14 @@ def plot_timeline(table: pa.Table, out: str | os.PathLike, *, window_ns: tuple[i
     span = hi - lo
     unit, scale = ("s", 1e9) if span >= 2e9 else ("ms", 1e6)
     min_width = span * MIN_BAR_FRACTION
-    drawn = [p for p in dict.fromkeys(phase[keep].tolist())]
+    drawn = list(dict.fromkeys(phase[keep].tolist()))
     drawn.sort(key=phase_code)
     colors = _phase_colors(drawn)
 
+    rows_of = {t: np.flatnonzero(keep & (tid == t)) for t in order}
     lanes_of: dict[int, int] = {}
     depth_all = np.zeros(len(tb), dtype=np.int64)
-    for t in order:
-        idx = np.flatnonzero(keep & (tid == t))
+    for t, idx in rows_of.items():
         depth_all[idx] = assign_lanes(tb[idx], te[idx], MAX_LANES)
         lanes_of[t] = int(depth_all[idx].max()) + 1
     lane_h = 0.5
@@ -139,8 +139,7 @@ def plot_timeline(table: pa.Table, out: str | os.PathLike, *, window_ns: tuple[i
     ax.set_axisbelow(True)
     y = 0.0
     ticks, labels = [], []
-    for t in order:
-        idx = np.flatnonzero(keep & (tid == t))
+    for t, idx in rows_of.items():
         top = y
         for d in range(lanes_of[t]):
             for p in drawn:
