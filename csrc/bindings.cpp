@@ -60,8 +60,8 @@ auto interruptible(Fn&& fn) {
 py::dict records_to_columns(const std::vector<TraceRecord>& recs) {
   const py::ssize_t n = static_cast<py::ssize_t>(recs.size());
   py::array_t<uint64_t> ckpt(n), offset(n), nbytes(n), tb(n), te(n);
-  py::array_t<int64_t> step(n), chunk(n);
-  py::array_t<int32_t> thread(n), cpu_b(n), cpu_e(n);
+  py::array_t<int64_t> step(n), chunk(n), run(n), wait(n);
+  py::array_t<int32_t> thread(n), cpu_b(n), cpu_e(n), vol(n), invol(n);
   py::array_t<uint16_t> phase(n);
   auto c = ckpt.mutable_unchecked<1>();
   auto o = offset.mutable_unchecked<1>();
@@ -74,6 +74,10 @@ py::dict records_to_columns(const std::vector<TraceRecord>& recs) {
   auto cb = cpu_b.mutable_unchecked<1>();
   auto ce = cpu_e.mutable_unchecked<1>();
   auto ph = phase.mutable_unchecked<1>();
+  auto rn = run.mutable_unchecked<1>();
+  auto wt = wait.mutable_unchecked<1>();
+  auto cv = vol.mutable_unchecked<1>();
+  auto ci = invol.mutable_unchecked<1>();
   for (py::ssize_t i = 0; i < n; ++i) {
     const TraceRecord& r = recs[static_cast<size_t>(i)];
     c(i) = r.ckpt_id;
@@ -87,6 +91,10 @@ py::dict records_to_columns(const std::vector<TraceRecord>& recs) {
     cb(i) = r.cpu_begin;
     ce(i) = r.cpu_end;
     ph(i) = r.phase;
+    rn(i) = r.run_ns;
+    wt(i) = r.wait_ns;
+    cv(i) = r.ctx_vol;
+    ci(i) = r.ctx_invol;
   }
   py::dict d;
   d["ckpt_id"] = ckpt;
@@ -100,6 +108,10 @@ py::dict records_to_columns(const std::vector<TraceRecord>& recs) {
   d["nbytes"] = nbytes;
   d["t_begin_ns"] = tb;
   d["t_end_ns"] = te;
+  d["run_ns"] = run;
+  d["wait_ns"] = wait;
+  d["ctx_vol"] = vol;
+  d["ctx_invol"] = invol;
   return d;
 }
 

@@ -84,11 +84,13 @@ int Tracer::register_thread(const std::string& name, bool name_os_thread) {
   for (size_t i = 0; i < slots_.size(); ++i) {
     if (!slots_[i].in_use) {
       slots_[i].in_use = true;
+      if (records_enabled_) slots_[i].ring->bind_current_thread();
       return static_cast<int>(i);
     }
   }
   Slot s;
   s.ring = std::make_unique<TraceRing>(records_enabled_ ? ring_capacity_ : 1);
+  if (records_enabled_) s.ring->bind_current_thread();
   s.in_use = true;
   slots_.push_back(std::move(s));
   return static_cast<int>(slots_.size() - 1);
@@ -164,11 +166,19 @@ ScopedPhase::ScopedPhase(Tracer* tracer, TraceRing* ring, Phase phase, uint64_t 
   rec_.thread = current_tid();
   rec_.cpu_begin = current_cpu();
   rec_.t_begin_ns = monotonic_ns();
+  // Sampled inside [t_begin, t_end], so run + wait never exceed the operation's duration.
+  if (const ThreadSchedReader* sched = ring_ ? ring_->sched() : nullptr) sched0_ = sched->sample();
 }
 
 ScopedPhase::~ScopedPhase() {
   if (!tracer_) return;
   if (ring_) {
+    SchedSample d;
+    if (const ThreadSchedReader* sched = ring_->sched()) d = sched_delta(sched0_, sched->sample());
+    rec_.run_ns = d.run_ns;
+    rec_.wait_ns = d.wait_ns;
+    rec_.ctx_vol = static_cast<int32_t>(d.ctx_vol);
+    rec_.ctx_invol = static_cast<int32_t>(d.ctx_invol);
     rec_.t_end_ns = monotonic_ns();
     rec_.cpu_end = current_cpu();
     ring_->push(rec_);

@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "sched_stats.hpp"
+
 namespace ckptlab {
 
 enum class Phase : uint16_t {
@@ -38,6 +40,11 @@ struct TraceRecord {
   int32_t cpu_end;
   uint16_t phase;
   uint16_t reserved;
+  // Scheduler counters of `thread` over the operation (sched_stats.hpp); -1 = not measured.
+  int64_t run_ns;      // on a CPU
+  int64_t wait_ns;     // runnable, waiting for a CPU
+  int32_t ctx_vol;     // voluntary context switches (blocked)
+  int32_t ctx_invol;   // involuntary context switches (preempted)
 };
 
 class TraceRing {
@@ -46,9 +53,13 @@ class TraceRing {
   void push(const TraceRecord& r);        // producer thread only
   size_t drain(std::vector<TraceRecord>& out);  // consumer only (serialized by Tracer)
   uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
+  // The producer's scheduler counters; (re)bound by the thread that takes the ring.
+  void bind_current_thread() { sched_ = std::make_unique<ThreadSchedReader>(); }
+  const ThreadSchedReader* sched() const { return sched_.get(); }
 
  private:
   std::vector<TraceRecord> slots_;
+  std::unique_ptr<ThreadSchedReader> sched_;
   std::atomic<uint64_t> head_{0};  // written by producer
   std::atomic<uint64_t> tail_{0};  // written by consumer
   std::atomic<uint64_t> dropped_{0};
@@ -108,6 +119,7 @@ class ScopedPhase {
   Tracer* tracer_;
   TraceRing* ring_;
   TraceRecord rec_;
+  SchedSample sched0_;
 };
 
 // Registers the current thread with a Tracer for the lifetime of the object.

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ckptlab.profiling.records import read_trace, trace_metadata
+from ckptlab.profiling.records import SCHED_COLUMNS, read_trace, trace_metadata
 from ckptlab.profiling.tables import column, track_sort_key
 
 _OTHER_DATA_KEYS = ("run_id", "host", "arch", "kernel", "cpu_model", "cpu_count", "cpus_allowed",
@@ -33,6 +33,8 @@ def to_chrome_trace(table: pa.Table, phases: set[str] | None = None) -> dict[str
     tid = column(table, "thread").astype(np.int64)
     tname = column(table, "thread_name")
     cols = {c: column(table, c) for c in ("ckpt_id", "step", "chunk", "offset", "nbytes", "cpu_begin", "cpu_end")}
+    # Scheduler counters (schema version 2) where measured; -1 (not measured) is left out.
+    sched = {c: column(table, c).tolist() for c in SCHED_COLUMNS if c in table.column_names}
 
     names: dict[int, str] = {}
     for t, nm in zip(tid.tolist(), tname.tolist(), strict=True):
@@ -52,6 +54,7 @@ def to_chrome_trace(table: pa.Table, phases: set[str] | None = None) -> dict[str
     phase_l, tid_l, tb_l, te_l = phase.tolist(), tid.tolist(), tb.tolist(), te.tolist()
     for i in order.tolist():
         args = {c: lists[c][i] for c in cols}
+        args.update((c, v[i]) for c, v in sched.items() if v[i] >= 0)
         events.append({
             "name": phase_l[i], "cat": "ckptlab", "ph": "X", "pid": pid, "tid": tid_l[i],
             "ts": (tb_l[i] - t0) / 1000.0, "dur": (te_l[i] - tb_l[i]) / 1000.0, "args": args,

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2 added run_ns, wait_ns, ctx_vol, ctx_invol
 RUN_ID_ENV = "CKPTLAB_RUN_ID"
 
 

@@ -17,6 +17,8 @@ This module imports nothing heavy (no pyarrow, no torch), so ``ckptlab.core`` ca
 from __future__ import annotations
 
 import functools
+import os
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +34,48 @@ except ImportError:  # pragma: no cover - engine not built
 
 _native_id = threading.get_native_id
 _monotonic_ns = time.monotonic_ns  # CLOCK_MONOTONIC on Linux, the engine's clock
+_UNMEASURED = (-1, -1, -1, -1)
+
+
+class _SchedFile:
+    """This thread's schedstat file, opened once and closed with the thread's local data."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self) -> None:
+        try:
+            self.fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.fd = -1
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+
+
+_thread_local = threading.local()
+
+
+def sched_sample() -> tuple[int, int, int, int]:
+    """(on-CPU ns, run-queue wait ns, voluntary, involuntary context switches) of the calling
+    thread so far; -1 for what the kernel does not expose. Columns run_ns..ctx_invol of a record
+    are differences of two samples."""
+    f = getattr(_thread_local, "schedstat", None)
+    if f is None:
+        f = _thread_local.schedstat = _SchedFile()
+    run = time.thread_time_ns()  # precise; schedstat's run field lags by up to a tick
+    wait = -1
+    if f.fd >= 0:
+        try:
+            wait = int(os.pread(f.fd, 96, 0).split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    ru = resource.getrusage(resource.RUSAGE_THREAD)
+    return run, wait, ru.ru_nvcsw, ru.ru_nivcsw
+
+
+def sched_delta(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(-1 if x < 0 or y < 0 else y - x for x, y in zip(a, b, strict=True))
 
 # Phase name -> code (the Arrow `phase` dictionary index). Engine codes come first, in the
 # engine's order; Python names follow; new names are appended on first use.
@@ -89,7 +133,7 @@ def record(name: str, t_begin_ns: int, t_end_ns: int, *, step: int = -1, ckpt_id
     if not sinks:
         return
     rec = (phase_code(name), ckpt_id, step, chunk, offset, nbytes, t_begin_ns, t_end_ns,
-           _native_id() if thread is None else thread, cpu_begin, cpu_end)
+           _native_id() if thread is None else thread, cpu_begin, cpu_end, *_UNMEASURED)
     tname = threading.current_thread().name
     for s in sinks:
         s._append_python(rec, tname)
@@ -116,7 +160,7 @@ class phase:  # noqa: N801 - used like a function (context manager / decorator)
     """
 
     __slots__ = ("name", "step", "ckpt_id", "chunk", "offset", "nbytes", "payload", "category",
-                 "_pushed", "_t0", "_cpu0")
+                 "_pushed", "_t0", "_cpu0", "_sched0")
 
     def __init__(self, name: str, *, step: int = -1, ckpt_id: int = 0, chunk: int = -1, offset: int = 0,
                  nbytes: int = 0, payload: int | float | None = None, category: str | None = None) -> None:
@@ -131,6 +175,7 @@ class phase:  # noqa: N801 - used like a function (context manager / decorator)
         self._pushed = False
         self._t0 = 0
         self._cpu0 = -1
+        self._sched0 = _UNMEASURED
 
     def _payload(self) -> int | float | None:
         if self.payload is not None:
@@ -144,13 +189,15 @@ class phase:  # noqa: N801 - used like a function (context manager / decorator)
         if _sinks:
             self._cpu0 = _current_cpu()
             self._t0 = _monotonic_ns()
+            self._sched0 = sched_sample()  # inside [t0, t1], like the engine
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._t0:
+            sched = sched_delta(self._sched0, sched_sample())
             t1 = _monotonic_ns()
             rec = (phase_code(self.name), self.ckpt_id, self.step, self.chunk, self.offset, self.nbytes,
-                   self._t0, t1, _native_id(), self._cpu0, _current_cpu())
+                   self._t0, t1, _native_id(), self._cpu0, _current_cpu(), *sched)
             self._t0 = 0
             tname = threading.current_thread().name
             for s in _sinks:

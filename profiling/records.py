@@ -7,7 +7,7 @@ A ``TraceSession`` collects, for one run:
   verified reads (recovery hands them over while a session records);
 * Python-side records from ``ckptlab.profiling.phase`` (training and checkpointer stages).
 
-Rows are kept as compact numpy columns (~80 bytes a row); past ``spill_rows`` they are
+Rows are kept as compact numpy columns (~100 bytes a row); past ``spill_rows`` they are
 appended to a hidden Arrow stream file next to the output, so memory stays bounded on long
 runs. ``flush()``/``close()`` write the whole trace atomically: temp file, fsync, rename,
 fsync of the directory. A reader never sees a half-written trace file.
@@ -47,9 +47,16 @@ RAW_COLUMNS: dict[str, np.dtype] = {
     "nbytes": np.dtype(np.uint64),
     "t_begin_ns": np.dtype(np.uint64),
     "t_end_ns": np.dtype(np.uint64),
+    "run_ns": np.dtype(np.int64),
+    "wait_ns": np.dtype(np.int64),
+    "ctx_vol": np.dtype(np.int32),
+    "ctx_invol": np.dtype(np.int32),
 }
+# Scheduler counters over each record (-1 = not measured); optional in columns handed to
+# add_records and absent from schema-version-1 files.
+SCHED_COLUMNS = ("run_ns", "wait_ns", "ctx_vol", "ctx_invol")
 _PY_ORDER = ("phase", "ckpt_id", "step", "chunk", "offset", "nbytes", "t_begin_ns", "t_end_ns", "thread",
-             "cpu_begin", "cpu_end")  # field order of phases.py record tuples
+             "cpu_begin", "cpu_end", "run_ns", "wait_ns", "ctx_vol", "ctx_invol")  # phases.py record tuples
 
 # The file schema (docs/TRACE.md documents each column; a test keeps them in sync).
 SCHEMA = pa.schema([
@@ -66,6 +73,10 @@ SCHEMA = pa.schema([
     pa.field("nbytes", pa.uint64(), nullable=False),
     pa.field("t_begin_ns", pa.uint64(), nullable=False),
     pa.field("t_end_ns", pa.uint64(), nullable=False),
+    pa.field("run_ns", pa.int64(), nullable=False),
+    pa.field("wait_ns", pa.int64(), nullable=False),
+    pa.field("ctx_vol", pa.int32(), nullable=False),
+    pa.field("ctx_invol", pa.int32(), nullable=False),
 ])
 _RAW_SCHEMA = pa.schema([pa.field(n, pa.from_numpy_dtype(t), nullable=False) for n, t in RAW_COLUMNS.items()])
 
@@ -86,10 +97,12 @@ def _empty_raw() -> dict[str, np.ndarray]:
 
 
 def _normalise_raw(columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    missing = [n for n in RAW_COLUMNS if n not in columns]
+    missing = [n for n in RAW_COLUMNS if n not in columns and n not in SCHED_COLUMNS]
     if missing:
         raise ValueError(f"record columns lack {missing}")
-    return {n: np.ascontiguousarray(columns[n], dtype=t) for n, t in RAW_COLUMNS.items()}
+    n = len(columns["t_begin_ns"])
+    return {c: np.ascontiguousarray(columns[c], dtype=t) if c in columns else np.full(n, -1, dtype=t)
+            for c, t in RAW_COLUMNS.items()}
 
 
 def _dict_array(indices: np.ndarray, values: pa.Array) -> pa.DictionaryArray:
@@ -116,6 +129,8 @@ class _Finaliser:
             _dict_array(raw["phase"].astype(np.int16), self.phases),
             pa.array(raw["chunk"]), pa.array(raw["offset"]), pa.array(raw["nbytes"]),
             pa.array(raw["t_begin_ns"]), pa.array(raw["t_end_ns"]),
+            pa.array(raw["run_ns"]), pa.array(raw["wait_ns"]), pa.array(raw["ctx_vol"]),
+            pa.array(raw["ctx_invol"]),
         ]
         return pa.RecordBatch.from_arrays(cols, schema=SCHEMA)
 

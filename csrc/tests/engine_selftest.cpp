@@ -300,6 +300,27 @@ std::string make_temp_dir() {
   return buf.data();
 }
 
+// A traced sleep is blocked time: little on a CPU, at least one voluntary context switch.
+void test_sched_counters() {
+  ckptlab::Tracer tracer(true, 16);
+  ckptlab::TraceThread self(&tracer, "selftest", false);
+  {
+    ckptlab::ScopedPhase p(&tracer, self.ring(), ckptlab::Phase::kFsync, 1, 1, -1, 0, 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const auto recs = tracer.drain();
+  CHECK(recs.size() == 1, "one record, got %zu", recs.size());
+  if (recs.size() != 1) return;
+  const auto& r = recs[0];
+  const int64_t dur = static_cast<int64_t>(r.t_end_ns - r.t_begin_ns);
+  CHECK(r.run_ns >= 0 && r.run_ns < dur / 2, "sleep: run_ns=%lld of %lld", static_cast<long long>(r.run_ns),
+        static_cast<long long>(dur));
+  CHECK(r.ctx_vol >= 1, "sleep: ctx_vol=%d", r.ctx_vol);
+  std::printf("sched counters: a 20 ms sleep ran %lld us on a CPU, waited %lld us for one, %d voluntary switches%s\n",
+              static_cast<long long>(r.run_ns / 1000), static_cast<long long>(r.wait_ns / 1000), r.ctx_vol,
+              r.wait_ns < 0 ? " (no schedstat here: wait not measured)" : "");
+}
+
 void remove_all(const std::string& dir) {
   for (const std::string& name : ckptlab::list_dir(dir)) {
     std::string path = ckptlab::join_path(dir, name);
@@ -349,7 +370,14 @@ void test_engine(const std::string& io_mode) {
           static_cast<long long>(engine.last_committed_step()));
     auto records = engine.commit_records();
     CHECK(records.size() == 2 && records[0].ok && records[1].ok, "[%s] commit records", io_mode.c_str());
-    CHECK(!engine.tracer().drain().empty(), "[%s] no timing records", io_mode.c_str());
+    const auto trace = engine.tracer().drain();
+    CHECK(!trace.empty(), "[%s] no timing records", io_mode.c_str());
+    for (const auto& r : trace)
+      CHECK(r.run_ns >= 0 && r.ctx_vol >= 0 && r.ctx_invol >= 0 &&
+                r.run_ns + std::max<int64_t>(r.wait_ns, 0) <= static_cast<int64_t>(r.t_end_ns - r.t_begin_ns) + 20000,
+            "[%s] %s record: run_ns=%lld wait_ns=%lld over %llu ns", io_mode.c_str(),
+            ckptlab::phase_name(static_cast<ckptlab::Phase>(r.phase)), static_cast<long long>(r.run_ns),
+            static_cast<long long>(r.wait_ns), static_cast<unsigned long long>(r.t_end_ns - r.t_begin_ns));
     engine.close();
   } catch (const std::exception& e) {
     CHECK(false, "[%s] engine threw: %s", io_mode.c_str(), e.what());
@@ -424,6 +452,7 @@ int main() {
 #endif
               u.machine, ckptlab::page_size());
   test_crc32c();
+  test_sched_counters();
   test_engine("buffered");
   test_engine("auto");
   if (g_failures) {

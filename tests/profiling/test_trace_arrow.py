@@ -60,7 +60,7 @@ def test_metadata_keys_are_documented_and_filled(traced_run):
     actual = {k.decode() for k in traced_run.table.schema.metadata}
     assert actual == documented
     meta = trace_metadata(traced_run.table)
-    assert meta["schema_version"] == "1"
+    assert meta["schema_version"] == "2"
     assert meta["run_id"] == traced_run.run_id
     assert meta["host"] == socket.gethostname()
     assert meta["arch"] == platform.machine()
