@@ -181,18 +181,41 @@ def _trace_threads(args: argparse.Namespace) -> int:
                     c["slowest_cause"] if c["straggler_ratio"] >= NAMED_STRAGGLER_RATIO else "-",
                     ", ".join(c["outliers"]) or "-", str(c["migrations"]))
     console.print(out)
-    out = Table(title="per writer thread, all checkpoints")
-    for col in ("thread", "checkpoints", "chunks", "MB", "busy s", "median finish ms", "last", "migrations",
-                "CPUs"):
+    measured = [c for c in checkpoints if c["blocked_s"] is not None]
+    if measured:
+        out = Table(title="where the writers' time went per checkpoint (sum over threads; what-if = makespan "
+                          "estimate without that part)")
+        for col in ("step", "on CPU ms", "CPU wait ms", "blocked ms", "idle ms", "preempted", "makespan ms",
+                    "if no CPU wait", "if never blocked"):
+            out.add_column(col, justify="right")
+        for c in measured:
+            out.add_row(str(c["step"]), *(f"{c[k] * 1e3:.2f}" for k in ("on_cpu_s", "runq_wait_s", "blocked_s",
+                                                                           "idle_s")),
+                        str(c["ctx_invol"]), f"{c['makespan_s'] * 1e3:.2f}", f"{c['if_no_runq_wait_s'] * 1e3:.2f}",
+                        f"{c['if_no_blocked_s'] * 1e3:.2f}")
+        console.print(out)
+    out = Table(title="per writer thread, all checkpoints (% of its active time)")
+    for col in ("thread", "checkpoints", "chunks", "MB", "busy s", "median finish ms", "last", "on CPU %",
+                "CPU wait %", "blocked %", "idle %", "preempted", "migrations", "CPUs"):
         out.add_column(col, justify="left" if col in ("thread", "CPUs") else "right")
     for r in totals:
         out.add_row(r["thread_name"], str(r["checkpoints"]), str(r["chunks"]), f"{r['bytes'] / 1e6:.1f}",
                     f"{r['busy_s']:.3f}", f"{r['median_finish_s'] * 1e3:.2f}", str(r["times_last"]),
+                    *_percent_parts(r), "-" if r["ctx_invol"] is None else str(r["ctx_invol"]),
                     str(r["migrations"]), cpu_list_string(r["cpus"]) or "?")
     console.print(out)
     if args.plot is not None:
         console.print(f"figure: {args.plot}")
     return 0
+
+
+def _percent_parts(row: dict) -> list[str]:
+    """A thread's on-CPU / CPU-wait / blocked / idle shares as table cells, '-' when unmeasured."""
+    from ckptlab.profiling.stragglers import TIME_PARTS
+
+    values = [row[key] for key, _ in TIME_PARTS]
+    total = sum(v for v in values if v is not None)
+    return ["-" if v is None or total <= 0 else f"{100 * v / total:.0f}" for v in values]
 
 
 def _profile_nsys(args: argparse.Namespace) -> int:

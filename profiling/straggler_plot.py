@@ -1,12 +1,16 @@
 """One figure of the writer threads of a trace: where stragglers come from, at a glance.
 
-Four panels, one colour per writer thread throughout (research/tracing.md §6):
+Six panels, one colour per writer thread throughout (research/tracing.md §6):
 
 - chunk write latency, ECDF per thread: a thread whose curve lies right writes slowly;
 - bytes written per thread over the whole trace: work imbalance;
 - when each thread finished, per checkpoint (from the checkpoint's first engine record), with
   the makespan: the last finisher sets the persist time;
-- the CPU each write ran on, over time: migration tracks (flat lines when pinned).
+- the CPU each write ran on, over time: migration tracks (flat lines when pinned);
+- where each thread's active time went: on CPU, waiting for a CPU, blocked, idle (stacked);
+- per checkpoint, the makespan beside its what-if estimates without CPU wait / blocking.
+
+The last two need the scheduler counters (trace schema version 2); older traces say so there.
 """
 from __future__ import annotations
 
@@ -16,12 +20,12 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from ckptlab.profiling.stragglers import thread_totals, writer_stragglers
+from ckptlab.profiling.stragglers import TIME_PARTS, thread_totals, writer_stragglers
 from ckptlab.profiling.tables import column, track_sort_key
 
 
 def plot_writer_report(table: pa.Table, out: str | os.PathLike, title: str | None = None) -> int:
-    """Draw the four panels of ``table``'s writer threads to the PNG ``out`` (atomically);
+    """Draw the six panels of ``table``'s writer threads to the PNG ``out`` (atomically);
     returns the number of checkpoints shown. ValueError when the trace has no engine writes."""
     import matplotlib
 
@@ -46,7 +50,7 @@ def plot_writer_report(table: pa.Table, out: str | os.PathLike, title: str | Non
     names = sorted({r["thread_name"] for r in threads}, key=track_sort_key)
     palette = dict(zip(names, sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names)), strict=True))
 
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    fig, axes = plt.subplots(3, 2, figsize=(13, 12.5))
     ax = axes[0, 0]
     sns.ecdfplot(data=writes, x="ms", hue="thread", hue_order=names, palette=palette, ax=ax)
     ax.set_xscale("log")
@@ -83,6 +87,8 @@ def plot_writer_report(table: pa.Table, out: str | os.PathLike, title: str | Non
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_title(f"CPU of each write ({sum(c['migrations'] for c in checkpoints)} migrations)")
 
+    _time_parts_panels(axes[2, 0], axes[2, 1], checkpoints, totals)
+
     fig.suptitle(title or "ckptlab writer threads", fontsize=11)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -90,3 +96,39 @@ def plot_writer_report(table: pa.Table, out: str | os.PathLike, title: str | Non
     plt.close(fig)
     atomic_write_bytes(out, buf.getvalue())
     return len(checkpoints)
+
+
+_PART_COLOURS = ("#55A868", "#C44E52", "#8172B3", "#CCCCCC")
+
+
+def _time_parts_panels(ax_threads, ax_what_if, checkpoints: list[dict], totals: list[dict]) -> None:
+    """Stacked time parts per thread, and makespan vs what-if per checkpoint."""
+    if any(r["blocked_s"] is None for r in totals):
+        for ax in (ax_threads, ax_what_if):
+            ax.text(0.5, 0.5, "no scheduler counters in this trace\n(recorded from trace schema version 2 on)",
+                    ha="center", va="center", transform=ax.transAxes, color="0.4")
+            ax.set_axis_off()
+        return
+    names = [r["thread_name"] for r in totals]
+    bottom = np.zeros(len(totals))
+    for (key, label), colour in zip(TIME_PARTS, _PART_COLOURS, strict=True):
+        values = np.array([r[key] * 1e3 for r in totals])
+        ax_threads.bar(names, values, bottom=bottom, color=colour, label=label)
+        bottom += values
+    ax_threads.set_ylabel("ms (all checkpoints)")
+    ax_threads.set_title("where each writer's active time went")
+    ax_threads.tick_params(axis="x", labelrotation=30)
+    ax_threads.legend(fontsize=7)
+
+    steps = [c["step"] for c in checkpoints]
+    ax_what_if.plot(steps, [c["makespan_s"] * 1e3 for c in checkpoints], "o-", color="0.2", label="makespan")
+    ax_what_if.plot(steps, [c["if_no_runq_wait_s"] * 1e3 for c in checkpoints], "s--", color=_PART_COLOURS[1],
+                    label="if no thread waited for a CPU")
+    ax_what_if.plot(steps, [c["if_no_blocked_s"] * 1e3 for c in checkpoints], "^--", color=_PART_COLOURS[2],
+                    label="if no thread blocked")
+    ax_what_if.set_xlabel("checkpoint step")
+    ax_what_if.xaxis.get_major_locator().set_params(integer=True)
+    ax_what_if.set_ylabel("ms")
+    ax_what_if.set_ylim(bottom=0)
+    ax_what_if.set_title("makespan and what-if estimates")
+    ax_what_if.legend(fontsize=7)
