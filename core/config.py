@@ -137,13 +137,23 @@ def parse_cpu_list(value: str | tuple[int, ...] | list[int], what: str = "CPU li
     return tuple(sorted(set(cpus)))
 
 
-
 def check_cpus_available(cpus: tuple[int, ...], what: str) -> None:
-    """Raise ValueError naming the CPUs of ``cpus`` this process may not run on
-    (sched_getaffinity: a Slurm or container cpuset restricts it)."""
+    """Raise ValueError naming the CPUs of ``cpus`` no thread of this process may use (its
+    cpuset: a Slurm or container allocation). The calling thread's own affinity does not limit
+    them: a training thread pinned to cores 0-63 may put the writers on 64-71."""
     from ckptlab.profiling.metadata import cpu_list_string
 
-    refused = set(cpus) - (allowed := os.sched_getaffinity(0))
+    refused = set(cpus) - (allowed := available_cpus())
     if refused:
         raise ValueError(f"{what}: CPU {cpu_list_string(refused)} not available to this process "
                          f"(it may use {cpu_list_string(allowed)})")
+
+
+def available_cpus() -> set[int]:
+    """CPUs a thread of this process may be pinned to (the engine probes the kernel; without
+    the engine, the calling thread's affinity)."""
+    try:
+        from ckptlab._engine import allowed_cpus
+    except ImportError:  # pragma: no cover - engine not built
+        return set(os.sched_getaffinity(0))
+    return set(allowed_cpus())

@@ -3,15 +3,38 @@
 #include <pthread.h>
 #include <sched.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <stdexcept>
+#include <system_error>
+#include <thread>
 
 namespace ckptlab {
 
 std::vector<int> allowed_cpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
+  // The kernel accepts a CPU for a thread when the process's cpuset has it, whatever the
+  // calling thread's own affinity (taskset, a pinned training thread). So ask it: a scratch
+  // thread pins itself to each CPU in turn, and exits.
   std::vector<int> out;
+  const long configured = std::min<long>(::sysconf(_SC_NPROCESSORS_CONF), CPU_SETSIZE);
+  try {
+    std::thread probe([&out, configured] {
+      for (int c = 0; c < configured; ++c) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(c, &one);
+        if (::pthread_setaffinity_np(::pthread_self(), sizeof(one), &one) == 0) out.push_back(c);
+      }
+    });
+    probe.join();
+  } catch (const std::system_error&) {
+    out.clear();
+  }
+  if (!out.empty()) return out;
+  cpu_set_t set;  // no thread to spare: this thread's affinity is the best answer left
+  CPU_ZERO(&set);
   if (::sched_getaffinity(0, sizeof(set), &set) != 0) return out;
   for (int c = 0; c < CPU_SETSIZE; ++c)
     if (CPU_ISSET(c, &set)) out.push_back(c);

@@ -8,11 +8,13 @@
 
 namespace ckptlab {
 
-// CPUs this process may run on (sched_getaffinity), ascending.
+// CPUs a thread of this process may be pinned to (its cpuset), ascending. This can be more
+// than the calling thread's own affinity: a training thread pinned to its cores may still put
+// the writers on others.
 std::vector<int> allowed_cpus();
 // "0-3,6" for {0,1,2,3,6}.
 std::string cpu_list(const std::vector<int>& cpus);
-// Throws std::invalid_argument naming the CPUs of `cpus` this process may not run on.
+// Throws std::invalid_argument naming the CPUs of `cpus` no thread of this process may use.
 void check_cpus_allowed(const std::vector<int>& cpus, const std::string& what);
 // Restricts the calling thread to `cpus`; false (errno set) if the kernel refused.
 bool pin_current_thread(const std::vector<int>& cpus);

@@ -181,7 +181,9 @@ PYBIND11_MODULE(_engine, m) {
   m.attr("MANIFEST_NAME") = kManifestName;
   m.def("monotonic_ns", &monotonic_ns);
   m.def("current_cpu", &current_cpu, "sched_getcpu() of the calling thread (timing records' cpu columns).");
-  m.def("allowed_cpus", &allowed_cpus, "CPUs this process may run on (sched_getaffinity), ascending.");
+  m.def("allowed_cpus", &allowed_cpus,
+        "CPUs a thread of this process may be pinned to (its cpuset, probed), ascending; may exceed the "
+        "calling thread's own affinity.");
   m.def("current_tid", &current_tid, "gettid() of the calling thread (timing records' thread column).");
   m.def("trace_overhead_ns",
         [](uint64_t iterations, bool records) {

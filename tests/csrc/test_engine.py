@@ -154,6 +154,42 @@ def test_allowed_cpus_is_the_process_affinity():
     assert _engine.allowed_cpus() == sorted(os.sched_getaffinity(0))
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_a_pinned_caller_may_put_writers_on_other_cpus(tmp_path):
+    """A training thread pinned to its cores still gets writers on others: the check asks the
+    kernel (the cpuset), not the calling thread's affinity."""
+    import threading
+
+    first, last = min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
+    seen: dict = {}
+
+    def pinned_caller() -> None:
+        os.sched_setaffinity(0, {first})  # this thread only
+        try:
+            seen["allowed"] = _engine.allowed_cpus()
+            arr = np.random.default_rng(2).integers(0, 255, 8 * 65536, dtype=np.uint8)
+            e = _engine.Engine(str(tmp_path), writer_threads=2, chunk_bytes=65536, staging_bytes=65536 * 4,
+                               trace=True, writer_cpus=[last])
+            _submit(e, 1, arr)
+            e.wait()
+            seen["pin_failures"] = e.pin_failures
+            cols, names = e.drain_trace(), dict(e.thread_names())
+            e.close()
+            writer = np.array([names.get(int(t), "").startswith("ckptlab-writer") for t in cols["thread"]])
+            seen["writer_cpus"] = set(cols["cpu_begin"][writer].tolist())
+            seen["caller_mask"] = os.sched_getaffinity(0)
+        except Exception as exc:  # noqa: BLE001 - reported below, in the test's thread
+            seen["error"] = exc
+
+    t = threading.Thread(target=pinned_caller)
+    t.start()
+    t.join()
+    assert "error" not in seen, seen.get("error")
+    assert seen["allowed"] == sorted(os.sched_getaffinity(0)), "the probe must not stop at the caller's mask"
+    assert seen["pin_failures"] == 0 and seen["writer_cpus"] == {last}
+    assert seen["caller_mask"] == {first}, "probing left the caller's own affinity alone"
+
+
 def test_writer_threads_stay_on_writer_cpus(tmp_path):
     """Each writer record begins and ends on the one CPU the writers were pinned to."""
     cpu = _engine.allowed_cpus()[-1]
