@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.ckptlab-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-all test-slow test-arm64 demo validate campaign bench bench-cpu clean
+.PHONY: setup test test-all test-slow test-arm64 demo validate campaign bench bench-cpu affinity clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,11 @@ campaign: setup
 
 bench-cpu: setup
 	$(PY) benchmarks/bench_cpu.py --size-mb 1024 --out benchmarks/results
+
+# Writer placement on this machine (docs/PROFILING.md); a new results directory each time.
+affinity: setup
+	$(PY) -m ckptlab.core.cli profile affinity --dir runs/affinity/ckpt \
+	  --out runs/affinity/$$(date +%Y%m%dT%H%M%S) --threads 1,2 --repeats 5 --size-mb 128 --load-procs 1
 
 bench: bench-cpu
 

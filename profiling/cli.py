@@ -6,6 +6,7 @@
     ckptlab trace threads TRACE [--json] [--plot OUT.png]
     ckptlab profile nsys [-o NAME] [--sample none] [--no-stats] [--dry-run] -- CMD ...
     ckptlab profile py-spy [-o FILE] [--rate HZ] [--native] [--idle] [--dry-run] -- CMD ...
+    ckptlab profile affinity --dir DIR --out OUT [--threads 1,2,4] [--placements ...] [--repeats N] ...
 
 ``add_parsers(subparsers)`` registers them on the ``ckptlab`` console script (core/cli.py);
 each leaf sets ``func`` to a function of the parsed args returning the exit code, and
@@ -250,6 +251,90 @@ def _profile_py_spy(args: argparse.Namespace) -> int:
         return EXIT_TOOL_MISSING
 
 
+def _int_list(value: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+    if not out or any(v < 1 for v in out):
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {value!r}")
+    return out
+
+
+def _profile_affinity(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ckptlab.core.config import parse_cpu_list
+    from ckptlab.profiling.affinity import ExperimentSpec, plan, run_experiment
+
+    prog = "ckptlab profile affinity"
+    try:
+        spec = ExperimentSpec(directory=args.dir, out=args.out, threads=args.threads,
+                              placements=tuple(p.strip() for p in args.placements.split(",") if p.strip()),
+                              repeats=args.repeats, saves=args.saves, size_mb=args.size_mb, chunk_mb=args.chunk_mb,
+                              load_procs=args.load_procs, io_mode=args.io_mode, seed=args.seed)
+        if args.cpus:
+            spec.cpus = parse_cpu_list(args.cpus, "--cpus")
+        spec.validate()
+    except ValueError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    cells, skipped = plan(spec)
+    for s in skipped:
+        print(f"{prog}: skipping {s['cell']}: {s['reason']}", file=sys.stderr)
+    if args.dry_run:
+        for c in cells:
+            print(f"{c.name:16s} {c.describe()}")
+        print(f"{len(cells)} cells x {spec.repeats} runs x {spec.saves + 1} saves of {spec.size_mb} MiB")
+        return 0
+    bar = tqdm(total=len(cells) * spec.repeats, unit="run", desc="affinity", file=sys.stderr, disable=None)
+
+    def progress(done: int, total: int, what: str) -> None:
+        bar.n = done
+        bar.set_postfix_str(what)
+        bar.refresh()
+
+    try:
+        summary = run_experiment(spec, progress)
+    except (ValueError, FileExistsError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+    _print_affinity_summary(summary, args.out)
+    return 0
+
+
+def _print_affinity_summary(summary: dict, out_dir: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def q(m: dict, fmt: str = "{:.1f}") -> str:
+        if m["median"] is None:
+            return "-"
+        return f"{fmt.format(m['median'])} [{fmt.format(m['q1'])}-{fmt.format(m['q3'])}]"
+
+    console = Console(width=None if sys.stdout.isatty() else 170)
+    table = Table(title="writer placement: median [IQR] over runs; vs unpinned = ratio of median makespans, "
+                        "95 % bootstrap CI, Mann-Whitney p")
+    for col in ("cell", "writers on", "training on", "runs", "makespan ms", "vs unpinned", "p", "last/median",
+                "CPU wait ms", "preempted", "migrations"):
+        table.add_column(col, justify="left" if col in ("cell", "writers on", "training on") else "right")
+    for c in summary["cells"]:
+        vs = c["vs_unpinned"]
+        ratio = "-" if vs is None else f"{vs['makespan_ratio']:.2f} ({vs['ci95'][0]:.2f}-{vs['ci95'][1]:.2f})"
+        p = "-" if vs is None or vs["mann_whitney_p"] is None else f"{vs['mann_whitney_p']:.3f}"
+        table.add_row(c["cell"], c["writer_cpus"] or "any", c["training_cpus"], str(c["runs"]), q(c["makespan_ms"]),
+                      ratio, p, q(c["straggler_ratio"], "{:.2f}"), q(c["runq_wait_ms"]), q(c["ctx_invol"], "{:.0f}"),
+                      q(c["migrations"], "{:.0f}"))
+    console.print(table)
+    console.print(f"results: {out_dir}/summary.json, runs.jsonl, traces/, manifest.json"
+                  + (f", {summary['figure']}" if summary.get("figure") else f" ({summary.get('figure_missing')})"))
+
+
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``trace`` and ``profile`` on the ``ckptlab`` console script."""
     trace = subparsers.add_parser("trace", help="timing-record traces (Arrow): export to Perfetto, summarise, plot, stragglers",
@@ -288,8 +373,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="also draw latency ECDFs, work, finish per checkpoint and CPUs per writer thread")
     p.set_defaults(func=_trace_threads)
 
-    prof = subparsers.add_parser("profile", help="run a command under nsys or py-spy",
-                                 description="Profile a command (docs/PROFILING.md). Put the command after `--`.")
+    prof = subparsers.add_parser("profile", help="run a command under nsys or py-spy; the writer-placement experiment",
+                                 description="Profile a command (docs/PROFILING.md; put it after `--`), or run "
+                                             "the writer-thread affinity experiment.")
     psub = prof.add_subparsers(dest="profile_command", metavar="TOOL")
     psub.required = True
     p = psub.add_parser("nsys", help="Nsight Systems: CUDA + NVTX + OS runtime, then the NVTX summary",
@@ -317,6 +403,29 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the py-spy command instead of running it")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- the command to profile")
     p.set_defaults(func=_profile_py_spy)
+    p = psub.add_parser("affinity", help="experiment: writer-thread count x CPU placement, repeated, compared",
+                        description="For each writer-thread count and placement (unpinned, compact, spread, "
+                                    "disjoint from the load), save checkpoints with a traced pccheck engine, "
+                                    "repeatedly, in random order; report makespan, stragglers, CPU wait and "
+                                    "migrations per cell against unpinned (docs/PROFILING.md).")
+    p.add_argument("--dir", required=True, help="directory for the checkpoints (the file system under test)")
+    p.add_argument("--out", required=True, help="results directory (must not hold an experiment already)")
+    p.add_argument("--threads", type=_int_list, default=(1, 2, 4), metavar="N1,N2",
+                   help="writer-thread counts (default 1,2,4)")
+    p.add_argument("--placements", default="unpinned,compact,spread,disjoint", metavar="P1,P2",
+                   help="placements (default all: unpinned,compact,spread,disjoint)")
+    p.add_argument("--cpus", default=None, metavar="LIST",
+                   help="CPUs the placements use, e.g. 0-15 (default: every CPU this process may use)")
+    p.add_argument("--repeats", type=int, default=5, help="runs per cell (default 5)")
+    p.add_argument("--saves", type=int, default=3, help="measured checkpoints per run, after a warm-up (default 3)")
+    p.add_argument("--size-mb", type=int, default=256, help="checkpoint size in MiB (default 256)")
+    p.add_argument("--chunk-mb", type=int, default=16, help="engine chunk size in MiB (default 16)")
+    p.add_argument("--load-procs", type=int, default=0,
+                   help="CPU-bound processes standing in for training threads (default 0)")
+    p.add_argument("--io-mode", default="auto", help="engine I/O mode: auto, direct, buffered (default auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the run order, state and bootstrap (default 0)")
+    p.add_argument("--dry-run", action="store_true", help="print the cells and exit")
+    p.set_defaults(func=_profile_affinity)
 
 
 def run(args: argparse.Namespace) -> int:

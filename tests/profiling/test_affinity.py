@@ -1,0 +1,149 @@
+"""The writer-placement experiment (profiling/affinity.py, `ckptlab profile affinity`)."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ckptlab.core.config import parse_cpu_list
+from ckptlab.profiling import read_trace, trace_metadata
+from ckptlab.profiling.affinity import (
+    ExperimentSpec, Unplaceable, bootstrap_ratio_ci, place, plan, run_metrics, summarise,
+)
+from ckptlab.profiling.cli import main
+
+
+@pytest.mark.parametrize("placement, threads, allowed, writers, training", [
+    ("unpinned", 3, range(8), (), tuple(range(8))),
+    ("compact", 3, range(8), (0, 1, 2), tuple(range(8))),
+    ("spread", 4, range(8), (0, 2, 4, 6), tuple(range(8))),
+    ("spread", 3, [2, 5, 9, 11, 12, 20], (2, 9, 12), (2, 5, 9, 11, 12, 20)),
+    ("disjoint", 2, range(8), (6, 7), tuple(range(6))),
+    ("disjoint", 1, [3, 9], (9,), (3,)),
+])
+def test_placements(placement, threads, allowed, writers, training):
+    cell = place(placement, threads, allowed)
+    assert cell.writer_cpus == writers and cell.training_cpus == training
+    assert cell.name == f"{placement}-t{threads}"
+    assert not set(cell.writer_cpus) & set(cell.training_cpus) or placement != "disjoint"
+
+
+@pytest.mark.parametrize("placement, threads, allowed, error, needle", [
+    ("compact", 5, range(4), Unplaceable, "needs 5 CPUs"),
+    ("disjoint", 4, range(4), Unplaceable, "needs more than 4 CPUs"),
+    ("diagonal", 1, range(4), ValueError, "unknown placement 'diagonal'"),
+    ("compact", 0, range(4), ValueError, "must be >= 1"),
+])
+def test_impossible_placements_say_why(placement, threads, allowed, error, needle):
+    with pytest.raises(error, match=needle):
+        place(placement, threads, allowed)
+
+
+def test_plan_skips_what_cannot_be_placed(tmp_path):
+    spec = ExperimentSpec(str(tmp_path), str(tmp_path / "o"), threads=(1, 2), cpus=(0, 1))
+    cells, skipped = plan(spec)
+    assert [c.name for c in cells] == ["unpinned-t1", "compact-t1", "spread-t1", "disjoint-t1", "unpinned-t2",
+                                       "compact-t2", "spread-t2"]
+    assert [s["cell"] for s in skipped] == ["disjoint-t2"]
+
+
+def _runs(cell, placement, threads, makespans):
+    return [{"cell": cell, "placement": placement, "threads": threads, "writer_cpus": "", "training_cpus": "0-1",
+             "makespan_ms": m, "straggler_ratio": 1.0, "migrations": 0, "ctx_invol": 1, "runq_wait_ms": 0.5,
+             "blocked_ms": None} for m in makespans]
+
+
+def test_summary_compares_each_cell_with_unpinned():
+    runs = _runs("unpinned-t2", "unpinned", 2, [10, 11, 12, 13, 14]) + _runs("compact-t2", "compact", 2, [5, 6, 7, 5, 6])
+    s = summarise(runs)
+    unpinned, compact = s["cells"]
+    assert unpinned["cell"] == "unpinned-t2" and unpinned["vs_unpinned"] is None
+    assert unpinned["makespan_ms"] == {"median": 12.0, "q1": 11.0, "q3": 13.0}
+    vs = compact["vs_unpinned"]
+    assert vs["makespan_ratio"] == pytest.approx(6 / 12)
+    assert vs["ci95"][0] <= 0.5 <= vs["ci95"][1] and vs["ci95"][1] < 1
+    assert vs["mann_whitney_p"] is None or vs["mann_whitney_p"] < 0.05     # None without SciPy
+    assert compact["blocked_ms"]["median"] is None                       # not measured stays unknown
+
+
+def test_bootstrap_interval_of_equal_samples_is_tight():
+    a = np.array([3.0, 3.0, 3.0])
+    assert bootstrap_ratio_ci(a, a) == (1.0, 1.0)
+
+
+def test_bad_flags_are_refused_before_anything_runs(tmp_path, capsys):
+    base = ["profile", "affinity", "--dir", str(tmp_path / "ck"), "--out", str(tmp_path / "o")]
+    assert main(base + ["--placements", "compact,diagonal"]) == 2
+    assert "unknown placement(s) ['diagonal']" in capsys.readouterr().err
+    assert main(base + ["--repeats", "0"]) == 2
+    assert "repeats must be >= 1" in capsys.readouterr().err
+    bad = max(os.sched_getaffinity(0)) + 1
+    assert main(base + ["--cpus", str(bad)]) == 2
+    assert f"CPUs {bad} not available" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(base + ["--threads", "0,2"])
+    assert "integers >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "ck").exists()
+
+
+def test_dry_run_lists_the_cells(tmp_path, capsys):
+    assert main(["profile", "affinity", "--dir", str(tmp_path), "--out", str(tmp_path / "o"), "--threads", "1",
+                 "--cpus", "0", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "compact-t1" in captured.out and "3 cells x 5 runs x 4 saves of 256 MiB" in captured.out
+    assert "skipping disjoint-t1" in captured.err and not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """A small real experiment: 1 writer, every placement this machine allows, 2 runs each."""
+    root = tmp_path_factory.mktemp("affinity")
+    argv = ["profile", "affinity", "--dir", str(root / "ck"), "--out", str(root / "out"), "--threads", "1",
+            "--repeats", "2", "--saves", "2", "--size-mb", "4", "--chunk-mb", "1", "--load-procs", "1"]
+    assert main(argv) == 0
+    return root / "out", argv
+
+
+def test_experiment_writes_every_result(experiment):
+    out, _ = experiment
+    cells, _ = plan(ExperimentSpec("x", "y", threads=(1,)))
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted((r["cell"], r["repeat"]) for r in runs) == sorted((c.name, i) for c in cells for i in range(2))
+    summary = json.loads((out / "summary.json").read_text())
+    assert [c["cell"] for c in summary["cells"]] == [c.name for c in cells] and summary["runs"] == len(runs)
+    assert summary["figure"] == "affinity.png" and (out / "affinity.png").read_bytes()[:4] == b"\x89PNG"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["spec"]["threads"] == [1] and manifest["machine"]["cpus_allowed"]
+    assert manifest["mount"]["mount_point"]
+    for r in runs:
+        assert r["checkpoints"] == 2 and r["bytes"] >= 4 << 20 and r["makespan_ms"] > 0
+        assert r["runq_wait_ms"] is not None and r["ctx_invol"] is not None
+    assert not list((out.parent / "ck").iterdir()), "checkpoint directories are removed after each run"
+
+
+def test_each_run_ran_where_its_cell_says(experiment):
+    out, _ = experiment
+    for line in (out / "runs.jsonl").read_text().splitlines():
+        run = json.loads(line)
+        table = read_trace(out / run["trace"])
+        assert trace_metadata(table)["affinity_policy"].startswith(f"experiment cell {run['placement']}:")
+        df = table.to_pandas()
+        name = df.thread_name.astype(str)
+        writer_cpus = set(df.cpu_begin[name.str.startswith("ckptlab-writer")])
+        saver_cpus = set(df.cpu_begin[name.str.contains("ckptlab-save")])
+        if run["writer_cpus"]:
+            assert writer_cpus <= set(parse_cpu_list(run["writer_cpus"]))
+        assert saver_cpus <= set(parse_cpu_list(run["training_cpus"]))
+        if run["placement"] == "disjoint":
+            assert not writer_cpus & saver_cpus, "disjoint keeps the saving thread off the writers' CPUs"
+        assert run_metrics(table)["makespan_ms"] == pytest.approx(run["makespan_ms"])
+
+
+def test_an_experiment_is_never_overwritten(experiment, capsys):
+    out, argv = experiment
+    before = (out / "runs.jsonl").read_bytes()
+    assert main(argv) == 2
+    assert "already holds an experiment" in capsys.readouterr().err
+    assert (out / "runs.jsonl").read_bytes() == before
