@@ -198,7 +198,7 @@ def _trace_threads(args: argparse.Namespace) -> int:
     out = Table(title="per writer thread, all checkpoints (% of its active time)")
     for col in ("thread", "checkpoints", "chunks", "MB", "busy s", "median finish ms", "last", "on CPU %",
                 "CPU wait %", "blocked %", "idle %", "preempted", "migrations", "CPUs"):
-        out.add_column(col, justify="left" if col in ("thread", "CPUs") else "right")
+        out.add_column(col, justify="left" if col in ("thread", "CPUs") else "right", no_wrap=col == "thread")
     for r in totals:
         out.add_row(r["thread_name"], str(r["checkpoints"]), str(r["chunks"]), f"{r['bytes'] / 1e6:.1f}",
                     f"{r['busy_s']:.3f}", f"{r['median_finish_s'] * 1e3:.2f}", str(r["times_last"]),
@@ -215,8 +215,9 @@ def _percent_parts(row: dict) -> list[str]:
     from ckptlab.profiling.stragglers import TIME_PARTS
 
     values = [row[key] for key, _ in TIME_PARTS]
-    total = sum(v for v in values if v is not None)
-    return ["-" if v is None or total <= 0 else f"{100 * v / total:.0f}" for v in values]
+    if any(v is None for v in values) or sum(values) <= 0:
+        return ["-"] * len(values)
+    return [f"{100 * v / sum(values):.0f}" for v in values]
 
 
 def _profile_nsys(args: argparse.Namespace) -> int:

@@ -142,6 +142,8 @@ def test_a_version_1_trace_still_reads(old_trace, tmp_path, capsys):
     assert main(["trace", "threads", old_trace, "--plot", str(tmp_path / "w.png")]) == 0
     out = capsys.readouterr().out
     assert "where the writers' time went" not in out and "writer threads per checkpoint" in out
+    writer_row = next(line for line in out.splitlines() if "ckptlab-writer-0" in line and "│" in line)
+    assert " 100 " not in writer_row, "no percentages from a partial split"
     assert (tmp_path / "w.png").stat().st_size > 10_000
     assert main(["trace", "threads", old_trace, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["checkpoints"][0]["if_no_blocked_s"] is None
