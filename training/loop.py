@@ -88,7 +88,12 @@ class TrainResult:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise TrainError(f"--device {name}: not a device ckptlab trains on (use cpu, cuda, cuda:N or auto)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise TrainError(f"--device {name}: CUDA is not available on this machine")
@@ -173,6 +178,18 @@ def _build_state(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
             "rng": RNGState(), "extra": {"run": cfg.run_description()}}
 
 
+def _refuse_unreadable_steps(cfg: TrainConfig, why: str) -> None:
+    """A fresh run never writes over checkpoints it cannot read (another checkpointer kind's,
+    or damaged ones): its saves would replace them step by step."""
+    d = Path(cfg.ckpt_dir)
+    steps = sorted(p.name for p in d.glob("step_*")) if d.is_dir() else []
+    if steps:
+        raise TrainError(f"--ckpt-dir {cfg.ckpt_dir} holds {', '.join(steps[:3])}{' ...' if len(steps) > 3 else ''}"
+                         f" that --checkpointer {cfg.checkpointer} cannot load{why}: another checkpointer's or "
+                         f"damaged. Not starting fresh over them: use an empty --ckpt-dir, or the checkpointer "
+                         f"that wrote them")
+
+
 def _resume(cfg: TrainConfig, ck: Any, state: dict[str, Any]) -> int | None:
     """Restore the newest valid checkpoint into ``state``; its step, or None to start fresh."""
     if not cfg.load_checkpoint:
@@ -181,11 +198,13 @@ def _resume(cfg: TrainConfig, ck: Any, state: dict[str, Any]) -> int | None:
             raise TrainError(f"--ckpt-dir {cfg.ckpt_dir} already holds checkpoint step "
                              f"{existing.step}; pass --load-checkpoint to resume from it, or "
                              f"use an empty --ckpt-dir")
+        _refuse_unreadable_steps(cfg, "")
         return None
     try:
         step, loaded = ck.load(state=state)
     except NoCheckpointError as exc:
         if cfg.allow_fresh_start:
+            _refuse_unreadable_steps(cfg, f" ({exc})")
             _log(f"no checkpoint to resume from in {cfg.ckpt_dir} ({exc}); starting fresh "
                  f"(--allow-fresh-start)")
             return None

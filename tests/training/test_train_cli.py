@@ -35,6 +35,8 @@ def _exit_code_and_stderr(argv: list[str], capsys: pytest.CaptureFixture[str]) -
     (["--checkpointer", "pccheck", "--writer-cpus", "1-x"], "--writer-cpus: '1-x' is not a CPU"),
     (["--checkpointer", "pccheck", "--writer-cpus", "100000"], "--writer-cpus: CPU 100000 not available"),
     (["--checkpointer", "torchsave", "--writer-cpus", "0"], "--checkpointer torchsave has none"),
+    (["--device", "tpu"], "--device tpu: not a device ckptlab trains on"),
+    (["--device", "meta"], "--device meta: not a device ckptlab trains on"),
 ])
 def test_bad_input_is_an_argparse_error(argv: list[str], message: str,
                                         capsys: pytest.CaptureFixture[str]) -> None:
@@ -62,6 +64,20 @@ def test_fresh_run_refuses_a_directory_with_checkpoints(
     assert _exit_code_and_stderr(common, capsys)[0] == 0
     code, err = _exit_code_and_stderr(common, capsys)
     assert code == 2 and "already holds checkpoint step 2" in err
+
+
+@pytest.mark.parametrize("first, second", [("pccheck", "dcp"), ("dcp", "pccheck")])
+def test_a_fresh_run_never_writes_over_another_kinds_checkpoints(
+        first: str, second: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ck = tmp_path / "ck"
+    run = ["--ckpt-dir", str(ck), "--training-steps", "4", "--checkpoint-freq", "2", "--no-progress"]
+    assert _exit_code_and_stderr(["--checkpointer", first, *run], capsys)[0] == 0
+    before = {p.name: sorted(q.name for q in p.iterdir()) for p in ck.glob("step_*")}
+    for extra in ([], ["--load-checkpoint", "--allow-fresh-start"]):
+        code, err = _exit_code_and_stderr(["--checkpointer", second, *run, *extra], capsys)
+        assert code == 2, err
+        assert "step_000000000002, step_000000000004" in err and "Not starting fresh over them" in err
+    assert {p.name: sorted(q.name for q in p.iterdir()) for p in ck.glob("step_*")} == before
 
 
 def test_summary_and_loss_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
