@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,11 +119,31 @@ def _run(plan: ValidationPlan, name: str, cmd: list[str], env: dict[str, str]) -
     return record
 
 
+# What a validation writes into its --out directory; a new validation there starts clean.
+_RESULT_DIRS = ("ckpt-a", "ckpt-b", "ckpt-c")
+_RESULT_FILES = ("loss-*.txt", "summary-*.json", "trace-*.arrow", "run-*.log", "timeline-*.png", "losses.png",
+                 "verdict.json")
+
+
+def _remove_previous_results(out: Path) -> None:
+    """Remove the results of an earlier validation in ``out`` (only the names it writes):
+    stale checkpoints would make the fresh runs refuse their --ckpt-dir, and stale traces
+    would be listed as this run's."""
+    removed = [d for d in _RESULT_DIRS if (out / d).is_dir()]
+    for d in removed:
+        shutil.rmtree(out / d)
+    files = [f for pattern in _RESULT_FILES for f in out.glob(pattern) if f.is_file()]
+    for f in files:
+        f.unlink()
+    if removed or files:
+        print(f"[validate] removed the previous validation's results in {out} "
+              f"({len(removed)} checkpoint directories, {len(files)} files)", flush=True)
+
+
 def run_validation(plan: ValidationPlan) -> ValidationReport:
     """Run A, B, C (killed) and C (resumed); compare; plot. Never raises for a failed run."""
     plan.out.mkdir(parents=True, exist_ok=True)
-    for stale in list(plan.out.glob("loss-*.txt")) + list(plan.out.glob("summary-*.json")):
-        stale.unlink()
+    _remove_previous_results(plan.out)
     report = ValidationReport(plan={k: str(v) for k, v in asdict(plan).items()})
     env = {k: v for k, v in os.environ.items() if k != FAULTS_ENV}
     for name in ("a", "b"):

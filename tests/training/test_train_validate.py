@@ -68,3 +68,16 @@ def test_full_seed_validation(tmp_path: Path, kind: str) -> None:
     skip_without_core(kind)
     assert main(["--checkpointer", kind, "--steps", "150", "--freq", "50", "--kill-after", "50",
                  "--out", str(tmp_path)]) == 0
+
+
+def test_a_new_validation_removes_only_the_previous_ones_results(tmp_path: Path) -> None:
+    from ckptlab.training.validate import _remove_previous_results
+
+    for d in ("ckpt-a", "ckpt-c"):
+        (tmp_path / d / "step_000000000050").mkdir(parents=True)
+    for f in ("loss-a.txt", "summary-b.json", "trace-a.arrow", "run-c-killed.log", "timeline-a-step30.png",
+              "losses.png", "verdict.json", "notes.md", "loss-a.txt.bak"):
+        (tmp_path / f).write_text("x")
+    (tmp_path / "mine").mkdir()
+    _remove_previous_results(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loss-a.txt.bak", "mine", "notes.md"]
