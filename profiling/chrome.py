@@ -20,12 +20,21 @@ _OTHER_DATA_KEYS = ("run_id", "host", "arch", "kernel", "cpu_model", "cpu_count"
                     "affinity_policy", "clock", "dropped_records", "versions", "config")
 
 
+class UnknownPhases(ValueError):
+    """``phases`` names phases the trace does not know (a typo would silently drop them)."""
+
+
 def to_chrome_trace(table: pa.Table, phases: set[str] | None = None) -> dict[str, Any]:
     """The trace-event JSON object for ``table`` (optionally only some phases)."""
     meta = trace_metadata(table)
     pid = int(meta.get("pid") or 1)
     n = table.num_rows
     phase = column(table, "phase")
+    if phases:
+        known = set(meta.get("phases") or []) | set(phase.tolist())
+        unknown = sorted(set(phases) - known)
+        if unknown:
+            raise UnknownPhases(f"unknown phase(s) {', '.join(unknown)} (this trace knows: {', '.join(sorted(known))})")
     keep = np.ones(n, dtype=bool) if not phases else np.isin(phase, list(phases))
     tb = column(table, "t_begin_ns").astype(np.int64)
     te = column(table, "t_end_ns").astype(np.int64)

@@ -50,7 +50,7 @@ def _open_trace(path: str, prog: str):
 
 
 def _trace_export(args: argparse.Namespace) -> int:
-    from ckptlab.profiling.chrome import export_chrome
+    from ckptlab.profiling.chrome import UnknownPhases, export_chrome
 
     if not os.path.isfile(args.trace):
         print(f"ckptlab trace export: {args.trace}: no such trace file", file=sys.stderr)
@@ -58,6 +58,9 @@ def _trace_export(args: argparse.Namespace) -> int:
     phases = {p.strip() for p in args.phases.split(",") if p.strip()} if args.phases else None
     try:
         n = export_chrome(args.trace, args.chrome, phases)
+    except UnknownPhases as e:
+        print(f"ckptlab trace export: --phases: {e}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
         print(f"ckptlab trace export: cannot read {args.trace} as a ckptlab trace: {e}", file=sys.stderr)
         return 2

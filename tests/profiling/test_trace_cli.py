@@ -69,6 +69,10 @@ def test_chrome_export_phase_filter_and_errors(traced_run, tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     spans = [e for e in json.loads(out.read_text())["traceEvents"] if e["ph"] == "X"]
     assert {e["name"] for e in spans} == {"write", "fsync"}
+    before = out.read_bytes()
+    r = run_cli(capsys, "trace", "export", traced_run.path, "--chrome", out, "--phases", "wrtie,fsync")
+    assert r.returncode == 2 and "unknown phase(s) wrtie" in r.stderr and "write" in r.stderr
+    assert out.read_bytes() == before, "a refused export leaves the previous file alone"
     r = run_cli(capsys, "trace", "export", tmp_path / "missing.arrow", "--chrome", out)
     assert r.returncode == 2 and "no such trace file" in r.stderr
     bogus = tmp_path / "bogus.arrow"
