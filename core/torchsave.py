@@ -16,13 +16,31 @@ import torch
 from ckptlab import _engine
 from ckptlab.core.base import CheckpointerBase, now
 from ckptlab.core.config import CheckpointConfig
-from ckptlab.core.durable import fsync_dir, write_file_durable
+from ckptlab.core.durable import fsync_dir
 from ckptlab.core.errors import CheckpointWriteError
 from ckptlab.core.layout import committed_step_dirs, step_dir_name
 from ckptlab.core.manifest import FORMAT_VERSION, MANIFEST_NAME, encode_manifest
 from ckptlab.core.state import PinnedHostCache, capture, check_loadable
+from ckptlab.profiling.phases import phase
 
 PAYLOAD_NAME = "state.pt"
+
+
+def _write_file_durable(path: str, data: bytes | memoryview, step: int) -> None:
+    """``ckptlab.core.durable.write_file_durable`` (the same system calls: create, write, fsync,
+    close), with the write and the fsync timed as separate phases."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        nbytes = view.nbytes
+        with phase("file_write", step=step, nbytes=nbytes):
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        with phase("file_fsync", step=step, nbytes=nbytes):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class TorchSaveCheckpointer(CheckpointerBase):
@@ -41,39 +59,46 @@ class TorchSaveCheckpointer(CheckpointerBase):
         self._check_open()
         self._check_step(step)
         t0 = now()
-        captured = capture(state, self._host_cache)
+        # Python phases (docs/TRACE.md): capture, serialize, digest, file_write/file_fsync per
+        # file, dir_commit, retain; all on the caller's thread, inside the loop's `save`.
+        with phase("capture", step=step):
+            captured = capture(state, self._host_cache)
         check_loadable(captured.skeleton, self.config.allow_pickle)
         buf = io.BytesIO()
-        torch.save({"skeleton": captured.skeleton, "tensors": [t.tensor for t in captured.tensors]}, buf)
+        with phase("serialize", step=step, nbytes=captured.total_bytes):
+            torch.save({"skeleton": captured.skeleton, "tensors": [t.tensor for t in captured.tensors]}, buf)
         payload = buf.getbuffer()
         chunk = self.config.chunk_bytes
-        chunks = [[0, off, min(chunk, len(payload) - off), _engine.crc32c(payload[off:off + chunk])]
-                  for off in range(0, len(payload), chunk)]
-        manifest = encode_manifest({
-            "format": "ckptlab", "format_version": FORMAT_VERSION, "writer": "torchsave", "step": step,
-            "checksum": "crc32c", "io_mode": "buffered", "chunk_bytes": chunk, "total_bytes": len(payload),
-            "stream_bytes": len(payload), "files": [{"name": PAYLOAD_NAME, "nbytes": len(payload)}],
-            "chunks": chunks, "meta": {"payload": "torch.save", "torch": torch.__version__},
-        })
+        with phase("digest", step=step, nbytes=len(payload)):
+            chunks = [[0, off, min(chunk, len(payload) - off), _engine.crc32c(payload[off:off + chunk])]
+                      for off in range(0, len(payload), chunk)]
+            manifest = encode_manifest({
+                "format": "ckptlab", "format_version": FORMAT_VERSION, "writer": "torchsave", "step": step,
+                "checksum": "crc32c", "io_mode": "buffered", "chunk_bytes": chunk, "total_bytes": len(payload),
+                "stream_bytes": len(payload), "files": [{"name": PAYLOAD_NAME, "nbytes": len(payload)}],
+                "chunks": chunks, "meta": {"payload": "torch.save", "torch": torch.__version__},
+            })
         final = os.path.join(self.directory, step_dir_name(step))
         tmp = os.path.join(self.directory, f".{step_dir_name(step)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             os.mkdir(tmp)
-            write_file_durable(os.path.join(tmp, PAYLOAD_NAME), payload)
-            write_file_durable(os.path.join(tmp, MANIFEST_NAME), manifest)
-            fsync_dir(tmp)
-            if os.path.exists(final):
-                old = final + f".replaced-{uuid.uuid4().hex[:8]}"
-                os.replace(final, os.path.join(self.directory, "." + os.path.basename(old)))
-            os.replace(tmp, final)
-            fsync_dir(self.directory)
+            _write_file_durable(os.path.join(tmp, PAYLOAD_NAME), payload, step)
+            _write_file_durable(os.path.join(tmp, MANIFEST_NAME), manifest, step)
+            with phase("dir_commit", step=step, nbytes=len(payload)):
+                fsync_dir(tmp)
+                if os.path.exists(final):
+                    old = final + f".replaced-{uuid.uuid4().hex[:8]}"
+                    os.replace(final, os.path.join(self.directory, "." + os.path.basename(old)))
+                os.replace(tmp, final)
+                fsync_dir(self.directory)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise CheckpointWriteError(e.errno or 5, f"torchsave of step {step} failed: {e.strerror or e}",
                                        e.filename or tmp, step=step) from e
         finally:
             del payload
-        self._retain(step)
+        with phase("retain", step=step):
+            self._retain(step)
         self._record_stall(now() - t0)
 
     def _retain(self, step: int) -> None:

@@ -38,7 +38,8 @@ ENGINE_PHASES: tuple[str, ...] = (
 # the next free id on first use.
 PYTHON_PHASES: tuple[str, ...] = (
     "forward", "backward", "optimizer", "train_step", "save", "wait", "load", "capture", "submit",
-    "restore", "data", "snapshot_enqueue", "snapshot_barrier",
+    "restore", "data", "snapshot_enqueue", "snapshot_barrier", "serialize", "digest", "file_write",
+    "file_fsync", "dir_commit", "retain", "dcp_save", "dcp_async_save",
 )
 
 _COLORS = {  # ARGB; engine phases use their own colours in C++

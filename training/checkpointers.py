@@ -35,6 +35,14 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+try:  # NVTX range + timing record per stage (docs/TRACE.md); free when nothing records
+    from ckptlab.profiling.phases import phase as _phase
+except ImportError:  # profiling unavailable: stages cost nothing
+    import contextlib
+
+    def _phase(name: str, **kwargs: Any) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
 __all__ = ["KINDS", "CheckpointerOptions", "Checkpointer", "CheckpointInfo",
            "CheckpointError", "NoCheckpointError", "CheckpointMismatchError",
            "CheckpointerUnavailable", "open_training_checkpointer", "open_dcp_checkpointer",
@@ -175,13 +183,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def _write_durably(path: Path, data: bytes, step: int = -1) -> None:
     """Temp file, fsync, rename (the caller fsyncs the directory)."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        with _phase("file_write", step=step, nbytes=len(data)):
+            f.write(data)
+            f.flush()
+        with _phase("file_fsync", step=step, nbytes=len(data)):
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -244,11 +254,16 @@ class DcpCheckpointer:
         self._check_open()
         self._raise_error()
         t0 = time.perf_counter()
+        # Python phases (docs/TRACE.md) on the caller's thread: wait (dcp-async back-pressure),
+        # capture, serialize, then dcp_save and _commit's phases (dcp) or dcp_async_save
+        # (dcp-async: _commit's phases then run where DCP completes the write).
         if self.async_save:
             self._wait_for_slot()
-        tensors, side = _split_state(state)
+        with _phase("capture", step=step):
+            tensors, side = _split_state(state)
         buf = io.BytesIO()
-        torch.save(side, buf)
+        with _phase("serialize", step=step):
+            torch.save(side, buf)
         partial = self.dir / f".step_{step:012d}.partial"
         shutil.rmtree(partial, ignore_errors=True)  # left over from a crashed attempt
         partial.mkdir()
@@ -259,16 +274,18 @@ class DcpCheckpointer:
         extra = _kwargs_supported(self._dcp.save, no_dist=self._no_dist)
         if not self.async_save:
             try:
-                self._dcp.save(tensors, storage_writer=writer, checkpoint_id=str(partial),
-                               **extra)
+                with _phase("dcp_save", step=step):
+                    self._dcp.save(tensors, storage_writer=writer, checkpoint_id=str(partial),
+                                   **extra)
                 self._commit(pending, buf.getvalue())
             except Exception as exc:
                 shutil.rmtree(partial, ignore_errors=True)
                 raise CheckpointError(f"DCP checkpoint of step {step} in {partial} failed: "
                                       f"{exc!r}; the previous checkpoint is kept") from exc
         else:
-            result = self._dcp.async_save(tensors, storage_writer=writer,
-                                          checkpoint_id=str(partial), **extra)
+            with _phase("dcp_async_save", step=step):
+                result = self._dcp.async_save(tensors, storage_writer=writer,
+                                              checkpoint_id=str(partial), **extra)
             future: Future = getattr(result, "upload_completion", result)
             with self._lock:
                 self._pending.append(pending)
@@ -291,20 +308,25 @@ class DcpCheckpointer:
             pending.done.set()
 
     def _commit(self, pending: _Pending, side: bytes) -> None:
-        _write_durably(pending.partial / _SIDE_FILE, side)
-        _fsync_dir(pending.partial)
-        final = self.dir / f"step_{pending.step:012d}"
-        trash = None
-        if final.exists():  # same step saved again: move the old one aside, never delete first
-            trash = self.dir / f".step_{pending.step:012d}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(final, trash)
-        os.rename(pending.partial, final)
-        _fsync_dir(self.dir)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-        with self._lock:
-            self._durable_s[pending.step] = time.perf_counter() - pending.t_issue
-            self._retain()
+        """Side file, then the partial directory made durable and renamed into place. Runs in
+        save() (dcp) or on DCP's completion thread (dcp-async); its phases run there too."""
+        step = pending.step
+        _write_durably(pending.partial / _SIDE_FILE, side, step)
+        with _phase("dir_commit", step=step):
+            _fsync_dir(pending.partial)
+            final = self.dir / f"step_{step:012d}"
+            trash = None
+            if final.exists():  # same step saved again: move the old one aside, never delete first
+                trash = self.dir / f".step_{step:012d}.old-{uuid.uuid4().hex[:8]}"
+                os.rename(final, trash)
+            os.rename(pending.partial, final)
+            _fsync_dir(self.dir)
+        with _phase("retain", step=step):
+            if trash is not None:
+                shutil.rmtree(trash, ignore_errors=True)
+            with self._lock:
+                self._durable_s[step] = time.perf_counter() - pending.t_issue
+                self._retain()
 
     def _retain(self) -> None:
         """Delete all but the newest ``keep_last`` committed checkpoints (caller holds the lock)."""
@@ -321,7 +343,8 @@ class DcpCheckpointer:
                 if len(self._pending) < self.max_inflight:
                     return
                 oldest = self._pending[0]
-            oldest.done.wait()
+            with _phase("wait", step=oldest.step):  # the step of the checkpoint waited for
+                oldest.done.wait()
 
     def wait(self) -> None:
         """Block until every issued checkpoint is durable; raise the first failure."""
