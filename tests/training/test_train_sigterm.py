@@ -47,3 +47,33 @@ def test_sigterm_final_checkpoint_then_bit_exact_resume(tmp_path: Path, kind: st
     assert resumed.returncode == -9
     assert f"resumed from step {stopped}" in resumed.stderr
     assert loss_lines(loss) == loss_lines(reference)
+
+
+def _sigterm_after(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, str, str, int]:
+    loss = tmp_path / "loss.txt"
+    proc = subprocess.Popen([*TRAIN, "--training-steps", str(STEPS), "--loss-file", str(loss), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _lines(loss) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    return proc, out, err, _lines(loss)
+
+
+def test_a_synchronous_final_checkpoint_over_budget_exits_1(tmp_path: Path) -> None:
+    """torch.save cannot be cut short: the checkpoint ends durable, but late, and the exit code says so."""
+    ckpt = tmp_path / "ckpt"
+    proc, _, err, stopped = _sigterm_after(tmp_path, "--checkpointer", "torchsave", "--ckpt-dir", str(ckpt),
+                                           "--checkpoint-freq", "1000", "--sigterm-budget", "0.000001")
+    assert proc.returncode == 1, err
+    assert f"final checkpoint of step {stopped} is durable, but only" in err and "over the 1e-06 s budget" in err
+    from ckptlab.core import list_checkpoints
+
+    assert list_checkpoints(ckpt)[-1].step == stopped
+
+
+def test_sigterm_without_checkpoints_just_exits(tmp_path: Path) -> None:
+    proc, _, err, _ = _sigterm_after(tmp_path, "--checkpointer", "none")
+    assert proc.returncode == 0, err
+    assert "--checkpointer none keeps no checkpoints; exiting" in err and "final checkpoint of step" not in err
