@@ -9,6 +9,8 @@ import os
 import uuid
 from collections.abc import Callable
 
+from ckptlab.profiling.phases import phase
+
 
 def fsync_dir(path: str | os.PathLike) -> None:
     fd = os.open(os.fspath(path), os.O_RDONLY | os.O_DIRECTORY)
@@ -37,15 +39,19 @@ def makedirs_durable(path: str | os.PathLike) -> None:
         fsync_dir(os.path.dirname(d))
 
 
-def write_file_durable(path: str, data: bytes | memoryview) -> None:
-    """Write a new file, fsync it. The caller fsyncs the directory (once, for many files)."""
+def write_file_durable(path: str, data: bytes | memoryview, *, step: int = -1) -> None:
+    """Write a new file, fsync it. The caller fsyncs the directory (once, for many files).
+    The write and the fsync are the ``file_write`` / ``file_fsync`` trace phases of ``step``."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
+        nbytes = view.nbytes
+        with phase("file_write", step=step, nbytes=nbytes):
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        with phase("file_fsync", step=step, nbytes=nbytes):
+            os.fsync(fd)
     finally:
         os.close(fd)
 

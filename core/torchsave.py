@@ -16,7 +16,7 @@ import torch
 from ckptlab import _engine
 from ckptlab.core.base import CheckpointerBase, now
 from ckptlab.core.config import CheckpointConfig
-from ckptlab.core.durable import fsync_dir
+from ckptlab.core.durable import fsync_dir, write_file_durable
 from ckptlab.core.errors import CheckpointWriteError
 from ckptlab.core.layout import committed_step_dirs, step_dir_name
 from ckptlab.core.manifest import FORMAT_VERSION, MANIFEST_NAME, encode_manifest
@@ -24,23 +24,6 @@ from ckptlab.core.state import PinnedHostCache, capture, check_loadable
 from ckptlab.profiling.phases import phase
 
 PAYLOAD_NAME = "state.pt"
-
-
-def _write_file_durable(path: str, data: bytes | memoryview, step: int) -> None:
-    """``ckptlab.core.durable.write_file_durable`` (the same system calls: create, write, fsync,
-    close), with the write and the fsync timed as separate phases."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        nbytes = view.nbytes
-        with phase("file_write", step=step, nbytes=nbytes):
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-        with phase("file_fsync", step=step, nbytes=nbytes):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class TorchSaveCheckpointer(CheckpointerBase):
@@ -82,8 +65,8 @@ class TorchSaveCheckpointer(CheckpointerBase):
         tmp = os.path.join(self.directory, f".{step_dir_name(step)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             os.mkdir(tmp)
-            _write_file_durable(os.path.join(tmp, PAYLOAD_NAME), payload, step)
-            _write_file_durable(os.path.join(tmp, MANIFEST_NAME), manifest, step)
+            write_file_durable(os.path.join(tmp, PAYLOAD_NAME), payload, step=step)
+            write_file_durable(os.path.join(tmp, MANIFEST_NAME), manifest, step=step)
             with phase("dir_commit", step=step, nbytes=len(payload)):
                 fsync_dir(tmp)
                 if os.path.exists(final):
