@@ -373,8 +373,6 @@ def summarise(runs: list[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
 
 def plot_experiment(runs: list[dict[str, Any]], out: str, title: str | None = None) -> None:
     """Box plots with the runs over them, one box per cell, written atomically to ``out``."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -382,7 +380,7 @@ def plot_experiment(runs: list[dict[str, Any]], out: str, title: str | None = No
     import pandas as pd
     import seaborn as sns
 
-    from ckptlab.core.durable import atomic_write_bytes
+    from ckptlab.profiling.tables import write_png
 
     df = pd.DataFrame(runs)
     order = [p for p in PLACEMENTS if p in set(df.placement)]
@@ -408,8 +406,4 @@ def plot_experiment(runs: list[dict[str, Any]], out: str, title: str | None = No
         ax.set_ylabel("")
         ax.legend(title="writers", fontsize=7, title_fontsize=7)
     fig.suptitle(title or "ckptlab writer-thread placement", fontsize=11)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(out, buf.getvalue())
+    write_png(fig, out, dpi=110)

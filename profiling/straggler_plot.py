@@ -14,14 +14,13 @@ The last two need the scheduler counters (trace schema version 2); older traces 
 """
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
 import pyarrow as pa
 
 from ckptlab.profiling.stragglers import TIME_PARTS, thread_totals, writer_stragglers
-from ckptlab.profiling.tables import column, track_sort_key
+from ckptlab.profiling.tables import column, track_sort_key, write_png
 
 
 def plot_writer_report(table: pa.Table, out: str | os.PathLike, title: str | None = None) -> int:
@@ -33,8 +32,6 @@ def plot_writer_report(table: pa.Table, out: str | os.PathLike, title: str | Non
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
-
-    from ckptlab.core.durable import atomic_write_bytes
 
     checkpoints, threads = writer_stragglers(table)
     if not checkpoints:
@@ -90,11 +87,7 @@ def plot_writer_report(table: pa.Table, out: str | os.PathLike, title: str | Non
     _time_parts_panels(axes[2, 0], axes[2, 1], checkpoints, totals)
 
     fig.suptitle(title or "ckptlab writer threads", fontsize=11)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(out, buf.getvalue())
+    write_png(fig, out, dpi=110)
     return len(checkpoints)
 
 

@@ -1,4 +1,4 @@
-"""Small helpers shared by the readers of trace tables (Chrome export, timeline plot)."""
+"""Small helpers shared by the readers of trace tables (Chrome export, timeline plot, figures)."""
 from __future__ import annotations
 
 import re
@@ -29,3 +29,19 @@ def track_sort_key(thread_name: str) -> tuple[int, str]:
 
 def _natural(name: str) -> str:
     return re.sub(r"\d+", lambda m: m.group().zfill(8), name)
+
+
+def write_png(fig, out, dpi: int) -> None:
+    """Lay out ``fig``, render it as PNG and write ``out`` atomically (a reader never sees half
+    a figure); the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from ckptlab.core.durable import atomic_write_bytes
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(out, buf.getvalue())

@@ -8,14 +8,13 @@ lanes below their parent, as in a flame chart; past ``MAX_LANES`` lanes they sha
 """
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from ckptlab.profiling.tables import column, track_sort_key
+from ckptlab.profiling.tables import column, track_sort_key, write_png
 
 MAX_LANES = 4          # deeper nesting is drawn in the last lane
 MIN_BAR_FRACTION = 1 / 1500  # of the window: shorter records are widened to stay visible
@@ -86,7 +85,6 @@ def plot_timeline(table: pa.Table, out: str | os.PathLike, *, window_ns: tuple[i
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    from ckptlab.core.durable import atomic_write_bytes
     from ckptlab.profiling.phases import phase_code
 
     if window_ns is not None and step is not None:
@@ -161,9 +159,5 @@ def plot_timeline(table: pa.Table, out: str | os.PathLike, *, window_ns: tuple[i
     ax.set_title(title or "ckptlab trace", fontsize=10)
     handles = [Patch(color=colors[p], label=p) for p in drawn]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    plt.close(fig)
-    atomic_write_bytes(out, buf.getvalue())
+    write_png(fig, out, dpi=130)
     return Timeline(os.fspath(out), lo, hi, int(keep.sum()), [names[t] for t in order], drawn)
