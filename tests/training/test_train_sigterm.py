@@ -19,23 +19,31 @@ def _lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+def _sigterm_after(tmp_path: Path, *args: str, lines: int = 3) -> tuple[subprocess.Popen, str, str, int]:
+    """Start a run writing tmp_path/loss.txt, SIGTERM it once it has `lines` losses; returns
+    (process, stdout, stderr, losses written)."""
+    loss = tmp_path / "loss.txt"
+    proc = subprocess.Popen([*TRAIN, "--training-steps", str(STEPS), "--loss-file", str(loss), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _lines(loss) < lines and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    return proc, out, err, _lines(loss)
+
+
 @pytest.mark.parametrize("kind", ["dcp", "pccheck"])
 def test_sigterm_final_checkpoint_then_bit_exact_resume(tmp_path: Path, kind: str) -> None:
     skip_without_core(kind)
     loss, ckpt = tmp_path / "loss.txt", tmp_path / "ckpt"
     common = ["--checkpointer", kind, "--training-steps", str(STEPS), "--ckpt-dir", str(ckpt),
               "--loss-file", str(loss)]
-    proc = subprocess.Popen([*TRAIN, *common, "--checkpoint-freq", "1000",
-                             "--summary-json", str(tmp_path / "s.json")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while _lines(loss) < 5 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    proc, out, err, stopped = _sigterm_after(tmp_path, "--checkpointer", kind, "--ckpt-dir", str(ckpt),
+                                             "--checkpoint-freq", "1000", "--summary-json", str(tmp_path / "s.json"),
+                                             lines=5)
     assert proc.returncode == 0, err
     assert "final checkpoint" in err and "SIGTERM" in out
-    stopped = _lines(loss)
     assert stopped >= 5
 
     # Reference and resumed run both stop (SIGKILL) three steps later; compare the files.
@@ -47,18 +55,6 @@ def test_sigterm_final_checkpoint_then_bit_exact_resume(tmp_path: Path, kind: st
     assert resumed.returncode == -9
     assert f"resumed from step {stopped}" in resumed.stderr
     assert loss_lines(loss) == loss_lines(reference)
-
-
-def _sigterm_after(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, str, str, int]:
-    loss = tmp_path / "loss.txt"
-    proc = subprocess.Popen([*TRAIN, "--training-steps", str(STEPS), "--loss-file", str(loss), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while _lines(loss) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    return proc, out, err, _lines(loss)
 
 
 def test_a_synchronous_final_checkpoint_over_budget_exits_1(tmp_path: Path) -> None:
