@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ckptlab.training.lossfile import compare_loss_files, read_loss_file
+from ckptlab.training.presets import get_preset
 
 __all__ = ["ValidationPlan", "ValidationReport", "run_validation", "main"]
 
@@ -58,6 +59,10 @@ class ValidationPlan:
             raise ValueError(f"--kill-after must be in 1..{self.steps - 1}, got {self.kill_after}")
         if self.checkpointer == "none":
             raise ValueError("--checkpointer none cannot resume; pick a real checkpointer")
+        try:
+            get_preset(self.preset)
+        except KeyError as exc:  # before any run starts, naming the known presets
+            raise ValueError(f"--preset: {exc.args[0]}") from None
         if self.kill_during_write:
             if self.checkpointer != "pccheck":
                 raise ValueError("--kill-during-write uses the engine's fault points: "

@@ -54,7 +54,7 @@ def test_validation_with_dcp_and_its_teeth(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", [dict(kill_after=150), dict(checkpointer="none"),
                                  dict(kill_during_write=True, checkpointer="dcp"),
-                                 dict(kill_during_write=True, kill_after=55)])
+                                 dict(kill_during_write=True, kill_after=55), dict(preset="bogus")])
 def test_bad_plans_are_refused(tmp_path: Path, bad: dict) -> None:
     kwargs = dict(checkpointer="pccheck", out=tmp_path) | bad
     with pytest.raises(ValueError):
