@@ -401,7 +401,8 @@ class DcpCheckpointer:
         for step in sorted(self._committed_steps(), reverse=True):
             path = self.dir / f"step_{step:012d}"
             try:
-                return step, self._load_from(path, state)
+                with _phase("load", step=step):  # as core's load: one checkpoint read and restored
+                    return step, self._load_from(path, state)
             except CheckpointMismatchError:
                 raise
             except Exception as exc:  # corrupt or unreadable: fall back, loudly

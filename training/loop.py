@@ -201,7 +201,7 @@ def _resume(cfg: TrainConfig, ck: Any, state: dict[str, Any]) -> int | None:
         _refuse_unreadable_steps(cfg, "")
         return None
     try:
-        step, loaded = ck.load(state=state)
+        step, loaded = ck.load(state=state)  # the checkpointer records its own `load` phase
     except NoCheckpointError as exc:
         if cfg.allow_fresh_start:
             _refuse_unreadable_steps(cfg, f" ({exc})")
@@ -311,8 +311,7 @@ def _run(cfg: TrainConfig, ck: Any, state: dict[str, Any], device: torch.device,
          result: TrainResult, trace: Any) -> None:
     from tqdm import tqdm
 
-    with _phase("load"):
-        resumed = _resume(cfg, ck, state)
+    resumed = _resume(cfg, ck, state)
     start = resumed or 0
     result.resumed_from, result.first_step, result.last_step = resumed, start + 1, start
     if resumed is not None:

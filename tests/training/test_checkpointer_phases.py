@@ -175,3 +175,26 @@ def test_dcp_async_back_pressure_is_a_wait_inside_save(tmp_path: Path, monkeypat
     # the wait comes first in save(2): before its capture
     capture2 = next(r for r in rows if r["phase"] == "capture" and r["step"] == 2)
     assert waits[0]["t_end_ns"] <= capture2["t_begin_ns"]
+
+
+@pytest.mark.parametrize("kind", ["pccheck", "torchsave", "dcp"])
+def test_only_a_resumed_run_records_a_load(tmp_path, kind: str) -> None:
+    """`load` is the checkpointer's reading of one checkpoint: none in a fresh run, one with the
+    checkpoint's step in a resumed run."""
+    from training_helpers import train
+
+    from ckptlab.profiling import read_trace
+
+    ck = tmp_path / "ck"
+    common = ["--checkpointer", kind, "--training-steps", "4", "--checkpoint-freq", "2", "--ckpt-dir", ck]
+    fresh = train(*common, "--trace", tmp_path / "fresh.arrow")
+    assert fresh.returncode == 0, fresh.stderr
+    resumed = train(*common[:3], "6", *common[4:], "--load-checkpoint", "--trace", tmp_path / "resumed.arrow")
+    assert resumed.returncode == 0, resumed.stderr
+
+    def loads(name: str) -> list[int]:
+        df = read_trace(tmp_path / name).to_pandas()
+        return df[df.phase.astype(str) == "load"].step.tolist()
+
+    assert loads("fresh.arrow") == []
+    assert loads("resumed.arrow") == [4]
