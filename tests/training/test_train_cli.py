@@ -25,6 +25,7 @@ def _exit_code_and_stderr(argv: list[str], capsys: pytest.CaptureFixture[str]) -
     (["--training-steps", "-5"], "must be >= 0, got -5"),
     (["--checkpoint-freq", "-1"], "must be >= 0"),
     (["--batch-size", "0"], "must be >= 1"),
+    (["--fail-at-step", "-1"], "must be >= 1, got -1"),
     (["--checkpointer", "s3"], "invalid choice"),
     (["--model-dtype", "fp8"], "invalid choice"),
     (["--training-steps", "4", "--fail-at-step", "9"], "would never fire"),
