@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from ckptlab.core.config import available_cpus
+from ckptlab.core.config import available_cpus, check_cpus_available
 from ckptlab.profiling.metadata import cpu_list_string
 
 PLACEMENTS = ("unpinned", "compact", "spread", "disjoint")
@@ -127,11 +127,9 @@ class ExperimentSpec:
             raise ValueError(f"unknown placement(s) {unknown} (known: {', '.join(PLACEMENTS)})")
         if self.io_mode not in ("auto", "direct", "buffered"):
             raise ValueError(f"io-mode must be auto, direct or buffered, got {self.io_mode!r}")
-        allowed = available_cpus()
-        refused = set(self.cpus) - allowed
-        if refused or not self.cpus:
-            raise ValueError(f"CPUs {cpu_list_string(refused) or '(none)'} not available to this process "
-                             f"(it may use {cpu_list_string(allowed)})")
+        if not self.cpus:
+            raise ValueError("cpus: no CPUs given")
+        check_cpus_available(self.cpus, "cpus")
 
 
 def plan(spec: ExperimentSpec) -> tuple[list[Cell], list[dict[str, Any]]]:

@@ -81,7 +81,7 @@ def test_bad_flags_are_refused_before_anything_runs(tmp_path, capsys):
     assert "repeats must be >= 1" in capsys.readouterr().err
     bad = max(os.sched_getaffinity(0)) + 1
     assert main(base + ["--cpus", str(bad)]) == 2
-    assert f"CPUs {bad} not available" in capsys.readouterr().err
+    assert f"cpus: CPU {bad} not available to this process" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(base + ["--threads", "0,2"])
     assert "integers >= 1" in capsys.readouterr().err
