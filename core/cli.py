@@ -1,25 +1,27 @@
-"""The `ckptlab` console script. Subcommands live next to what they drive; this module
-only dispatches (inspect is here because it is core's)."""
+"""The ``ckptlab`` console script: a dispatcher that names no other part.
+
+``inspect`` is core's own. Every other subcommand is registered by the part that owns it,
+through an entry point in the group ``ckptlab.commands`` (``pyproject.toml``): the entry
+point's name is the subcommand, its object a function ``register(subparsers)`` that adds it
+and sets ``func(args) -> int`` on the parsed arguments. A subcommand whose module fails to
+import stays listed as unavailable, and running it is an error that names the entry point
+and the import error (a missing optional package says what to install); it never silently
+disappears.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import EntryPoint, entry_points
 
-from ckptlab.core.recovery import list_checkpoints
-
-# (module, function) pairs that add subcommands to the subparsers object; each subcommand
-# sets `func(args) -> int`. Imported lazily so a missing optional part (e.g. pyarrow for
-# tracing) only removes its own subcommand.
-_EXTENSIONS: tuple[tuple[str, str], ...] = (
-    ("ckptlab.training.cli", "add_train_subcommand"),
-    ("ckptlab.faults.cli", "add_parser"),
-    ("ckptlab.profiling.cli", "add_parsers"),
-)
+COMMANDS_GROUP = "ckptlab.commands"
+Register = Callable[[argparse._SubParsersAction], object]
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -28,7 +30,7 @@ def _human(n: int) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    import os
+    from ckptlab.core.recovery import list_checkpoints
 
     if not os.path.isdir(args.dir):
         print(f"ckptlab inspect: {args.dir} is not a directory", file=sys.stderr)
@@ -52,29 +54,60 @@ def _inspect(args: argparse.Namespace) -> int:
     return 1 if any(i.status == "corrupt" for i in infos) else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ckptlab", description="Persistent concurrent checkpointing for PyTorch")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="list committed checkpoints with step, size and status")
     p.add_argument("dir", help="checkpoint directory")
     p.add_argument("--verify", action="store_true", help="read every chunk and check its CRC32C")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--threads", type=int, default=4, help="parallel readers for --verify (default 4)")
     p.set_defaults(func=_inspect)
-    for module, fn in _EXTENSIONS:
+
+
+def command_entry_points() -> list[EntryPoint]:
+    """The installed ``ckptlab.commands`` entry points, by name."""
+    return sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name)
+
+
+def _import_problem(ep: EntryPoint, exc: BaseException) -> str:
+    what = f"the '{ep.name}' command ({ep.value}) cannot be loaded: {type(exc).__name__}: {exc}"
+    missing = getattr(exc, "name", None)
+    if isinstance(exc, ModuleNotFoundError) and missing and not missing.startswith("ckptlab"):
+        what += f"; install the package {missing.split('.')[0]!r} (see the extras in pyproject.toml)"
+    return what
+
+
+def build_parser(plugins: Sequence[EntryPoint] | None = None) -> tuple[argparse.ArgumentParser, dict[str, str]]:
+    """The parser with every command; also {name: problem} of the commands that failed to load."""
+    parser = argparse.ArgumentParser(prog="ckptlab", description="Persistent concurrent checkpointing for PyTorch")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_inspect(sub)
+    broken: dict[str, str] = {}
+    for ep in command_entry_points() if plugins is None else plugins:
+        if ep.name in sub.choices:
+            raise RuntimeError(f"entry point {ep.name} = {ep.value} in {COMMANDS_GROUP}: "
+                               f"the command {ep.name!r} is registered twice")
         try:
-            mod = __import__(module, fromlist=[fn])
-        except ImportError:
-            continue
-        register = getattr(mod, fn, None)
-        if register is not None:
+            register: Register = ep.load()
             register(sub)
-    return parser
+        except Exception as exc:  # noqa: BLE001 - reported as the command's error, below
+            if ep.name in sub.choices:
+                raise  # it registered and then failed: a bug to see in full
+            broken[ep.name] = _import_problem(ep, exc)
+            sub.add_parser(ep.name, help=f"[unavailable: {type(exc).__name__}]", add_help=False)
+            continue
+        if ep.name not in sub.choices:
+            raise RuntimeError(f"entry point {ep.name} = {ep.value} in {COMMANDS_GROUP} did not "
+                               f"register a command named {ep.name!r}")
+    return parser, broken
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, broken = build_parser()
+    if argv and argv[0] in broken:
+        print(f"ckptlab: {broken[argv[0]]}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -1,4 +1,4 @@
-"""``ckptlab campaign``: registered on the ckptlab console script by core/cli.py.
+"""``ckptlab campaign``: registered on the ckptlab console script (entry point ``campaign``).
 
     add_parser(subparsers)  adds the ``campaign`` subcommand (its func is :func:`run`)
     run(args) -> int        runs it from parsed arguments

@@ -8,7 +8,8 @@
     ckptlab profile py-spy [-o FILE] [--rate HZ] [--native] [--idle] [--dry-run] -- CMD ...
     ckptlab profile affinity --dir DIR --out OUT [--threads 1,2,4] [--placements ...] [--repeats N] ...
 
-``add_parsers(subparsers)`` registers them on the ``ckptlab`` console script (core/cli.py);
+``add_trace_parser`` / ``add_profile_parser`` register them on the ``ckptlab`` console script
+(entry points ``trace`` and ``profile``, pyproject.toml);
 each leaf sets ``func`` to a function of the parsed args returning the exit code, and
 ``run(args)`` dispatches to it.
 """
@@ -340,7 +341,13 @@ def _print_affinity_summary(summary: dict, out_dir: str) -> None:
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``trace`` and ``profile`` on the ``ckptlab`` console script."""
+    """Register ``trace`` and ``profile`` (this module's own ``main``)."""
+    add_trace_parser(subparsers)
+    add_profile_parser(subparsers)
+
+
+def add_trace_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``ckptlab trace ...`` (entry point ``trace`` in the ``ckptlab.commands`` group)."""
     trace = subparsers.add_parser("trace", help="timing-record traces (Arrow): export to Perfetto, summarise, plot, stragglers",
                                   description="Work with trace files written by `--trace FILE` (docs/TRACE.md).")
     tsub = trace.add_subparsers(dest="trace_command", metavar="ACTION")
@@ -376,7 +383,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", default=None, metavar="OUT.png",
                    help="also draw latency ECDFs, work, finish per checkpoint and CPUs per writer thread")
     p.set_defaults(func=_trace_threads)
+    return trace
 
+
+def add_profile_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``ckptlab profile ...`` (entry point ``profile`` in the ``ckptlab.commands`` group)."""
     prof = subparsers.add_parser("profile", help="run a command under nsys or py-spy; the writer-placement experiment",
                                  description="Profile a command (docs/PROFILING.md; put it after `--`), or run "
                                              "the writer-thread affinity experiment.")
@@ -430,6 +441,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the run order, state and bootstrap (default 0)")
     p.add_argument("--dry-run", action="store_true", help="print the cells and exit")
     p.set_defaults(func=_profile_affinity)
+    return prof
 
 
 def run(args: argparse.Namespace) -> int:
