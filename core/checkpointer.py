@@ -1,28 +1,55 @@
-"""The checkpointer protocol every kind implements, and the factory that opens one."""
+"""THE checkpointer protocol every kind implements, the one registry of kinds, and the
+factory that opens one.
+
+Kinds: ``pccheck`` (ours: the C++ engine, concurrent and asynchronous), ``torchsave`` (the
+baseline done right: torch.save + fsync + atomic rename), ``dcp`` / ``dcp-async`` (PyTorch
+Distributed Checkpoint, the peer users compare with), ``none`` (checkpointing off).
+"""
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import torch
+from ckptlab.core.config import CheckpointConfig, check_cpus_available
 
-from ckptlab.core.config import CheckpointConfig
-from ckptlab.core.recovery import CheckpointInfo
+if TYPE_CHECKING:
+    import torch
+
+    from ckptlab.core.recovery import CheckpointInfo
 
 
 @runtime_checkable
 class Checkpointer(Protocol):
-    """save() returns once the state is captured (training may mutate it right after);
-    durability is acknowledged asynchronously; wait() blocks until everything issued is
-    durable and raises the first failure; load() restores the newest valid checkpoint."""
+    """One checkpointer over one directory. The calls, in the order a training loop makes them:
+
+    1. ``open_checkpointer(kind, directory, config)``: takes the directory (one writer at a
+       time) and repairs what a crash left there.
+    2. ``latest()`` / ``load(state)``: resume from the newest valid checkpoint, restoring into
+       the objects of ``state`` in place (or returning tensors); all or nothing.
+    3. ``guard(*optimizers)``: run ``barrier()`` before each ``optimizer.step()`` (needed only
+       where save() defers its snapshot, harmless elsewhere).
+    4. ``save(step, state)`` per checkpoint, steps increasing: returns once the state is
+       captured; training may change it after ``barrier()`` (which ``guard`` calls).
+    5. ``wait(timeout=None)``: True once everything issued is durable, False if the timeout
+       ran out first; raises the first failure (``CheckpointWriteError`` with errno and path;
+       the previous checkpoint is kept). ``save()`` raises it too.
+    6. ``stats()`` at any time; ``close()`` last: waits, releases the directory, raises a
+       pending failure. Also a context manager.
+    """
 
     kind: str
     directory: str
 
     def save(self, step: int, state: Mapping[str, Any]) -> None: ...
 
-    def wait(self) -> None: ...
+    def barrier(self) -> None: ...
+
+    def guard(self, *optimizers: torch.optim.Optimizer) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
 
     def latest(self) -> CheckpointInfo | None: ...
 
@@ -37,25 +64,53 @@ class Checkpointer(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> Checkpointer: ...
 
-KINDS = ("pccheck", "torchsave")
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
+
+
+# kind -> (module, class, keyword arguments); imported on first use (torch, DCP are heavy)
+_REGISTRY: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "pccheck": ("ckptlab.core.pccheck", "PCcheckCheckpointer", {}),
+    "torchsave": ("ckptlab.core.torchsave", "TorchSaveCheckpointer", {}),
+    "dcp": ("ckptlab.core.dcp", "DcpCheckpointer", {"async_save": False}),
+    "dcp-async": ("ckptlab.core.dcp", "DcpCheckpointer", {"async_save": True}),
+    "none": ("ckptlab.core.null", "NullCheckpointer", {}),
+}
+KINDS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def _class_of(kind: str) -> tuple[type, dict[str, Any]]:
+    try:
+        module, name, kwargs = _REGISTRY[kind]
+    except KeyError:
+        raise ValueError(f"unknown checkpointer kind {kind!r} (known: {', '.join(KINDS)})") from None
+    return getattr(importlib.import_module(module), name), kwargs
+
+
+def check_config(kind: str, config: CheckpointConfig) -> None:
+    """Raise ValueError, naming the CheckpointConfig field, for a setting ``kind`` cannot
+    honour here: a snapshot mode or writer CPUs for a kind without an engine, writer CPUs this
+    process may not use. Every kind checks its config with this when it opens, and a training
+    CLI calls it to refuse bad flags before it builds a model."""
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown checkpointer kind {kind!r} (known: {', '.join(KINDS)})")
+    if kind == "pccheck":
+        check_cpus_available(config.writer_cpus, "CheckpointConfig.writer_cpus")
+    if kind in ("pccheck", "none"):
+        return
+    if config.snapshot != "sync":
+        raise ValueError(f"CheckpointConfig.snapshot={config.snapshot!r} is a pccheck mode; "
+                         f"{kind} saves synchronously (use snapshot='sync')")
+    if config.writer_cpus:
+        raise ValueError(f"CheckpointConfig.writer_cpus places the pccheck engine's writer threads; {kind} has none")
 
 
 def open_checkpointer(kind: str, directory: str | os.PathLike, config: CheckpointConfig | None = None) -> Checkpointer:
-    """Open a checkpointer of `kind` ("pccheck" or "torchsave") writing into `directory`."""
+    """Open a checkpointer of ``kind`` (one of KINDS) writing into ``directory``."""
     config = config or CheckpointConfig()
-    if kind == "pccheck":
-        from ckptlab.core.pccheck import PCcheckCheckpointer
-
-        return PCcheckCheckpointer(directory, config)
-    if kind == "torchsave":
-        from ckptlab.core.torchsave import TorchSaveCheckpointer
-
-        return TorchSaveCheckpointer(directory, config)
-    if kind in ("dcp", "dcp-async"):
-        try:
-            from ckptlab.training.checkpointers import open_dcp_checkpointer
-        except ImportError as e:  # pragma: no cover - depends on the training package
-            raise ValueError(f"checkpointer kind {kind!r} needs ckptlab.training: {e}") from e
-        return open_dcp_checkpointer(kind, directory, config)
-    raise ValueError(f"unknown checkpointer kind {kind!r} (known: pccheck, torchsave, dcp, dcp-async)")
+    if not isinstance(config, CheckpointConfig):
+        raise TypeError(f"config must be a CheckpointConfig, got {type(config).__name__}")
+    cls, kwargs = _class_of(kind)  # each kind checks its config (check_config) as it opens
+    return cls(directory, config, **kwargs)

@@ -21,7 +21,8 @@ import torch
 
 from ckptlab import _engine
 from ckptlab.core.base import CheckpointerBase, now
-from ckptlab.core.config import CheckpointConfig, check_cpus_available
+from ckptlab.core.checkpointer import check_config
+from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.errors import CheckpointError, CheckpointWriteError
 from ckptlab.core.snapshot import Snapshotter
 from ckptlab.core.state import CapturedState, capture, check_loadable, lay_out, lift_tensors
@@ -36,13 +37,13 @@ class PCcheckCheckpointer(CheckpointerBase):
     kind = "pccheck"
 
     def __init__(self, directory: str | os.PathLike, config: CheckpointConfig) -> None:
+        check_config(self.kind, config)
         super().__init__(directory, config)
         self._faults = config.effective_faults()
         try:
             _engine.validate_fault_spec(self._faults)
         except ValueError as e:
             raise ValueError(f"bad fault spec {self._faults!r}: {e}") from None
-        check_cpus_available(config.writer_cpus, "CheckpointConfig.writer_cpus")
         self._engine: _engine.Engine | None = None
         self._snapshots = None
         if config.snapshot != "sync":  # the config guarantees pinned_host_copies for these modes

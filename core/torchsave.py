@@ -1,24 +1,24 @@
-"""The baseline done right: torch.save of the whole state, then fsync, atomic rename and
-directory fsync (research/reliability.md §2.1). Synchronous: save() returns once durable.
-It writes the same directory layout and MANIFEST as pccheck, so recovery, retention,
-`ckptlab inspect` and the fault campaign treat both alike."""
+"""The baseline done right: torch.save of the whole state into a temp directory, fsync, then
+the commit protocol of core/commit.py (directory fsync, atomic rename, parent fsync).
+Synchronous: save() returns once durable. It writes the same directory layout and MANIFEST
+as pccheck, so recovery, retention, `ckptlab inspect` and the fault campaign treat both alike."""
 from __future__ import annotations
 
 import io
 import os
 import shutil
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from ckptlab import _engine
+from ckptlab.core import commit
 from ckptlab.core.base import CheckpointerBase, now
+from ckptlab.core.checkpointer import check_config
 from ckptlab.core.config import CheckpointConfig
-from ckptlab.core.durable import fsync_dir, write_file_durable
+from ckptlab.core.durable import write_file_durable
 from ckptlab.core.errors import CheckpointWriteError
-from ckptlab.core.layout import committed_step_dirs, step_dir_name
 from ckptlab.core.manifest import FORMAT_VERSION, MANIFEST_NAME, encode_manifest
 from ckptlab.core.state import PinnedHostCache, capture, check_loadable
 from ckptlab.profiling.phases import phase
@@ -30,13 +30,10 @@ class TorchSaveCheckpointer(CheckpointerBase):
     kind = "torchsave"
 
     def __init__(self, directory: str | os.PathLike, config: CheckpointConfig) -> None:
-        if config.snapshot != "sync":
-            raise ValueError(f"CheckpointConfig.snapshot={config.snapshot!r} is a pccheck mode; "
-                             f"torchsave saves synchronously (use snapshot='sync')")
+        check_config(self.kind, config)
         super().__init__(directory, config)
-        for name in os.listdir(self.directory):
-            if name.startswith(".step_") and ".tmp-" in name:
-                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        self._lock = commit.DirectoryLock(self.directory)
+        commit.recover(self.directory)
 
     def save(self, step: int, state: Mapping[str, Any]) -> None:
         self._check_open()
@@ -61,48 +58,36 @@ class TorchSaveCheckpointer(CheckpointerBase):
                 "stream_bytes": len(payload), "files": [{"name": PAYLOAD_NAME, "nbytes": len(payload)}],
                 "chunks": chunks, "meta": {"payload": "torch.save", "torch": torch.__version__},
             })
-        final = os.path.join(self.directory, step_dir_name(step))
-        tmp = os.path.join(self.directory, f".{step_dir_name(step)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp = None
         try:
-            os.mkdir(tmp)
+            tmp = commit.make_temp_dir(self.directory, step)
             write_file_durable(os.path.join(tmp, PAYLOAD_NAME), payload, step=step)
             write_file_durable(os.path.join(tmp, MANIFEST_NAME), manifest, step=step)
             with phase("dir_commit", step=step, nbytes=len(payload)):
-                fsync_dir(tmp)
-                if os.path.exists(final):
-                    old = final + f".replaced-{uuid.uuid4().hex[:8]}"
-                    os.replace(final, os.path.join(self.directory, "." + os.path.basename(old)))
-                os.replace(tmp, final)
-                fsync_dir(self.directory)
+                commit.publish(self.directory, step, tmp)
         except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise CheckpointWriteError(e.errno or 5, f"torchsave of step {step} failed: {e.strerror or e}",
-                                       e.filename or tmp, step=step) from e
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointWriteError(e.errno or 5, f"torchsave of step {step} failed: {e.strerror or e}; "
+                                       f"the previous checkpoint is kept", e.filename or self.directory,
+                                       step=step) from e
         finally:
             del payload
         with phase("retain", step=step):
-            self._retain(step)
+            try:
+                commit.retain(self.directory, step, self.config.keep_last)
+            except OSError:
+                pass  # best effort, as in the engine: a failed cleanup never affects the commit
         self._record_stall(now() - t0)
 
-    def _retain(self, step: int) -> None:
-        keep = self.config.keep_last
-        if keep <= 0:
-            return
-        older = [(s, p) for s, p in committed_step_dirs(self.directory) if s < step]
-        doomed = older[: max(0, len(older) - (keep - 1))]
-        for s, path in doomed:
-            trash = os.path.join(self.directory, f".{os.path.basename(path)}.deleting-{uuid.uuid4().hex[:8]}")
-            os.replace(path, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        for name in os.listdir(self.directory):
-            if ".replaced-" in name and name.startswith(".step_"):
-                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-        if doomed:
-            fsync_dir(self.directory)
-
-    def wait(self) -> None:
-        self._check_open()  # save() is synchronous: nothing is ever in flight
+    def wait(self, timeout: float | None = None) -> bool:
+        """Always True: save() is synchronous, so nothing is ever in flight."""
+        self._check_open()
+        return True
 
     def close(self) -> None:
+        if self._closed:
+            return
         self._remove_guards()
         self._closed = True
+        self._lock.release()

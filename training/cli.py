@@ -10,19 +10,22 @@ steps, nothing to resume, a checkpoint of another model shape).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
-from ckptlab.core.config import SNAPSHOT_MODES
-from ckptlab.training.checkpointers import KINDS
+from ckptlab.core.checkpointer import KINDS
+from ckptlab.core.config import SNAPSHOT_MODES, CheckpointConfig
 from ckptlab.training.config import MODEL_DTYPES, TrainConfig
 from ckptlab.training.presets import PRESETS, get_preset
 
 __all__ = ["build_parser", "add_train_arguments", "add_train_subcommand", "run_train", "main",
-           "config_from_args"]
+           "config_from_args", "CHECKPOINT_FLAGS", "checkpoint_config_from_args", "flag_message"]
 
 
 def _int_at_least(text: str, low: int) -> int:
@@ -49,6 +52,61 @@ def _preset(text: str) -> str:
     except KeyError as exc:
         raise argparse.ArgumentTypeError(exc.args[0]) from None
     return text
+
+
+@dataclass(frozen=True)
+class CheckpointFlag:
+    """A command-line flag that sets one ``CheckpointConfig`` field (default: the field's)."""
+
+    flag: str
+    field: str
+    help: str
+    type: Callable[[str], Any] | None = None
+    choices: tuple[str, ...] | None = None
+
+
+# The CheckpointConfig fields `ckptlab train` exposes. A new checkpointer knob is one row here.
+CHECKPOINT_FLAGS = (
+    CheckpointFlag("--max-inflight", "max_inflight", "checkpoints in flight at once before save() waits",
+                   _positive_int),
+    CheckpointFlag("--writer-threads", "writer_threads", "writer threads per checkpoint", _positive_int),
+    CheckpointFlag("--writer-cpus", "writer_cpus", "pccheck: CPUs the writer threads may run on, e.g. 6-7 or "
+                   "2,4-5 (default: wherever the kernel puts them); keep them off the training threads' cores"),
+    CheckpointFlag("--keep-last", "keep_last", "committed checkpoints to keep, 0 keeps all", _non_negative_int),
+    CheckpointFlag("--snapshot", "snapshot", "pccheck: when save() returns — sync (state on the host), deferred "
+                   "(D2H on a side stream overlapping the next forward/backward; the next optimizer.step waits "
+                   "for it), gpu (copy into a GPU snapshot buffer); docs/API.md", choices=SNAPSHOT_MODES),
+)
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CheckpointConfig)}
+
+
+def _add_checkpoint_flags(group: argparse._ArgumentGroup) -> None:
+    for f in CHECKPOINT_FLAGS:
+        default = _DEFAULTS[f.field]
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        group.add_argument(f.flag, dest=f"checkpoint_{f.field}", default=default, type=f.type,
+                           choices=list(f.choices) if f.choices else None,
+                           help=f"{f.help} (default {shown or 'none'})")
+
+
+def checkpoint_config_from_args(args: argparse.Namespace) -> CheckpointConfig:
+    return CheckpointConfig(**{f.field: getattr(args, f"checkpoint_{f.field}") for f in CHECKPOINT_FLAGS})
+
+
+_FIELD = re.compile(r"CheckpointConfig\.(\w+)(?:=('[^']*'|\S+?)(?=[ ;:,]|$))?")
+
+
+def flag_message(message: str) -> str:
+    """A core message about ``CheckpointConfig.<field>[=value]`` said in the flags' words."""
+    flags = {f.field: f.flag for f in CHECKPOINT_FLAGS}
+
+    def say(m: re.Match[str]) -> str:
+        if m.group(1) not in flags:
+            return m.group(0)
+        value = m.group(2)
+        return flags[m.group(1)] + (f" {value.strip(chr(39))}" if value else "")
+
+    return _FIELD.sub(say, message)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser, *,
@@ -87,20 +145,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, *,
     run.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
                      help="CUDA: TF32 tensor cores for fp32 matmuls (default on; the anchors' "
                           "iteration times assume it)")
-    run.add_argument("--max-inflight", type=_positive_int, default=2,
-                     help="checkpoints in flight at once before save() waits (default 2)")
-    run.add_argument("--writer-threads", type=_positive_int, default=4,
-                     help="writer threads per checkpoint (default 4)")
-    run.add_argument("--writer-cpus", default="", metavar="LIST",
-                     help="pccheck: CPUs the writer threads may run on, e.g. 6-7 or 2,4-5 (default: "
-                          "wherever the kernel puts them); keep them off the training threads' cores")
-    run.add_argument("--keep-last", type=_non_negative_int, default=2,
-                     help="committed checkpoints to keep, 0 keeps all (default 2)")
-    run.add_argument("--snapshot", choices=list(SNAPSHOT_MODES), default="sync",
-                     help="pccheck: when save() returns — sync (state on the host), deferred "
-                          "(D2H on a side stream overlapping the next forward/backward; the next "
-                          "optimizer.step waits for it), gpu (copy into a GPU snapshot buffer); "
-                          "default sync, docs/API.md")
+    _add_checkpoint_flags(run)
     run.add_argument("--trace", type=Path, default=None, metavar="FILE",
                      help="record a timing trace to FILE (needs ckptlab.profiling)")
     run.add_argument("--allow-fresh-start", action="store_true",
@@ -162,10 +207,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         batch_size=args.batch_size, loss_file=args.loss_file,
         load_checkpoint=args.load_checkpoint, allow_fresh_start=args.allow_fresh_start,
         ckpt_dir=args.ckpt_dir, device=args.device, threads=args.threads, tf32=args.tf32,
-        max_inflight=args.max_inflight,
-        writer_threads=args.writer_threads, keep_last=args.keep_last, snapshot=args.snapshot,
-        writer_cpus=args.writer_cpus,
-        trace=args.trace,
+        checkpoint=checkpoint_config_from_args(args), trace=args.trace,
         fail_at_step=args.fail_at_step, fail_after_durable=args.fail_after_durable,
         sigterm_budget_s=args.sigterm_budget, lr=args.lr, warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, dim=args.dim,
@@ -184,7 +226,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser | None =
         apply_fault_arguments(args)  # arms the engine through CKPTLAB_FAULTS / CKPTLAB_IO_LOG
         cfg = config_from_args(args)
     except (ValueError, KeyError) as exc:
-        message = exc.args[0] if exc.args else str(exc)
+        message = flag_message(exc.args[0] if exc.args else str(exc))
         if parser is not None:
             parser.error(message)  # exits 2
         print(f"ckptlab train: error: {message}", file=sys.stderr)

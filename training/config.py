@@ -1,20 +1,23 @@
 """The training run's configuration: one frozen dataclass, validated once.
 
-``None`` for a preset-dependent field (sequence length, batch size, learning rate, model
-dimensions) means "the preset's value"; ``resolved_*`` methods apply the preset.
+How checkpoints are taken is not restated here: ``checkpoint`` is the core
+``CheckpointConfig`` (validated by core, for the kind by ``core.checkpointer.check_config``),
+so a new checkpointer knob needs no change in this file. ``None`` for a preset-dependent
+field (sequence length, batch size, learning rate, model dimensions) means "the preset's
+value"; ``resolved_*`` methods apply the preset.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ckptlab.core.config import SNAPSHOT_MODES, check_cpus_available, parse_cpu_list
-from ckptlab.training.checkpointers import KINDS
+from ckptlab.core.checkpointer import KINDS, check_config
+from ckptlab.core.config import CheckpointConfig
 from ckptlab.training.presets import ModelConfig, Preset, get_preset
 
 __all__ = ["TrainConfig", "MODEL_DTYPES"]
@@ -39,12 +42,8 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     tf32: bool = True
-    max_inflight: int = 2
-    writer_threads: int = 4
-    keep_last: int = 2
-    snapshot: str = "sync"  # pccheck: sync | deferred | gpu (CheckpointConfig.snapshot)
-    writer_cpus: str = ""  # pccheck: CPUs for the engine's writer threads, "6-7" (CheckpointConfig.writer_cpus)
-    trace: Path | None = None
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    trace: Path | None = None  # a trace file: Python phases and the engine's records
     fail_at_step: int | None = None
     fail_after_durable: bool = False
     sigterm_budget_s: float = 60.0
@@ -83,22 +82,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {value}")
-        for name in ("max_inflight", "writer_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1, "
-                                 f"got {getattr(self, name)}")
-        if self.snapshot not in SNAPSHOT_MODES:
-            raise ValueError(f"unknown snapshot mode {self.snapshot!r}; choose from {', '.join(SNAPSHOT_MODES)}")
-        if self.snapshot != "sync" and self.checkpointer != "pccheck":
-            raise ValueError(f"--snapshot {self.snapshot} is a pccheck mode; --checkpointer "
-                             f"{self.checkpointer} takes only --snapshot sync")
-        if self.writer_cpus:
-            if self.checkpointer != "pccheck":
-                raise ValueError(f"--writer-cpus places the pccheck engine's writer threads; "
-                                 f"--checkpointer {self.checkpointer} has none")
-            check_cpus_available(parse_cpu_list(self.writer_cpus, "--writer-cpus"), "--writer-cpus")
-        if self.keep_last < 0:
-            raise ValueError(f"keep-last must be >= 0 (0 keeps all), got {self.keep_last}")
+        if not isinstance(self.checkpoint, CheckpointConfig):
+            raise TypeError(f"checkpoint must be a CheckpointConfig, got {type(self.checkpoint).__name__}")
+        check_config(self.checkpointer, self.checkpoint)
         if self.fail_at_step is not None and not 1 <= self.fail_at_step <= self.training_steps:
             raise ValueError(f"fail-at-step {self.fail_at_step} is outside steps "
                              f"1..{self.training_steps}, so it would never fire")

@@ -33,9 +33,8 @@ from typing import Any
 
 import torch
 
-from ckptlab.training.checkpointers import (CheckpointerOptions, CheckpointError,
-                                            CheckpointMismatchError, NoCheckpointError,
-                                            open_training_checkpointer)
+from ckptlab.core.checkpointer import Checkpointer, open_checkpointer
+from ckptlab.core.errors import CheckpointError, CheckpointMismatchError, NoCheckpointError
 from ckptlab.training.config import TrainConfig
 from ckptlab.training.data import ResumableSampler, SyntheticTokens
 from ckptlab.training.lossfile import LossWriter, truncate_loss_file
@@ -145,7 +144,7 @@ except ImportError:  # profiling unavailable: phases cost nothing
         return contextlib.nullcontext()
 
 
-def _start_trace(path: Path | None, ck: Any, cfg: TrainConfig) -> Any:
+def _start_trace(path: Path | None, ck: Checkpointer, cfg: TrainConfig) -> Any:
     """``--trace FILE``: a ckptlab.profiling trace session (Python phases + engine records)."""
     if path is None:
         return None
@@ -190,7 +189,7 @@ def _refuse_unreadable_steps(cfg: TrainConfig, why: str) -> None:
                          f"that wrote them")
 
 
-def _resume(cfg: TrainConfig, ck: Any, state: dict[str, Any]) -> int | None:
+def _resume(cfg: TrainConfig, ck: Checkpointer, state: dict[str, Any]) -> int | None:
     """Restore the newest valid checkpoint into ``state``; its step, or None to start fresh."""
     if not cfg.load_checkpoint:
         existing = ck.latest()
@@ -245,7 +244,7 @@ def _train_step(state: dict[str, Any], cfg: TrainConfig, device: torch.device, s
     return loss.item()  # synchronises the device: the step is done
 
 
-def _wait_within(ck: Any, budget_s: float) -> bool:
+def _wait_within(ck: Checkpointer, budget_s: float) -> bool:
     """``ck.wait()`` bounded by ``budget_s``; False if it had not returned by then."""
     outcome: list[BaseException | None] = []
 
@@ -278,18 +277,19 @@ def train(cfg: TrainConfig) -> TrainResult:
         torch.backends.cudnn.allow_tf32 = cfg.tf32
     if cfg.resolved_threads():
         torch.set_num_threads(cfg.resolved_threads())
-    state = _build_state(cfg, device)
-    result = TrainResult(cfg.checkpointer, str(device), cfg.preset, cfg.model_dtype,
-                         sum(p.numel() for p in state["model"].parameters()), snapshot=cfg.snapshot)
-    opts = CheckpointerOptions(cfg.checkpointer, cfg.ckpt_dir, cfg.max_inflight,
-                               cfg.writer_threads, cfg.keep_last, trace=cfg.trace is not None,
-                               snapshot=cfg.snapshot, writer_cpus=cfg.writer_cpus)
+    try:  # before the model is built: a directory another writer holds fails fast
+        ck = open_checkpointer(cfg.checkpointer, cfg.ckpt_dir,
+                               cfg.checkpoint.replace(trace=cfg.checkpoint.trace or cfg.trace is not None))
+    except (CheckpointError, RuntimeError, ValueError) as exc:
+        raise TrainError(f"--checkpointer {cfg.checkpointer} cannot open {cfg.ckpt_dir}: {exc}") from exc
     try:
-        ck = open_training_checkpointer(opts)
-    except CheckpointError as exc:
-        raise TrainError(str(exc)) from exc
-    if cfg.snapshot != "sync":  # a deferred snapshot is read until the next optimizer.step()
-        ck.guard(state["optim"])
+        state = _build_state(cfg, device)
+    except BaseException:
+        ck.close()
+        raise
+    result = TrainResult(cfg.checkpointer, str(device), cfg.preset, cfg.model_dtype,
+                         sum(p.numel() for p in state["model"].parameters()), snapshot=cfg.checkpoint.snapshot)
+    ck.guard(state["optim"])  # a deferred snapshot is read until the next optimizer.step()
     trace = _start_trace(cfg.trace, ck, cfg)
     try:
         _run(cfg, ck, state, device, result, trace)
@@ -307,7 +307,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     return result
 
 
-def _run(cfg: TrainConfig, ck: Any, state: dict[str, Any], device: torch.device,
+def _run(cfg: TrainConfig, ck: Checkpointer, state: dict[str, Any], device: torch.device,
          result: TrainResult, trace: Any) -> None:
     from tqdm import tqdm
 
@@ -359,7 +359,7 @@ def _run(cfg: TrainConfig, ck: Any, state: dict[str, Any], device: torch.device,
     _collect_durable_times(ck, result)
 
 
-def _save(ck: Any, step: int, state: dict[str, Any], result: TrainResult) -> float:
+def _save(ck: Checkpointer, step: int, state: dict[str, Any], result: TrainResult) -> float:
     t0 = time.perf_counter()
     try:
         with _phase("save", step=step):
@@ -372,7 +372,7 @@ def _save(ck: Any, step: int, state: dict[str, Any], result: TrainResult) -> flo
     return stall
 
 
-def _crash(ck: Any, cfg: TrainConfig, losses: LossWriter, bar: Any, trace: Any) -> None:
+def _crash(ck: Checkpointer, cfg: TrainConfig, losses: LossWriter, bar: Any, trace: Any) -> None:
     """``--fail-at-step``: a real crash (SIGKILL), not an exception; nothing is cleaned up
     (the trace file, if any, is written first so the run before the crash can be seen)."""
     if cfg.fail_after_durable:
@@ -386,7 +386,7 @@ def _crash(ck: Any, cfg: TrainConfig, losses: LossWriter, bar: Any, trace: Any) 
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _final_checkpoint(ck: Any, cfg: TrainConfig, state: dict[str, Any], result: TrainResult,
+def _final_checkpoint(ck: Checkpointer, cfg: TrainConfig, state: dict[str, Any], result: TrainResult,
                       saved_at: int | None, received_at: float) -> None:
     step = result.last_step
     result.stopped_by_signal = True
@@ -414,12 +414,9 @@ def _final_checkpoint(ck: Any, cfg: TrainConfig, state: dict[str, Any], result: 
     _log(f"final checkpoint of step {step} is durable; exiting")
 
 
-def _collect_durable_times(ck: Any, result: TrainResult) -> None:
-    stats = getattr(ck, "stats", None)
-    if not callable(stats):
-        return
+def _collect_durable_times(ck: Checkpointer, result: TrainResult) -> None:
     try:
-        values = stats()
+        values = ck.stats()
     except Exception:  # stats are informative only
         return
     durable = values.get("time_to_durable_s")

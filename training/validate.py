@@ -161,7 +161,7 @@ def run_validation(plan: ValidationPlan) -> ValidationReport:
             plan, "c-killed", "--fail-at-step", str(plan.kill_after), "--fail-after-durable"), env)
     report.runs.append(crash)
     ckpt_c = plan.out / "ckpt-c"
-    report.after_crash = sorted(p.name for p in ckpt_c.iterdir()) if ckpt_c.is_dir() else []
+    report.after_crash = sorted(p.name for p in ckpt_c.glob("step_*")) if ckpt_c.is_dir() else []
     if crash.returncode != -signal.SIGKILL:
         report.problems.append(f"run c-killed exited {crash.returncode}, expected death by "
                                f"SIGKILL ({-signal.SIGKILL})")

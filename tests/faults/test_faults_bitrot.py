@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from ckptlab.core import CorruptCheckpointError, ManifestError, verify_checkpoint
-from ckptlab.core.layout import committed_step_dirs
+from ckptlab.core.commit import committed_step_dirs
 from ckptlab.core.manifest import decode_manifest
 from ckptlab.faults import oracle
 from ckptlab.faults.bitrot import KINDS, corrupt

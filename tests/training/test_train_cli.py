@@ -35,7 +35,7 @@ def _exit_code_and_stderr(argv: list[str], capsys: pytest.CaptureFixture[str]) -
     (["--checkpointer", "torchsave", "--snapshot", "deferred"], "--snapshot deferred is a pccheck mode"),
     (["--checkpointer", "pccheck", "--writer-cpus", "1-x"], "--writer-cpus: '1-x' is not a CPU"),
     (["--checkpointer", "pccheck", "--writer-cpus", "100000"], "--writer-cpus: CPU 100000 not available"),
-    (["--checkpointer", "torchsave", "--writer-cpus", "0"], "--checkpointer torchsave has none"),
+    (["--checkpointer", "torchsave", "--writer-cpus", "0"], "--writer-cpus places the pccheck engine's writer threads; torchsave has none"),
     (["--device", "tpu"], "--device tpu: not a device ckptlab trains on"),
     (["--device", "meta"], "--device meta: not a device ckptlab trains on"),
 ])

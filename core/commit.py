@@ -1,0 +1,171 @@
+"""The commit protocol of the checkpoints written from Python (torchsave, dcp): names,
+publish, retain, recover. The engine (csrc/engine.cpp) runs the same protocol in C++ for
+pccheck; ``tests/core/test_commit.py`` checks that both leave a directory the same way.
+
+Names in a checkpoint directory::
+
+    step_<12 digits>/             a committed checkpoint: the only names a reader trusts
+    .step_<N>.tmp-<tag>/          being written; never becomes visible except by step 5
+    .step_<N>.replaced-<tag>/     the previous step_N, moved aside while step N is saved again
+    .step_<N>.deleting-<tag>/     retention: renamed away first, then deleted
+    .ckptlab.lock                 one writer per directory (flock, held while open)
+
+Publishing checkpoint N from a temp directory (the steps of csrc/engine.hpp)::
+
+    1. every data file written and fsynced into the temp dir        (the writer)
+    2. the MANIFEST (or DCP's .metadata) written and fsynced         (the writer)
+    3. the temp dir fsynced                                          (its file entries)
+    4. if step_N exists, it is renamed to .step_N.replaced-<tag>
+    5. rename(.step_N.tmp-<tag>, step_N)                             the commit point
+    6. the parent dir fsynced                                        -> acknowledged
+    7. the replaced copy, if any, deleted; the parent fsynced
+
+Retention, after step N is acknowledged: committed checkpoints older than N beyond
+``keep_last - 1`` are renamed to ``.deleting-`` names, deleted, and the parent fsynced; the
+one just committed is never deleted, and nothing is deleted before a newer one is durable.
+
+Recovery, when a writer opens the directory: a ``.replaced-`` directory whose ``step_N`` is
+missing holds the only copy of step N (a crash between steps 4 and 5) and is renamed back;
+every other ``.tmp-``, ``.deleting-`` and ``.replaced-`` leftover is deleted; the parent is
+fsynced. Other names are left alone.
+
+A failed write, fsync or rename is never retried (after a failed fsync the kernel may have
+dropped the dirty pages); it fails that checkpoint only, its temp dir is removed, and the
+previous checkpoints stay.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import uuid
+
+from ckptlab.core.durable import fsync_dir
+
+LOCK_NAME = ".ckptlab.lock"
+MAX_STEP_DIGITS = 19  # an int64 step; a longer run of digits is not a step name
+_STEP_DIR = re.compile(rf"^step_(\d{{1,{MAX_STEP_DIGITS}}})$")
+_LEFTOVER = re.compile(r"^\.(step_[^.]*)\.(tmp|replaced|deleting)-")  # as the engine reads them
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:012d}"
+
+
+def parse_step_dir(name: str) -> int | None:
+    """The step of a committed checkpoint's directory name, else None."""
+    m = _STEP_DIR.match(name)
+    return int(m.group(1)) if m else None
+
+
+def committed_step_dirs(directory: str | os.PathLike) -> list[tuple[int, str]]:
+    """(step, path) of every committed-looking checkpoint directory, oldest first."""
+    directory = os.fspath(directory)
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        step = parse_step_dir(name)
+        path = os.path.join(directory, name)
+        if step is not None and os.path.isdir(path):
+            out.append((step, path))
+    out.sort()
+    return out
+
+
+def _tag() -> str:
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _aside(directory: str, step_name: str, kind: str) -> str:
+    return os.path.join(directory, f".{step_name}.{kind}-{_tag()}")
+
+
+class DirectoryLock:
+    """One writer per checkpoint directory: an exclusive flock on ``.ckptlab.lock``, the same
+    lock the engine takes, so a pccheck and a torchsave checkpointer refuse each other too."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, LOCK_NAME)
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise RuntimeError(f"another ckptlab checkpointer is writing to '{directory}' (it holds "
+                               f"{self.path}); use a different directory or close it first") from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+def make_temp_dir(directory: str, step: int) -> str:
+    """A new, empty temp directory for checkpoint ``step`` (protocol step 1 writes into it)."""
+    tmp = _aside(directory, step_dir_name(step), "tmp")
+    os.mkdir(tmp)
+    return tmp
+
+
+def publish(directory: str, step: int, tmp: str) -> str:
+    """Protocol steps 3-7 for a temp dir whose files are written and fsynced; returns the
+    committed path. On an error the temp dir is removed and the error raised; the previous
+    copy of the step, if there was one, is back under its name or restored by recover()."""
+    final = os.path.join(directory, step_dir_name(step))
+    replaced = None
+    try:
+        fsync_dir(tmp)
+        if os.path.exists(final):
+            replaced = _aside(directory, step_dir_name(step), "replaced")
+            os.replace(final, replaced)
+        os.rename(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if replaced is not None and not os.path.exists(final):
+            os.replace(replaced, final)
+        raise
+    fsync_dir(directory)
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
+        fsync_dir(directory)
+    return final
+
+
+def retain(directory: str, committed_step: int, keep_last: int) -> list[int]:
+    """Delete committed checkpoints older than ``committed_step`` beyond ``keep_last - 1``
+    (0 keeps all); returns the deleted steps. Run only after ``committed_step`` is durable."""
+    if keep_last <= 0:
+        return []
+    older = [(s, p) for s, p in committed_step_dirs(directory) if s < committed_step]
+    doomed = older[: max(0, len(older) - (keep_last - 1))]
+    for _, path in doomed:  # renamed first: no reader sees a half-deleted committed name
+        trash = _aside(directory, os.path.basename(path), "deleting")
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    if doomed:
+        fsync_dir(directory)
+    return [s for s, _ in doomed]
+
+
+def recover(directory: str) -> list[str]:
+    """Repair what a crash left (module docstring, "Recovery"); returns what was done, as
+    'restored NAME' / 'removed NAME' lines."""
+    done = []
+    for name in os.listdir(directory):
+        m = _LEFTOVER.match(name)
+        if not m:
+            continue
+        path, base = os.path.join(directory, name), m.group(1)
+        if m.group(2) == "replaced" and not os.path.exists(os.path.join(directory, base)):
+            os.rename(path, os.path.join(directory, base))
+            done.append(f"restored {base} from {name}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            done.append(f"removed {name}")
+    fsync_dir(directory)
+    return done
