@@ -116,7 +116,7 @@ def check_directory(directory: str, layout: list[TensorSpec], seed: int, *, acke
                     strict_committed: bool = False) -> DiskCheck:
     """O1 + O2 on a checkpoint directory after a crash."""
     from ckptlab.core import CheckpointError, NoCheckpointError
-    from ckptlab.core.layout import committed_step_dirs
+    from ckptlab.core.commit import committed_step_dirs
 
     submitted = {s for sess in sessions for s in sess}
     others = tuple(sorted(submitted))

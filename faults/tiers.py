@@ -609,7 +609,7 @@ def _bitrot_base(ctx: Context, index: int, base_seed: int) -> tuple[str, Setup]:
 
 def run_bitrot(trial: dict, ctx: Context, tdir: str) -> dict:
     from ckptlab.core import CorruptCheckpointError, verify_checkpoint
-    from ckptlab.core.layout import committed_step_dirs
+    from ckptlab.core.commit import committed_step_dirs
     from ckptlab.faults.bitrot import corrupt
 
     p = trial["p"]
