@@ -6,8 +6,11 @@
 #include <pybind11/stl.h>
 
 #include <cerrno>
+#include <chrono>
+#include <cmath>
 #include <cstring>
 #include <memory>
+#include <optional>
 
 #include "affinity.hpp"
 #include "checksum.hpp"
@@ -288,12 +291,22 @@ PYBIND11_MODULE(_engine, m) {
            },
            py::arg("step"), py::arg("meta_json"), py::arg("segments"), py::arg("total_bytes"),
            "Copy (ptr, nbytes, stream_offset) segments into staging and queue the checkpoint. Returns its id.")
-      .def("wait", [](Engine& e) {
-             interruptible([&](const InterruptCheck& ic) {
-               e.wait_all(ic);
-               return 0;
-             });
-           })
+      .def("wait",
+           [](Engine& e, std::optional<double> timeout) {
+             std::optional<Engine::Clock::time_point> deadline;
+             if (timeout) {
+               if (std::isnan(*timeout) || *timeout < 0) throw py::value_error("timeout must be >= 0 seconds or None");
+               // 1e9 s (31 years) and beyond, inf included, is no limit (and cannot overflow the clock).
+               if (*timeout < 1e9)
+                 deadline = Engine::Clock::now() + std::chrono::duration_cast<Engine::Clock::duration>(
+                                                       std::chrono::duration<double>(*timeout));
+             }
+             return interruptible([&](const InterruptCheck& ic) { return e.wait_all(ic, deadline); });
+           },
+           py::arg("timeout") = py::none(),
+           "Waits until every submitted checkpoint is committed or failed; True if so, False when `timeout` "
+           "seconds passed first (0 polls, None waits without limit). Does not raise checkpoint failures: "
+           "take_failure() reports them.")
       .def("take_failure", [](Engine& e) { return failure_to_py(e.take_failure()); })
       .def("close", [](Engine& e) {
              py::gil_scoped_release release;

@@ -495,10 +495,16 @@ void Engine::retain(const Checkpoint& just_committed, TraceRing* ring) {
   fsync_dir(opt_.dir, io_log_.get());
 }
 
-void Engine::wait_all(const InterruptCheck& interrupted) {
+bool Engine::wait_all(const InterruptCheck& interrupted, std::optional<Clock::time_point> deadline) {
+  constexpr auto kInterruptPoll = std::chrono::milliseconds(100);
   std::unique_lock<std::mutex> lock(mu_);
-  while (!pending_.empty()) {
-    cv_.wait_for(lock, std::chrono::milliseconds(100));
+  for (;;) {
+    if (pending_.empty()) return true;
+    const Clock::time_point now = Clock::now();
+    if (deadline && now >= *deadline) return false;
+    Clock::time_point wake = now + kInterruptPoll;
+    if (deadline && *deadline < wake) wake = *deadline;
+    cv_.wait_until(lock, wake);
     if (!pending_.empty() && interrupted) {
       lock.unlock();
       if (interrupted()) throw Interrupted();

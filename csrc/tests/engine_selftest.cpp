@@ -21,12 +21,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../engine.hpp"
@@ -363,7 +365,9 @@ void test_engine(const std::string& io_mode) {
     used_mode = engine.io_mode();
     engine.submit(10, "{\"selftest\":1}", segs, total, nullptr);
     engine.submit(20, "{\"selftest\":2}", segs, total, nullptr);
-    engine.wait_all(nullptr);
+    CHECK(engine.wait_all(nullptr), "[%s] wait_all without a deadline returned false", io_mode.c_str());
+    CHECK(engine.wait_all(nullptr, ckptlab::Engine::Clock::now()), "[%s] an idle engine's poll returned false",
+          io_mode.c_str());
     auto failure = engine.take_failure();
     CHECK(!failure, "[%s] checkpoint failed: %s", io_mode.c_str(), failure ? failure->message.c_str() : "");
     CHECK(engine.last_committed_step() == 20, "[%s] last_committed_step=%lld", io_mode.c_str(),
@@ -437,6 +441,40 @@ void test_engine(const std::string& io_mode) {
   remove_all(dir);
 }
 
+// A checkpoint held 400 ms at a fault point: a 50 ms deadline passes with it pending, a wait
+// without a deadline returns once it is committed.
+void test_wait_deadline() {
+  using Clock = ckptlab::Engine::Clock;
+  const std::string dir = make_temp_dir();
+  std::vector<uint8_t> data(100000, 0x5A);
+  ckptlab::EngineOptions opt;
+  opt.dir = dir;
+  opt.writer_threads = 1;
+  opt.chunk_bytes = 64 << 10;
+  opt.staging_bytes = 2 * opt.chunk_bytes;
+  opt.prefault = false;
+  opt.faults = "point=before_rename,action=delay=400";
+  try {
+    ckptlab::Engine engine(opt);
+    engine.submit(1, "{}", {{data.data(), data.size(), 0}}, data.size(), nullptr);
+    const Clock::time_point t0 = Clock::now();
+    const bool early = engine.wait_all(nullptr, t0 + std::chrono::milliseconds(50));
+    const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+    CHECK(!early, "wait_all(deadline 50 ms) returned true while a checkpoint was held at before_rename");
+    CHECK(waited >= 45 && waited < 350, "wait_all(deadline 50 ms) returned after %lld ms", static_cast<long long>(waited));
+    CHECK(engine.inflight() == 1, "inflight=%llu after the deadline", static_cast<unsigned long long>(engine.inflight()));
+    CHECK(engine.wait_all(nullptr), "wait_all without a deadline returned false");
+    CHECK(engine.last_committed_step() == 1 && !engine.take_failure(), "the held checkpoint did not commit");
+    CHECK(engine.wait_all(nullptr, Clock::now() - std::chrono::seconds(1)), "a past deadline on an idle engine");
+    engine.close();
+    std::printf("wait_all: a 50 ms deadline returned false after %lld ms with a checkpoint held; "
+                "without one it returned true once committed\n", static_cast<long long>(waited));
+  } catch (const std::exception& e) {
+    CHECK(false, "wait deadline: engine threw: %s", e.what());
+  }
+  remove_all(dir);
+}
+
 }  // namespace
 
 int main() {
@@ -455,6 +493,7 @@ int main() {
   test_sched_counters();
   test_engine("buffered");
   test_engine("auto");
+  test_wait_deadline();
   if (g_failures) {
     std::printf("FAILED: %d of %ld checks\n", g_failures, g_checks);
     return 1;
