@@ -176,6 +176,12 @@ PYBIND11_MODULE(_engine, m) {
     for (int i = 0; i < static_cast<int>(Phase::kCount); ++i) names.emplace_back(phase_name(static_cast<Phase>(i)));
     return names;
   });
+  m.def("durability_mutations", [] {
+    const std::vector<std::string> names = durability_mutation_names();
+    py::tuple out(names.size());
+    for (size_t i = 0; i < names.size(); ++i) out[i] = names[i];
+    return out;
+  }, "Names Engine(unsafe=[...]) accepts: each removes one step of the commit protocol (fault-campaign teeth).");
   m.def("probe_direct_io", [](const std::string& dir) {
     DirectIoSupport s = probe_direct_io(dir);
     return py::make_tuple(s.supported, s.reason);
@@ -265,13 +271,7 @@ PYBIND11_MODULE(_engine, m) {
              o.io_log = io_log;
              o.io_log_data = io_log_data;
              o.writer_cpus = writer_cpus;
-             for (const auto& u : unsafe) {
-               if (u == "skip_data_fsync") o.unsafe_skip_data_fsync = true;
-               else if (u == "skip_dir_fsync") o.unsafe_skip_dir_fsync = true;
-               else if (u == "corrupt_manifest_checksum") o.unsafe_corrupt_manifest_checksum = true;
-               else if (u == "unordered_commit") o.unsafe_unordered_commit = true;
-               else throw py::value_error("unknown durability mutation '" + u + "'");
-             }
+             for (const auto& u : unsafe) set_durability_mutation(o, u);  // ValueError if unknown
              py::gil_scoped_release release;
              return std::make_unique<Engine>(std::move(o));
            }),

@@ -66,6 +66,12 @@ struct EngineOptions {
   std::vector<int> writer_cpus;
 };
 
+// The durability mutations by name (the EngineOptions::unsafe_* flags), in declaration
+// order: the names Engine(unsafe=[...]) takes. One table in engine.cpp holds names and flags.
+std::vector<std::string> durability_mutation_names();
+// Sets the named mutation in `options`; std::invalid_argument for a name not in the table.
+void set_durability_mutation(EngineOptions& options, const std::string& name);
+
 // A segment of caller memory placed at `stream_offset` in the checkpoint's byte stream.
 struct Segment {
   const void* ptr;

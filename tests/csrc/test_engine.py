@@ -153,6 +153,17 @@ def test_bad_engine_options(tmp_path):
         _engine.Engine(str(tmp_path), unsafe=["skip_all"])
 
 
+def test_durability_mutations_are_the_names_engine_takes(tmp_path):
+    names = _engine.durability_mutations()
+    assert isinstance(names, tuple) and len(names) == len(set(names)) == 4
+    assert "skip_data_fsync" in names and "unordered_commit" in names
+    for name in names:  # each one alone, then all together
+        (tmp_path / name).mkdir()
+        _engine.Engine(str(tmp_path / name), unsafe=[name], chunk_bytes=65536, staging_bytes=65536,
+                       prefault=False).close()
+    _engine.Engine(str(tmp_path), unsafe=list(names), chunk_bytes=65536, staging_bytes=65536, prefault=False).close()
+
+
 def _held_engine(tmp_path, delay_ms):
     """An engine whose first checkpoint sits `delay_ms` at before_rename (docs/FAULTS.md)."""
     e = _engine.Engine(str(tmp_path), writer_threads=1, chunk_bytes=65536, staging_bytes=65536 * 2,
