@@ -60,61 +60,20 @@ auto interruptible(Fn&& fn) {
   }
 }
 
+// One numpy array per column of CKPTLAB_TRACE_COLUMNS (trace.hpp), keyed by column name, in
+// that order.
 py::dict records_to_columns(const std::vector<TraceRecord>& recs) {
   const py::ssize_t n = static_cast<py::ssize_t>(recs.size());
-  py::array_t<uint64_t> ckpt(n), offset(n), nbytes(n), tb(n), te(n);
-  py::array_t<int64_t> step(n), chunk(n), run(n), wait(n);
-  py::array_t<int32_t> thread(n), cpu_b(n), cpu_e(n), vol(n), invol(n);
-  py::array_t<uint16_t> phase(n);
-  auto c = ckpt.mutable_unchecked<1>();
-  auto o = offset.mutable_unchecked<1>();
-  auto nb = nbytes.mutable_unchecked<1>();
-  auto b = tb.mutable_unchecked<1>();
-  auto e = te.mutable_unchecked<1>();
-  auto s = step.mutable_unchecked<1>();
-  auto ch = chunk.mutable_unchecked<1>();
-  auto th = thread.mutable_unchecked<1>();
-  auto cb = cpu_b.mutable_unchecked<1>();
-  auto ce = cpu_e.mutable_unchecked<1>();
-  auto ph = phase.mutable_unchecked<1>();
-  auto rn = run.mutable_unchecked<1>();
-  auto wt = wait.mutable_unchecked<1>();
-  auto cv = vol.mutable_unchecked<1>();
-  auto ci = invol.mutable_unchecked<1>();
-  for (py::ssize_t i = 0; i < n; ++i) {
-    const TraceRecord& r = recs[static_cast<size_t>(i)];
-    c(i) = r.ckpt_id;
-    o(i) = r.offset;
-    nb(i) = r.nbytes;
-    b(i) = r.t_begin_ns;
-    e(i) = r.t_end_ns;
-    s(i) = r.step;
-    ch(i) = r.chunk;
-    th(i) = r.thread;
-    cb(i) = r.cpu_begin;
-    ce(i) = r.cpu_end;
-    ph(i) = r.phase;
-    rn(i) = r.run_ns;
-    wt(i) = r.wait_ns;
-    cv(i) = r.ctx_vol;
-    ci(i) = r.ctx_invol;
-  }
   py::dict d;
-  d["ckpt_id"] = ckpt;
-  d["step"] = step;
-  d["thread"] = thread;
-  d["cpu_begin"] = cpu_b;
-  d["cpu_end"] = cpu_e;
-  d["phase"] = phase;
-  d["chunk"] = chunk;
-  d["offset"] = offset;
-  d["nbytes"] = nbytes;
-  d["t_begin_ns"] = tb;
-  d["t_end_ns"] = te;
-  d["run_ns"] = run;
-  d["wait_ns"] = wait;
-  d["ctx_vol"] = vol;
-  d["ctx_invol"] = invol;
+#define CKPTLAB_TRACE_ARRAY(name, type, dtype)                          \
+  {                                                                     \
+    py::array_t<type> column(n);                                        \
+    auto out = column.mutable_unchecked<1>();                           \
+    for (py::ssize_t i = 0; i < n; ++i) out(i) = recs[static_cast<size_t>(i)].name; \
+    d[#name] = std::move(column);                                       \
+  }
+  CKPTLAB_TRACE_COLUMNS(CKPTLAB_TRACE_ARRAY)
+#undef CKPTLAB_TRACE_ARRAY
   return d;
 }
 
@@ -176,6 +135,13 @@ PYBIND11_MODULE(_engine, m) {
     for (int i = 0; i < static_cast<int>(Phase::kCount); ++i) names.emplace_back(phase_name(static_cast<Phase>(i)));
     return names;
   });
+  m.def("trace_columns", [] {
+    std::vector<std::pair<std::string, std::string>> columns;
+#define CKPTLAB_TRACE_NAME(name, type, dtype) columns.emplace_back(#name, dtype);
+    CKPTLAB_TRACE_COLUMNS(CKPTLAB_TRACE_NAME)
+#undef CKPTLAB_TRACE_NAME
+    return columns;
+  }, "(name, numpy dtype) of each timing-record column, in trace-file order (drain_trace() keys).");
   m.def("durability_mutations", [] {
     const std::vector<std::string> names = durability_mutation_names();
     py::tuple out(names.size());
