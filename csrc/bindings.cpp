@@ -128,7 +128,7 @@ PYBIND11_MODULE(_engine, m) {
     for (int i = 0; i < static_cast<int>(IoOp::kCount); ++i) names.emplace_back(io_op_name(static_cast<IoOp>(i)));
     return names;
   }, "Operation names used in I/O logs (Engine(io_log=PATH)), see faults/iolog.py.");
-  m.def("validate_fault_spec", [](const std::string& spec) { FaultInjector check(spec); },
+  m.def("validate_fault_spec", [](const std::string& spec) { FaultInjector check(spec); }, py::arg("spec"),
         "Raises ValueError naming the bad token if the spec does not parse.");
   m.def("phase_names", [] {
     std::vector<std::string> names;
@@ -151,7 +151,7 @@ PYBIND11_MODULE(_engine, m) {
   m.def("probe_direct_io", [](const std::string& dir) {
     DirectIoSupport s = probe_direct_io(dir);
     return py::make_tuple(s.supported, s.reason);
-  });
+  }, py::arg("dir"), "(supported, reason): whether O_DIRECT writes work in `dir`; reason is empty when they do.");
   m.attr("FORMAT_VERSION") = kFormatVersion;
   m.attr("MANIFEST_NAME") = kManifestName;
   m.def("monotonic_ns", &monotonic_ns);
