@@ -1,19 +1,23 @@
-// Standalone self-test of the C++ engine: no Python, no torch, no pybind11. Built natively and
-// with aarch64-linux-gnu-g++ by `make test-arm64`, which runs the aarch64 binary under
-// qemu-aarch64 (docs/ARM64.md). It checks
+// Standalone self-test of the C++ engine: no Python, no torch, no pybind11. CMake builds it
+// (CKPTLAB_BUILD_TESTS=ON, target engine_selftest, registered with CTest) against the same
+// ckptlab_core library as the Python module; `make test` runs it natively, and
+// `make test-arm64` cross-builds it for aarch64 and runs it under qemu-aarch64 with 4 KiB and
+// 64 KiB pages (docs/ARM64.md). It checks
 //   1. CRC32C: published vectors, then every implementation this CPU can run (the dispatching
 //      crc32c(), the hardware path, the slicing-by-8 table) against a bitwise reference over a
 //      1 MiB patterned buffer at many lengths and start alignments, and continuation (a CRC
 //      carried across split points, which is how the 3-stream x86 path folds its streams);
 //   2. the engine end to end: two checkpoints from host memory, MANIFEST trailer and chunk
 //      table, a verified read back into a fresh buffer, retention, and a flipped byte that
-//      the verified read must refuse.
+//      the verified read must refuse;
+//   3. wait_all's deadline: a checkpoint held at a fault point (a delay) is still pending at
+//      a short deadline and committed without one.
 // Exit status 0 when everything passed; every failure is printed.
 //
-// checksum.cpp is included rather than linked, so that its internal implementations
-// (crc_table, crc_hw) are reachable and the table path is tested on CPUs that have the
-// hardware instructions too. Build it with every other csrc/*.cpp except bindings.cpp.
-#include "../checksum.cpp"
+// The individual CRC implementations (so the table path is tested on CPUs with the hardware
+// instructions too) come from checksum_internal.hpp, which exists for this test.
+#include "../checksum.hpp"
+#include "../checksum_internal.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -103,12 +107,12 @@ struct Impl {
 };
 
 std::vector<Impl> implementations() {
-  using namespace ckptlab;
+  using namespace ckptlab::checksum_detail;
   std::vector<Impl> impls;
-  impls.push_back({"crc32c()", [](uint32_t c, const uint8_t* p, size_t n) { return crc32c(c, p, n); }});
+  impls.push_back({"crc32c()", [](uint32_t c, const uint8_t* p, size_t n) { return ckptlab::crc32c(c, p, n); }});
   impls.push_back({"table", [](uint32_t c, const uint8_t* p, size_t n) { return ~crc_table(~c, p, n); }});
   if (cpu_has_hw()) {
-    impls.push_back({kHwName, [](uint32_t c, const uint8_t* p, size_t n) { return ~crc_hw(~c, p, n); }});
+    impls.push_back({hw_name(), [](uint32_t c, const uint8_t* p, size_t n) { return ~crc_hw(~c, p, n); }});
 #if defined(__x86_64__)
     impls.push_back({"sse4.2-serial", [](uint32_t c, const uint8_t* p, size_t n) { return ~crc_hw_serial(~c, p, n); }});
 #endif
