@@ -9,13 +9,13 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.ckptlab-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-all test-slow test-arm64 demo validate campaign bench bench-cpu affinity clean
+.PHONY: setup test test-all test-slow test-cpp test-arm64 demo validate campaign bench bench-cpu affinity clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(STAMP): pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.hpp) | $(PY)
+$(STAMP): pyproject.toml CMakeLists.txt csrc/_engine.pyi $(wildcard csrc/*.cpp csrc/*.hpp) | $(PY)
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q "scikit-build-core>=0.10" "pybind11>=2.12" "nvidia-nvtx>=13.0" ninja cmake
 	$(PIP) install -q --no-build-isolation -e '.[test]'
@@ -23,7 +23,26 @@ $(STAMP): pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.hpp) | $(PY
 
 setup: $(STAMP)
 
-test: setup
+# CMake (CMakeLists.txt) is the one build description of the engine: the Python module that
+# pip builds, and the standalone C++ self-test (csrc/tests/engine_selftest.cpp, option
+# CKPTLAB_BUILD_TESTS) that test-cpp builds with Ninja into $(CTEST_DIR), without pybind11,
+# and runs with CTest. The first build takes ~20 s on 2 cores, later ones only what changed;
+# the run ~4 s. Tools from .venv (make setup) where it has them, else from PATH.
+CMAKE_BIN ?= $(firstword $(wildcard $(VENV)/bin/cmake) cmake)
+CTEST_BIN ?= $(firstword $(wildcard $(VENV)/bin/ctest) ctest)
+NINJA_BIN ?= $(firstword $(wildcard $(VENV)/bin/ninja) ninja)
+CTEST_DIR ?= build/ctest
+NVTX_INCLUDE ?= $(shell $(if $(wildcard $(PY)),$(PY),$(PYTHON)) csrc/find_nvtx.py)
+SELFTEST_CMAKE_FLAGS = -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(shell command -v $(NINJA_BIN))) \
+	-DCKPTLAB_BUILD_TESTS=ON -DCKPTLAB_BUILD_PYTHON=OFF
+
+test-cpp: setup
+	@[ -f $(CTEST_DIR)/build.ninja ] || $(CMAKE_BIN) -S . -B $(CTEST_DIR) $(SELFTEST_CMAKE_FLAGS) \
+	  -DPython_EXECUTABLE=$(abspath $(PY))
+	$(CMAKE_BIN) --build $(CTEST_DIR) --target engine_selftest
+	$(CTEST_BIN) --test-dir $(CTEST_DIR) --output-on-failure
+
+test: setup test-cpp
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-slow: setup
@@ -32,18 +51,17 @@ test-slow: setup
 test-all: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not gpu"
 
-# ARM64 (Grace-Hopper) without an ARM machine: the engine's standalone C++ self-test
-# (csrc/tests/engine_selftest.cpp) built natively and with the aarch64 cross compiler, the
-# latter run under qemu-aarch64 with 4 KiB and 64 KiB pages (docs/ARM64.md). Installs
-# nothing: a missing tool stops it with the Debian packages to install. NVTX3 headers come
-# from .venv (make setup). ARM64_CXX="clang++ --target=aarch64-linux-gnu" checks clang.
+# ARM64 (Grace-Hopper) without an ARM machine: the same CMake self-test build as test-cpp,
+# once natively and once cross-compiled with cmake/aarch64-linux-gnu.cmake, whose CTest runs go
+# through qemu-aarch64 (CMAKE_CROSSCOMPILING_EMULATOR) with 4 KiB and 64 KiB pages
+# (docs/ARM64.md); -Wall -Wextra warnings are errors here. Installs nothing: a missing tool
+# stops it with the Debian packages to install. NVTX3 headers, cmake and ninja come from .venv
+# (make setup). ARM64_CXX=clang++-14 checks clang (the toolchain file gives it --target).
 ARM64_CXX ?= aarch64-linux-gnu-g++
 ARM64_SYSROOT ?= /usr/aarch64-linux-gnu
 QEMU_AARCH64 ?= qemu-aarch64
 SELFTEST_DIR ?= build/selftest
-NVTX_INCLUDE ?= $(shell $(if $(wildcard $(PY)),$(PY),$(PYTHON)) csrc/find_nvtx.py)
-SELFTEST_SRCS := csrc/tests/engine_selftest.cpp $(filter-out csrc/bindings.cpp csrc/checksum.cpp,$(wildcard csrc/*.cpp))
-SELFTEST_FLAGS = -std=c++17 -O2 -Wall -Wextra -Wno-missing-field-initializers -Icsrc -isystem $(NVTX_INCLUDE) -pthread
+ARM64_CMAKE_FLAGS = -DCMAKE_COMPILE_WARNING_AS_ERROR=ON -DCKPTLAB_NVTX_INCLUDE_DIR=$(NVTX_INCLUDE)
 
 test-arm64:
 	@missing=""; \
@@ -54,14 +72,19 @@ test-arm64:
 	if [ -n "$$missing" ]; then \
 	  echo "test-arm64: missing tools; install the Debian packages:$$missing" >&2; \
 	  echo "  sudo apt-get install -y$$missing" >&2; exit 1; fi; \
+	for tool in $(CMAKE_BIN) $(NINJA_BIN); do command -v $$tool >/dev/null || { \
+	  echo "test-arm64: $$tool not found: run 'make setup' (it installs cmake and ninja into .venv)" >&2; exit 1; }; done; \
 	if [ -z "$(NVTX_INCLUDE)" ]; then \
 	  echo "test-arm64: NVTX3 headers not found: run 'make setup' (or pip install nvidia-nvtx)" >&2; exit 1; fi
-	mkdir -p $(SELFTEST_DIR)
-	$(CXX) $(SELFTEST_FLAGS) $(SELFTEST_SRCS) -o $(SELFTEST_DIR)/engine_selftest-native -ldl
-	$(ARM64_CXX) $(SELFTEST_FLAGS) $(SELFTEST_SRCS) -o $(SELFTEST_DIR)/engine_selftest-aarch64 -ldl
-	$(SELFTEST_DIR)/engine_selftest-native
-	$(QEMU_AARCH64) -L $(ARM64_SYSROOT) $(SELFTEST_DIR)/engine_selftest-aarch64
-	$(QEMU_AARCH64) -L $(ARM64_SYSROOT) -p 65536 $(SELFTEST_DIR)/engine_selftest-aarch64
+	$(CMAKE_BIN) -S . -B $(SELFTEST_DIR)/native $(SELFTEST_CMAKE_FLAGS) $(ARM64_CMAKE_FLAGS) \
+	  -DCMAKE_CXX_COMPILER=$(firstword $(CXX))
+	$(CMAKE_BIN) -S . -B $(SELFTEST_DIR)/aarch64 $(SELFTEST_CMAKE_FLAGS) $(ARM64_CMAKE_FLAGS) \
+	  --toolchain $(abspath cmake/aarch64-linux-gnu.cmake) -DCKPTLAB_ARM64_CXX=$(ARM64_CXX) \
+	  -DCKPTLAB_ARM64_SYSROOT=$(ARM64_SYSROOT) -DCKPTLAB_QEMU_AARCH64=$(QEMU_AARCH64)
+	$(CMAKE_BIN) --build $(SELFTEST_DIR)/native --target engine_selftest
+	$(CMAKE_BIN) --build $(SELFTEST_DIR)/aarch64 --target engine_selftest
+	$(CTEST_BIN) --test-dir $(SELFTEST_DIR)/native -V
+	$(CTEST_BIN) --test-dir $(SELFTEST_DIR)/aarch64 -V
 
 demo: setup
 	$(PY) -m ckptlab.training.demo --out demo-out

@@ -6,8 +6,11 @@
 #include <pybind11/stl.h>
 
 #include <cerrno>
+#include <chrono>
+#include <cmath>
 #include <cstring>
 #include <memory>
+#include <optional>
 
 #include "affinity.hpp"
 #include "checksum.hpp"
@@ -57,61 +60,20 @@ auto interruptible(Fn&& fn) {
   }
 }
 
+// One numpy array per column of CKPTLAB_TRACE_COLUMNS (trace.hpp), keyed by column name, in
+// that order.
 py::dict records_to_columns(const std::vector<TraceRecord>& recs) {
   const py::ssize_t n = static_cast<py::ssize_t>(recs.size());
-  py::array_t<uint64_t> ckpt(n), offset(n), nbytes(n), tb(n), te(n);
-  py::array_t<int64_t> step(n), chunk(n), run(n), wait(n);
-  py::array_t<int32_t> thread(n), cpu_b(n), cpu_e(n), vol(n), invol(n);
-  py::array_t<uint16_t> phase(n);
-  auto c = ckpt.mutable_unchecked<1>();
-  auto o = offset.mutable_unchecked<1>();
-  auto nb = nbytes.mutable_unchecked<1>();
-  auto b = tb.mutable_unchecked<1>();
-  auto e = te.mutable_unchecked<1>();
-  auto s = step.mutable_unchecked<1>();
-  auto ch = chunk.mutable_unchecked<1>();
-  auto th = thread.mutable_unchecked<1>();
-  auto cb = cpu_b.mutable_unchecked<1>();
-  auto ce = cpu_e.mutable_unchecked<1>();
-  auto ph = phase.mutable_unchecked<1>();
-  auto rn = run.mutable_unchecked<1>();
-  auto wt = wait.mutable_unchecked<1>();
-  auto cv = vol.mutable_unchecked<1>();
-  auto ci = invol.mutable_unchecked<1>();
-  for (py::ssize_t i = 0; i < n; ++i) {
-    const TraceRecord& r = recs[static_cast<size_t>(i)];
-    c(i) = r.ckpt_id;
-    o(i) = r.offset;
-    nb(i) = r.nbytes;
-    b(i) = r.t_begin_ns;
-    e(i) = r.t_end_ns;
-    s(i) = r.step;
-    ch(i) = r.chunk;
-    th(i) = r.thread;
-    cb(i) = r.cpu_begin;
-    ce(i) = r.cpu_end;
-    ph(i) = r.phase;
-    rn(i) = r.run_ns;
-    wt(i) = r.wait_ns;
-    cv(i) = r.ctx_vol;
-    ci(i) = r.ctx_invol;
-  }
   py::dict d;
-  d["ckpt_id"] = ckpt;
-  d["step"] = step;
-  d["thread"] = thread;
-  d["cpu_begin"] = cpu_b;
-  d["cpu_end"] = cpu_e;
-  d["phase"] = phase;
-  d["chunk"] = chunk;
-  d["offset"] = offset;
-  d["nbytes"] = nbytes;
-  d["t_begin_ns"] = tb;
-  d["t_end_ns"] = te;
-  d["run_ns"] = run;
-  d["wait_ns"] = wait;
-  d["ctx_vol"] = vol;
-  d["ctx_invol"] = invol;
+#define CKPTLAB_TRACE_ARRAY(name, type, dtype)                          \
+  {                                                                     \
+    py::array_t<type> column(n);                                        \
+    auto out = column.mutable_unchecked<1>();                           \
+    for (py::ssize_t i = 0; i < n; ++i) out(i) = recs[static_cast<size_t>(i)].name; \
+    d[#name] = std::move(column);                                       \
+  }
+  CKPTLAB_TRACE_COLUMNS(CKPTLAB_TRACE_ARRAY)
+#undef CKPTLAB_TRACE_ARRAY
   return d;
 }
 
@@ -166,17 +128,30 @@ PYBIND11_MODULE(_engine, m) {
     for (int i = 0; i < static_cast<int>(IoOp::kCount); ++i) names.emplace_back(io_op_name(static_cast<IoOp>(i)));
     return names;
   }, "Operation names used in I/O logs (Engine(io_log=PATH)), see faults/iolog.py.");
-  m.def("validate_fault_spec", [](const std::string& spec) { FaultInjector check(spec); },
+  m.def("validate_fault_spec", [](const std::string& spec) { FaultInjector check(spec); }, py::arg("spec"),
         "Raises ValueError naming the bad token if the spec does not parse.");
   m.def("phase_names", [] {
     std::vector<std::string> names;
     for (int i = 0; i < static_cast<int>(Phase::kCount); ++i) names.emplace_back(phase_name(static_cast<Phase>(i)));
     return names;
   });
+  m.def("trace_columns", [] {
+    std::vector<std::pair<std::string, std::string>> columns;
+#define CKPTLAB_TRACE_NAME(name, type, dtype) columns.emplace_back(#name, dtype);
+    CKPTLAB_TRACE_COLUMNS(CKPTLAB_TRACE_NAME)
+#undef CKPTLAB_TRACE_NAME
+    return columns;
+  }, "(name, numpy dtype) of each timing-record column, in trace-file order (drain_trace() keys).");
+  m.def("durability_mutations", [] {
+    const std::vector<std::string> names = durability_mutation_names();
+    py::tuple out(names.size());
+    for (size_t i = 0; i < names.size(); ++i) out[i] = names[i];
+    return out;
+  }, "Names Engine(unsafe=[...]) accepts: each removes one step of the commit protocol (fault-campaign teeth).");
   m.def("probe_direct_io", [](const std::string& dir) {
     DirectIoSupport s = probe_direct_io(dir);
     return py::make_tuple(s.supported, s.reason);
-  });
+  }, py::arg("dir"), "(supported, reason): whether O_DIRECT writes work in `dir`; reason is empty when they do.");
   m.attr("FORMAT_VERSION") = kFormatVersion;
   m.attr("MANIFEST_NAME") = kManifestName;
   m.def("monotonic_ns", &monotonic_ns);
@@ -262,13 +237,7 @@ PYBIND11_MODULE(_engine, m) {
              o.io_log = io_log;
              o.io_log_data = io_log_data;
              o.writer_cpus = writer_cpus;
-             for (const auto& u : unsafe) {
-               if (u == "skip_data_fsync") o.unsafe_skip_data_fsync = true;
-               else if (u == "skip_dir_fsync") o.unsafe_skip_dir_fsync = true;
-               else if (u == "corrupt_manifest_checksum") o.unsafe_corrupt_manifest_checksum = true;
-               else if (u == "unordered_commit") o.unsafe_unordered_commit = true;
-               else throw py::value_error("unknown durability mutation '" + u + "'");
-             }
+             for (const auto& u : unsafe) set_durability_mutation(o, u);  // ValueError if unknown
              py::gil_scoped_release release;
              return std::make_unique<Engine>(std::move(o));
            }),
@@ -288,12 +257,22 @@ PYBIND11_MODULE(_engine, m) {
            },
            py::arg("step"), py::arg("meta_json"), py::arg("segments"), py::arg("total_bytes"),
            "Copy (ptr, nbytes, stream_offset) segments into staging and queue the checkpoint. Returns its id.")
-      .def("wait", [](Engine& e) {
-             interruptible([&](const InterruptCheck& ic) {
-               e.wait_all(ic);
-               return 0;
-             });
-           })
+      .def("wait",
+           [](Engine& e, std::optional<double> timeout) {
+             std::optional<Engine::Clock::time_point> deadline;
+             if (timeout) {
+               if (std::isnan(*timeout) || *timeout < 0) throw py::value_error("timeout must be >= 0 seconds or None");
+               // 1e9 s (31 years) and beyond, inf included, is no limit (and cannot overflow the clock).
+               if (*timeout < 1e9)
+                 deadline = Engine::Clock::now() + std::chrono::duration_cast<Engine::Clock::duration>(
+                                                       std::chrono::duration<double>(*timeout));
+             }
+             return interruptible([&](const InterruptCheck& ic) { return e.wait_all(ic, deadline); });
+           },
+           py::arg("timeout") = py::none(),
+           "Waits until every submitted checkpoint is committed or failed; True if so, False when `timeout` "
+           "seconds passed first (0 polls, None waits without limit). Does not raise checkpoint failures: "
+           "take_failure() reports them.")
       .def("take_failure", [](Engine& e) { return failure_to_py(e.take_failure()); })
       .def("close", [](Engine& e) {
              py::gil_scoped_release release;

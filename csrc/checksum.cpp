@@ -1,4 +1,5 @@
 #include "checksum.hpp"
+#include "checksum_internal.hpp"
 
 #include <array>
 #include <cstring>
@@ -160,5 +161,17 @@ uint32_t crc32c(uint32_t crc, const void* data, size_t nbytes) {
 }
 
 const char* crc32c_implementation() { return use_hw() ? kHwName : "table"; }
+
+// Each implementation by name, for the C++ self-test (checksum_internal.hpp). Thin wrappers:
+// crc32c() above calls the internal functions directly.
+namespace checksum_detail {
+uint32_t crc_table(uint32_t reg, const uint8_t* p, size_t n) { return ckptlab::crc_table(reg, p, n); }
+uint32_t crc_hw(uint32_t reg, const uint8_t* p, size_t n) { return ckptlab::crc_hw(reg, p, n); }
+#if defined(__x86_64__)
+uint32_t crc_hw_serial(uint32_t reg, const uint8_t* p, size_t n) { return ckptlab::crc_hw_serial(reg, p, n); }
+#endif
+bool cpu_has_hw() { return ckptlab::cpu_has_hw(); }
+const char* hw_name() { return kHwName; }
+}  // namespace checksum_detail
 
 }  // namespace ckptlab

@@ -19,6 +19,17 @@
 namespace ckptlab {
 namespace {
 
+struct DurabilityMutation {
+  const char* name;
+  bool EngineOptions::*flag;
+};
+constexpr DurabilityMutation kDurabilityMutations[] = {
+    {"skip_data_fsync", &EngineOptions::unsafe_skip_data_fsync},
+    {"skip_dir_fsync", &EngineOptions::unsafe_skip_dir_fsync},
+    {"corrupt_manifest_checksum", &EngineOptions::unsafe_corrupt_manifest_checksum},
+    {"unordered_commit", &EngineOptions::unsafe_unordered_commit},
+};
+
 constexpr uint64_t kIoAlign = 4096;         // file offsets and lengths (tail padded to this)
 constexpr uint64_t kChunkGranule = 64 << 10; // chunk sizes are multiples of 64 KiB
 
@@ -96,6 +107,22 @@ Engine::Engine(EngineOptions options)
   if (!opt_.writer_cpus.empty()) check_cpus_allowed(opt_.writer_cpus, "writer_cpus");
   for (int i = 0; i < opt_.writer_threads; ++i) writers_.emplace_back([this, i] { writer_main(i); });
   committer_ = std::thread([this] { committer_main(); });
+}
+
+std::vector<std::string> durability_mutation_names() {
+  std::vector<std::string> names;
+  for (const auto& m : kDurabilityMutations) names.emplace_back(m.name);
+  return names;
+}
+
+void set_durability_mutation(EngineOptions& options, const std::string& name) {
+  for (const auto& m : kDurabilityMutations) {
+    if (name == m.name) {
+      options.*m.flag = true;
+      return;
+    }
+  }
+  throw std::invalid_argument("unknown durability mutation '" + name + "'");
 }
 
 Engine::~Engine() { close(); }
@@ -495,10 +522,16 @@ void Engine::retain(const Checkpoint& just_committed, TraceRing* ring) {
   fsync_dir(opt_.dir, io_log_.get());
 }
 
-void Engine::wait_all(const InterruptCheck& interrupted) {
+bool Engine::wait_all(const InterruptCheck& interrupted, std::optional<Clock::time_point> deadline) {
+  constexpr auto kInterruptPoll = std::chrono::milliseconds(100);
   std::unique_lock<std::mutex> lock(mu_);
-  while (!pending_.empty()) {
-    cv_.wait_for(lock, std::chrono::milliseconds(100));
+  for (;;) {
+    if (pending_.empty()) return true;
+    const Clock::time_point now = Clock::now();
+    if (deadline && now >= *deadline) return false;
+    Clock::time_point wake = now + kInterruptPoll;
+    if (deadline && *deadline < wake) wake = *deadline;
+    cv_.wait_until(lock, wake);
     if (!pending_.empty() && interrupted) {
       lock.unlock();
       if (interrupted()) throw Interrupted();

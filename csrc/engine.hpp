@@ -19,6 +19,7 @@
 // is never retried (after a failed fsync the kernel may have dropped the dirty pages).
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -65,6 +66,12 @@ struct EngineOptions {
   std::vector<int> writer_cpus;
 };
 
+// The durability mutations by name (the EngineOptions::unsafe_* flags), in declaration
+// order: the names Engine(unsafe=[...]) takes. One table in engine.cpp holds names and flags.
+std::vector<std::string> durability_mutation_names();
+// Sets the named mutation in `options`; std::invalid_argument for a name not in the table.
+void set_durability_mutation(EngineOptions& options, const std::string& name);
+
 // A segment of caller memory placed at `stream_offset` in the checkpoint's byte stream.
 struct Segment {
   const void* ptr;
@@ -103,8 +110,11 @@ class Engine {
   // Blocks while max_inflight checkpoints are in flight or staging is full (back-pressure).
   uint64_t submit(int64_t step, const std::string& meta_json, const std::vector<Segment>& segments,
                   uint64_t total_bytes, const InterruptCheck& interrupted);
-  // Blocks until every submitted checkpoint is committed or failed.
-  void wait_all(const InterruptCheck& interrupted);
+  // Blocks until every submitted checkpoint is committed or failed, or until `deadline`
+  // passes (none: no limit). Returns whether nothing submitted was still pending then; a
+  // deadline already past only polls. `interrupted` is consulted every 100 ms.
+  using Clock = std::chrono::steady_clock;
+  bool wait_all(const InterruptCheck& interrupted, std::optional<Clock::time_point> deadline = std::nullopt);
   // The oldest failure not yet reported, removed from the queue.
   std::optional<CheckpointFailure> take_failure();
   void close();

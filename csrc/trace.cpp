@@ -162,7 +162,7 @@ ScopedPhase::ScopedPhase(Tracer* tracer, TraceRing* ring, Phase phase, uint64_t 
   rec_.chunk = chunk;
   rec_.offset = offset;
   rec_.nbytes = nbytes;
-  rec_.phase = static_cast<uint16_t>(phase);
+  rec_.phase = static_cast<int16_t>(phase);
   rec_.thread = current_tid();
   rec_.cpu_begin = current_cpu();
   rec_.t_begin_ns = monotonic_ns();

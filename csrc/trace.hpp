@@ -27,25 +27,53 @@ enum class Phase : uint16_t {
 };
 const char* phase_name(Phase p);
 
+// The record layout as X(name, C++ type, numpy dtype), in trace-file column order
+// (docs/TRACE.md; the file adds its run_id and thread_name columns). The one list of the
+// columns: it declares TraceRecord's fields, the binding builds its numpy columns from it
+// (bindings.cpp records_to_columns) and exports it as _engine.trace_columns(), which
+// tests/csrc/test_trace_columns.py compares to the Python side's raw-column list.
+// The order also packs the struct: 96 bytes, every field naturally aligned, 2 bytes of
+// padding after `phase` (checked below).
+#define CKPTLAB_TRACE_COLUMNS(X)                                                                \
+  X(ckpt_id, uint64_t, "uint64")                                                                \
+  X(step, int64_t, "int64")                                                                     \
+  X(thread, int32_t, "int32")     /* OS thread id (gettid), as nsys shows it */                 \
+  X(cpu_begin, int32_t, "int32")  /* sched_getcpu() at begin / end */                           \
+  X(cpu_end, int32_t, "int32")                                                                  \
+  X(phase, int16_t, "int16")      /* Phase code (trace files: int16 dictionary index) */        \
+  X(chunk, int64_t, "int64")      /* -1 when the operation is not about one chunk */            \
+  X(offset, uint64_t, "uint64")   /* file offset, or stream offset for stage */                 \
+  X(nbytes, uint64_t, "uint64")                                                                 \
+  X(t_begin_ns, uint64_t, "uint64") /* CLOCK_MONOTONIC */                                       \
+  X(t_end_ns, uint64_t, "uint64")                                                               \
+  /* Scheduler counters of `thread` over the operation (sched_stats.hpp); -1 = not measured. */ \
+  X(run_ns, int64_t, "int64")     /* on a CPU */                                                \
+  X(wait_ns, int64_t, "int64")    /* runnable, waiting for a CPU */                             \
+  X(ctx_vol, int32_t, "int32")    /* voluntary context switches (blocked) */                    \
+  X(ctx_invol, int32_t, "int32")  /* involuntary context switches (preempted) */
+
 struct TraceRecord {
-  uint64_t ckpt_id;
-  int64_t step;
-  int64_t chunk;       // -1 when the operation is not about one chunk
-  uint64_t offset;     // file offset, or stream offset for stage
-  uint64_t nbytes;
-  uint64_t t_begin_ns; // CLOCK_MONOTONIC
-  uint64_t t_end_ns;
-  int32_t thread;      // OS thread id (gettid), as nsys shows it
-  int32_t cpu_begin;   // sched_getcpu() at begin / end
-  int32_t cpu_end;
-  uint16_t phase;
-  uint16_t reserved;
-  // Scheduler counters of `thread` over the operation (sched_stats.hpp); -1 = not measured.
-  int64_t run_ns;      // on a CPU
-  int64_t wait_ns;     // runnable, waiting for a CPU
-  int32_t ctx_vol;     // voluntary context switches (blocked)
-  int32_t ctx_invol;   // involuntary context switches (preempted)
+#define CKPTLAB_TRACE_FIELD(name, type, dtype) type name;
+  CKPTLAB_TRACE_COLUMNS(CKPTLAB_TRACE_FIELD)
+#undef CKPTLAB_TRACE_FIELD
 };
+static_assert(sizeof(TraceRecord) == 96 && alignof(TraceRecord) == 8,
+              "TraceRecord: keep the column list packed (hot per-thread rings)");
+static_assert(static_cast<int>(Phase::kCount) <= INT16_MAX, "phase codes must fit the int16 phase column");
+
+// The numpy dtype each C++ column type must be spelled as (checked against the list above).
+template <typename T> constexpr const char* trace_dtype_of() = delete;
+template <> constexpr const char* trace_dtype_of<uint64_t>() { return "uint64"; }
+template <> constexpr const char* trace_dtype_of<int64_t>() { return "int64"; }
+template <> constexpr const char* trace_dtype_of<int32_t>() { return "int32"; }
+template <> constexpr const char* trace_dtype_of<int16_t>() { return "int16"; }
+constexpr bool trace_same_name(const char* a, const char* b) {
+  return *a == *b && (*a == '\0' || trace_same_name(a + 1, b + 1));
+}
+#define CKPTLAB_TRACE_DTYPE_CHECK(name, type, dtype) \
+  static_assert(trace_same_name(trace_dtype_of<type>(), dtype), "trace column " #name ": dtype is not its C++ type");
+CKPTLAB_TRACE_COLUMNS(CKPTLAB_TRACE_DTYPE_CHECK)
+#undef CKPTLAB_TRACE_DTYPE_CHECK
 
 class TraceRing {
  public:

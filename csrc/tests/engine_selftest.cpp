@@ -1,19 +1,23 @@
-// Standalone self-test of the C++ engine: no Python, no torch, no pybind11. Built natively and
-// with aarch64-linux-gnu-g++ by `make test-arm64`, which runs the aarch64 binary under
-// qemu-aarch64 (docs/ARM64.md). It checks
+// Standalone self-test of the C++ engine: no Python, no torch, no pybind11. CMake builds it
+// (CKPTLAB_BUILD_TESTS=ON, target engine_selftest, registered with CTest) against the same
+// ckptlab_core library as the Python module; `make test` runs it natively, and
+// `make test-arm64` cross-builds it for aarch64 and runs it under qemu-aarch64 with 4 KiB and
+// 64 KiB pages (docs/ARM64.md). It checks
 //   1. CRC32C: published vectors, then every implementation this CPU can run (the dispatching
 //      crc32c(), the hardware path, the slicing-by-8 table) against a bitwise reference over a
 //      1 MiB patterned buffer at many lengths and start alignments, and continuation (a CRC
 //      carried across split points, which is how the 3-stream x86 path folds its streams);
 //   2. the engine end to end: two checkpoints from host memory, MANIFEST trailer and chunk
 //      table, a verified read back into a fresh buffer, retention, and a flipped byte that
-//      the verified read must refuse.
+//      the verified read must refuse;
+//   3. wait_all's deadline: a checkpoint held at a fault point (a delay) is still pending at
+//      a short deadline and committed without one.
 // Exit status 0 when everything passed; every failure is printed.
 //
-// checksum.cpp is included rather than linked, so that its internal implementations
-// (crc_table, crc_hw) are reachable and the table path is tested on CPUs that have the
-// hardware instructions too. Build it with every other csrc/*.cpp except bindings.cpp.
-#include "../checksum.cpp"
+// The individual CRC implementations (so the table path is tested on CPUs with the hardware
+// instructions too) come from checksum_internal.hpp, which exists for this test.
+#include "../checksum.hpp"
+#include "../checksum_internal.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -21,12 +25,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../engine.hpp"
@@ -101,12 +107,12 @@ struct Impl {
 };
 
 std::vector<Impl> implementations() {
-  using namespace ckptlab;
+  using namespace ckptlab::checksum_detail;
   std::vector<Impl> impls;
-  impls.push_back({"crc32c()", [](uint32_t c, const uint8_t* p, size_t n) { return crc32c(c, p, n); }});
+  impls.push_back({"crc32c()", [](uint32_t c, const uint8_t* p, size_t n) { return ckptlab::crc32c(c, p, n); }});
   impls.push_back({"table", [](uint32_t c, const uint8_t* p, size_t n) { return ~crc_table(~c, p, n); }});
   if (cpu_has_hw()) {
-    impls.push_back({kHwName, [](uint32_t c, const uint8_t* p, size_t n) { return ~crc_hw(~c, p, n); }});
+    impls.push_back({hw_name(), [](uint32_t c, const uint8_t* p, size_t n) { return ~crc_hw(~c, p, n); }});
 #if defined(__x86_64__)
     impls.push_back({"sse4.2-serial", [](uint32_t c, const uint8_t* p, size_t n) { return ~crc_hw_serial(~c, p, n); }});
 #endif
@@ -363,7 +369,9 @@ void test_engine(const std::string& io_mode) {
     used_mode = engine.io_mode();
     engine.submit(10, "{\"selftest\":1}", segs, total, nullptr);
     engine.submit(20, "{\"selftest\":2}", segs, total, nullptr);
-    engine.wait_all(nullptr);
+    CHECK(engine.wait_all(nullptr), "[%s] wait_all without a deadline returned false", io_mode.c_str());
+    CHECK(engine.wait_all(nullptr, ckptlab::Engine::Clock::now()), "[%s] an idle engine's poll returned false",
+          io_mode.c_str());
     auto failure = engine.take_failure();
     CHECK(!failure, "[%s] checkpoint failed: %s", io_mode.c_str(), failure ? failure->message.c_str() : "");
     CHECK(engine.last_committed_step() == 20, "[%s] last_committed_step=%lld", io_mode.c_str(),
@@ -437,6 +445,40 @@ void test_engine(const std::string& io_mode) {
   remove_all(dir);
 }
 
+// A checkpoint held 400 ms at a fault point: a 50 ms deadline passes with it pending, a wait
+// without a deadline returns once it is committed.
+void test_wait_deadline() {
+  using Clock = ckptlab::Engine::Clock;
+  const std::string dir = make_temp_dir();
+  std::vector<uint8_t> data(100000, 0x5A);
+  ckptlab::EngineOptions opt;
+  opt.dir = dir;
+  opt.writer_threads = 1;
+  opt.chunk_bytes = 64 << 10;
+  opt.staging_bytes = 2 * opt.chunk_bytes;
+  opt.prefault = false;
+  opt.faults = "point=before_rename,action=delay=400";
+  try {
+    ckptlab::Engine engine(opt);
+    engine.submit(1, "{}", {{data.data(), data.size(), 0}}, data.size(), nullptr);
+    const Clock::time_point t0 = Clock::now();
+    const bool early = engine.wait_all(nullptr, t0 + std::chrono::milliseconds(50));
+    const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+    CHECK(!early, "wait_all(deadline 50 ms) returned true while a checkpoint was held at before_rename");
+    CHECK(waited >= 45 && waited < 350, "wait_all(deadline 50 ms) returned after %lld ms", static_cast<long long>(waited));
+    CHECK(engine.inflight() == 1, "inflight=%llu after the deadline", static_cast<unsigned long long>(engine.inflight()));
+    CHECK(engine.wait_all(nullptr), "wait_all without a deadline returned false");
+    CHECK(engine.last_committed_step() == 1 && !engine.take_failure(), "the held checkpoint did not commit");
+    CHECK(engine.wait_all(nullptr, Clock::now() - std::chrono::seconds(1)), "a past deadline on an idle engine");
+    engine.close();
+    std::printf("wait_all: a 50 ms deadline returned false after %lld ms with a checkpoint held; "
+                "without one it returned true once committed\n", static_cast<long long>(waited));
+  } catch (const std::exception& e) {
+    CHECK(false, "wait deadline: engine threw: %s", e.what());
+  }
+  remove_all(dir);
+}
+
 }  // namespace
 
 int main() {
@@ -455,6 +497,7 @@ int main() {
   test_sched_counters();
   test_engine("buffered");
   test_engine("auto");
+  test_wait_deadline();
   if (g_failures) {
     std::printf("FAILED: %d of %ld checks\n", g_failures, g_checks);
     return 1;

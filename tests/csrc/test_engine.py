@@ -1,6 +1,9 @@
 """The engine through its bindings: checksums, fault specs, direct I/O, the directory lock,
 crash debris cleanup, verified reads."""
 import os
+import signal
+import threading
+import time
 import zlib
 
 import numpy as np
@@ -148,6 +151,77 @@ def test_bad_engine_options(tmp_path):
         _engine.Engine(str(tmp_path), io_mode="turbo")
     with pytest.raises(ValueError, match="unknown durability mutation"):
         _engine.Engine(str(tmp_path), unsafe=["skip_all"])
+
+
+def test_durability_mutations_are_the_names_engine_takes(tmp_path):
+    names = _engine.durability_mutations()
+    assert isinstance(names, tuple) and len(names) == len(set(names)) == 4
+    assert "skip_data_fsync" in names and "unordered_commit" in names
+    for name in names:  # each one alone, then all together
+        (tmp_path / name).mkdir()
+        _engine.Engine(str(tmp_path / name), unsafe=[name], chunk_bytes=65536, staging_bytes=65536,
+                       prefault=False).close()
+    _engine.Engine(str(tmp_path), unsafe=list(names), chunk_bytes=65536, staging_bytes=65536, prefault=False).close()
+
+
+def _held_engine(tmp_path, delay_ms):
+    """An engine whose first checkpoint sits `delay_ms` at before_rename (docs/FAULTS.md)."""
+    e = _engine.Engine(str(tmp_path), writer_threads=1, chunk_bytes=65536, staging_bytes=65536 * 2,
+                       prefault=False, faults=f"point=before_rename,action=delay={delay_ms}")
+    _submit(e, 1, np.arange(10_000, dtype=np.float32))
+    return e
+
+
+def test_wait_timeout_is_a_deadline(tmp_path):
+    e = _held_engine(tmp_path, 800)
+    try:
+        t0 = time.monotonic()
+        assert e.wait(timeout=0.05) is False
+        waited = time.monotonic() - t0
+        assert 0.04 <= waited < 0.5, waited
+        assert e.wait(0) is False and e.inflight == 1 and e.last_committed_step == -1
+        assert e.wait() is True
+        assert e.inflight == 0 and e.last_committed_step == 1 and e.take_failure() is None
+    finally:
+        e.close()
+
+
+def test_wait_polls_an_idle_engine_and_refuses_bad_timeouts(tmp_path):
+    e = _engine.Engine(str(tmp_path), chunk_bytes=65536, staging_bytes=65536, prefault=False)
+    try:
+        assert e.wait(0) is True and e.wait(timeout=0.0) is True and e.wait() is True
+        assert e.wait(float("inf")) is True and e.wait(1e300) is True
+        for bad in (-1, -1e-9, float("nan")):
+            with pytest.raises(ValueError, match="timeout"):
+                e.wait(bad)
+    finally:
+        e.close()
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_wait_stays_interruptible(tmp_path):
+    """A signal handler's exception reaches the caller of wait() (Ctrl-C), with or without a timeout."""
+    def handler(signum, frame):
+        raise _Interrupt()
+
+    e = _held_engine(tmp_path, 1500)
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        for timeout in (None, 30.0):
+            timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+            timer.start()
+            t0 = time.monotonic()
+            with pytest.raises(_Interrupt):
+                e.wait(timeout)
+            timer.join()
+            assert time.monotonic() - t0 < 1.0
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        e.close()
+    assert e.last_committed_step == 1
 
 
 def test_allowed_cpus_is_the_process_affinity():
