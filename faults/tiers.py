@@ -174,7 +174,7 @@ def session(setup: Setup, ctx: Context, steps: list[int] | None = None, faults: 
 
 
 def _child_env() -> dict[str, str]:
-    from ckptlab.faults.spec import child_env
+    from ckptlab.core.fault_spec import child_env
 
     return child_env()
 
@@ -241,7 +241,7 @@ def _crash_checks(ctx: Context, setup: Setup, ckdir: str, hist: oracle.History, 
 # --- points ------------------------------------------------------------------------------------
 
 def gen_points(seed: int, short: bool) -> list[dict]:
-    from ckptlab.faults.spec import fault_points
+    from ckptlab.core.fault_spec import fault_points
 
     trials: list[dict] = []
     setups = [0] if short else list(range(len(POINT_SETUPS)))
@@ -396,7 +396,7 @@ IOERR_SETUPS = [0, 1]
 
 
 def gen_ioerr(seed: int, short: bool) -> list[dict]:
-    from ckptlab.faults.spec import ERROR_POINTS
+    from ckptlab.core.fault_spec import ERROR_POINTS
 
     trials = []
     actions = ["eio", "enospc", "edquot"]
@@ -800,7 +800,7 @@ def _training_reference(ctx: Context, train_seed: int) -> str:
 
 def run_training(trial: dict, ctx: Context, tdir: str) -> dict:
     from ckptlab.faults.iolog import marks, read_io_log
-    from ckptlab.faults.spec import child_env
+    from ckptlab.core.fault_spec import child_env
 
     p = trial["p"]
     t0 = time.monotonic()
