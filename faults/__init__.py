@@ -2,7 +2,7 @@
 
     iolog      reading the engine's recorded file-system operations
     replay     crash states a power cut may leave, rebuilt from an I/O log
-    bitrot     damage to committed checkpoints
+    damage     damage to committed checkpoints (the bitrot tier applies it)
     payload    PRNG-filled test states (any mix or tear is detectable)
     oracle     what must hold after a crash
     saver      the light child process the campaign crashes

@@ -566,7 +566,7 @@ def run_powerloss(trial: dict, ctx: Context, tdir: str, max_report: int = 3) -> 
 # --- bit rot --------------------------------------------------------------------------------------
 
 def gen_bitrot(seed: int, count: int, bases: int) -> list[dict]:
-    from ckptlab.faults.bitrot import KINDS
+    from ckptlab.faults.damage import KINDS
 
     out = []
     for i in range(count):
@@ -610,7 +610,7 @@ def _bitrot_base(ctx: Context, index: int, base_seed: int) -> tuple[str, Setup]:
 def run_bitrot(trial: dict, ctx: Context, tdir: str) -> dict:
     from ckptlab.core import CorruptCheckpointError, verify_checkpoint
     from ckptlab.core.layout import committed_step_dirs
-    from ckptlab.faults.bitrot import corrupt
+    from ckptlab.faults.damage import corrupt
 
     p = trial["p"]
     t0 = time.monotonic()
