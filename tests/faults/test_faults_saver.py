@@ -7,7 +7,7 @@ import sys
 
 from ckptlab.core.fault_spec import child_env
 from ckptlab.faults import oracle
-from ckptlab.faults.tiers import Context, session, write_child_config
+from ckptlab.faults.tiers.common import Context, session, write_child_config
 from faults_helpers import small_setup
 
 
