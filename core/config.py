@@ -5,14 +5,14 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from ckptlab.core.fault_spec import FAULTS_ENV, IO_LOG_DATA_ENV, IO_LOG_ENV
+
 MiB = 1 << 20
 GiB = 1 << 30
 
 IO_MODES = ("auto", "direct", "buffered")
 SNAPSHOT_MODES = ("sync", "deferred", "gpu")  # core/snapshot.py
 DURABILITY_MUTATIONS = ("skip_data_fsync", "skip_dir_fsync", "corrupt_manifest_checksum", "unordered_commit")
-FAULTS_ENV = "CKPTLAB_FAULTS"
-IO_LOG_ENV = "CKPTLAB_IO_LOG"  # record engine file-system operations (faults/iolog.py)
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class CheckpointConfig:
     def effective_io_log(self) -> tuple[str, bool]:
         """(path, record written bytes) of the engine I/O log: io_log, else CKPTLAB_IO_LOG."""
         path = self.io_log or os.environ.get(IO_LOG_ENV, "")
-        return path, os.environ.get(IO_LOG_ENV + "_DATA", "1") != "0"
+        return path, os.environ.get(IO_LOG_DATA_ENV, "1") != "0"
 
     def replace(self, **changes) -> "CheckpointConfig":
         return dataclasses.replace(self, **changes)

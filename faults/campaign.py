@@ -1,6 +1,6 @@
 """Crash-consistency campaigns: ``ckptlab campaign`` / ``python -m ckptlab.faults.campaign``.
 
-Runs the tiers of faults/tiers.py in parallel worker processes, each trial a real child
+Runs the tiers of faults/tiers/ in parallel worker processes, each trial a real child
 process that is crashed (or failed, or power-cut on replay), recovered and checked against the
 oracle (faults/oracle.py). Writes one row per trial to ``OUT/results.parquet``, the summary to
 ``OUT/summary.json``, keeps the working directory of every violating trial (child config, ack
@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ckptlab.faults import tiers as T
+from ckptlab.faults.tiers import enospc
+from ckptlab.faults.tiers.common import Context, row
 
 DEFAULT_OUT = "campaign-results"
 # Trials per tier: (short, full); exhaustive tiers ignore --trials.
@@ -85,6 +87,9 @@ class Result:
 
 
 def trial_count(tier: str, opts: Options) -> int:
+    """Trials of a randomized tier; 0 for an exhaustive one (it enumerates its whole space)."""
+    if tier not in SCALE:
+        return 0
     short, full = SCALE[tier]
     if opts.trials is None:
         return short if opts.short else full
@@ -98,32 +103,13 @@ def generate(opts: Options) -> tuple[list[dict], dict[str, str]]:
     trials: list[dict] = []
     skipped: dict[str, str] = {}
     for tier in opts.tiers:
-        if tier == "points":
-            trials += T.gen_points(opts.seed, opts.short)
-        elif tier == "random":
-            trials += T.gen_random(opts.seed, trial_count(tier, opts))
-        elif tier == "ioerr":
-            trials += T.gen_ioerr(opts.seed, opts.short)
-        elif tier == "powerloss":
-            trials += T.gen_powerloss(opts.seed, trial_count(tier, opts))
-        elif tier == "bitrot":
-            n = trial_count(tier, opts)
-            trials += T.gen_bitrot(opts.seed, n, bases=1 if opts.short else 4)
-        elif tier == "enospc":
-            prefix, why = T.namespace_prefix()
-            if prefix is None:
-                skipped[tier] = why
-            else:
-                trials += T.gen_enospc(opts.seed, trial_count(tier, opts))
-        elif tier == "training":
-            ok, why = T.training_available()
-            n = trial_count(tier, opts)
-            if not ok:
-                skipped[tier] = why
-            elif n:
-                trials += T.gen_training(opts.seed, n)
-        else:
+        if tier not in T.REGISTRY:
             raise ValueError(f"unknown tier {tier!r} (known: {', '.join(T.TIERS)})")
+        ok, why = T.REGISTRY[tier].available()
+        if not ok:
+            skipped[tier] = why
+            continue
+        trials += T.REGISTRY[tier].generate(opts.seed, trial_count(tier, opts), opts.short)
     if opts.trial:
         wanted = set(opts.trial)
         trials = [t for t in trials if t["id"] in wanted]
@@ -144,10 +130,10 @@ def repro(trial: dict, opts: Options) -> str:
 
 # --- running trials ---------------------------------------------------------------------------
 
-_CTX: T.Context | None = None
+_CTX: Context | None = None
 
 
-def _init_worker(ctx: T.Context) -> None:
+def _init_worker(ctx: Context) -> None:
     global _CTX
     _CTX = ctx
     import ckptlab.core  # noqa: F401
@@ -155,7 +141,7 @@ def _init_worker(ctx: T.Context) -> None:
     torch.set_num_threads(1)
 
 
-def run_one(trial: dict, ctx: T.Context | None = None) -> tuple[dict, str | None]:
+def run_one(trial: dict, ctx: Context | None = None) -> tuple[dict, str | None]:
     """Run one trial; returns its row and, if it violated, the kept working directory."""
     ctx = ctx or _CTX
     assert ctx is not None
@@ -164,10 +150,10 @@ def run_one(trial: dict, ctx: T.Context | None = None) -> tuple[dict, str | None
     os.makedirs(tdir)
     t0 = time.monotonic()
     try:
-        r = T.RUNNERS[trial["tier"]](trial, ctx, tdir)
+        r = T.REGISTRY[trial["tier"]].run(trial, ctx, tdir)
     except Exception as e:  # noqa: BLE001 - a harness failure is reported, never swallowed
-        r = T.row(trial, "error", detail=f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}",
-                  seconds=time.monotonic() - t0)
+        r = row(trial, "error", detail=f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}")
+    r["seconds"] = round(time.monotonic() - t0, 3)
     if r["violations"] or r["outcome"] == "error":
         return r, tdir
     shutil.rmtree(tdir, ignore_errors=True)
@@ -187,7 +173,7 @@ def run(opts: Options) -> Result:
     os.makedirs(work, exist_ok=True)
     shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else work
     states = tempfile.mkdtemp(prefix="ckptlab-states-", dir=shm)
-    ctx = T.Context(work=work, states=states, unsafe=tuple(opts.unsafe), short=opts.short)
+    ctx = Context(work=work, states=states, unsafe=tuple(opts.unsafe), short=opts.short)
     os.makedirs(opts.out, exist_ok=True)
     result = Result(skipped=skipped, out=opts.out)
     jobs = opts.jobs or os.cpu_count() or 1
@@ -224,7 +210,7 @@ def run(opts: Options) -> Result:
                     except cf.CancelledError:
                         continue
                     except Exception as e:  # noqa: BLE001 - a worker died
-                        r, tdir = T.row(futures[fut], "error", detail=f"worker failed: {e}"), None
+                        r, tdir = row(futures[fut], "error", detail=f"worker failed: {e}"), None
                     if not stop and collect(r, tdir):
                         stop = True
                         for f in futures:
@@ -394,14 +380,14 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--inner-enospc"]:  # inside the mount namespace (faults/tiers.py run_enospc)
+    if argv[:1] == ["--inner-enospc"]:  # inside the mount namespace (faults/tiers/enospc.py run)
         spec_path, result_path = argv[1], argv[2]
         with open(spec_path) as f:
             spec = json.load(f)
         try:
-            r = T.enospc_inner(spec)
+            r = enospc.inner(spec)
         except Exception as e:  # noqa: BLE001
-            r = T.row(spec["trial"], "error", detail=f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}")
+            r = row(spec["trial"], "error", detail=f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}")
         with open(result_path, "w") as f:
             json.dump(r, f)
         return 0

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 from ckptlab.core.checkpointer import KINDS
 from ckptlab.core.config import SNAPSHOT_MODES, CheckpointConfig
+from ckptlab.core.fault_spec import add_fault_arguments, apply_fault_arguments
 from ckptlab.training.config import MODEL_DTYPES, TrainConfig
 from ckptlab.training.presets import PRESETS, get_preset
 
@@ -156,8 +157,6 @@ def add_train_arguments(parser: argparse.ArgumentParser, *,
     faults.add_argument("--fail-after-durable", action="store_true",
                         help="with --fail-at-step: first wait until issued checkpoints are "
                              "durable")
-    from ckptlab.faults.spec import add_fault_arguments
-
     add_fault_arguments(faults)  # --fault SPEC (repeatable), --io-log PATH
     faults.add_argument("--sigterm-budget", type=float, default=60.0, metavar="SECONDS",
                         help="on SIGTERM, time allowed for the final checkpoint (default 60)")
@@ -221,8 +220,6 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser | None =
     from ckptlab.training.loop import TrainError, summary_lines, train
 
     try:
-        from ckptlab.faults.spec import apply_fault_arguments
-
         apply_fault_arguments(args)  # arms the engine through CKPTLAB_FAULTS / CKPTLAB_IO_LOG
         cfg = config_from_args(args)
     except (ValueError, KeyError) as exc:

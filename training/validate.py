@@ -28,12 +28,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ckptlab.core.fault_spec import FAULTS_ENV
 from ckptlab.training.lossfile import compare_loss_files, read_loss_file
 from ckptlab.training.presets import get_preset
 
 __all__ = ["ValidationPlan", "ValidationReport", "run_validation", "main"]
-
-FAULTS_ENV = "CKPTLAB_FAULTS"
 
 
 @dataclass(frozen=True)

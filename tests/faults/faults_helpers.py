@@ -6,7 +6,7 @@ import random
 from ckptlab import _engine
 from ckptlab.faults.payload import random_layout
 from ckptlab.faults.saver import segments_for
-from ckptlab.faults.tiers import Setup
+from ckptlab.faults.tiers.common import Setup
 
 KiB = 1024
 

@@ -2,6 +2,7 @@
 import argparse
 import io
 import os
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -80,14 +81,14 @@ def test_cli_registration(tmp_path, capsys):
 
 
 def test_enospc_skips_with_a_reason(monkeypatch):
-    monkeypatch.setattr(tiers.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     trials, skipped = campaign.generate(campaign.Options(tiers=("enospc",), short=True))
     assert trials == [] and "unshare" in skipped["enospc"]
 
 
 @pytest.mark.slow
 def test_training_tier(tmp_path):
-    ok, why = tiers.training_available()
+    ok, why = tiers.REGISTRY["training"].available()
     if not ok:
         pytest.skip(why)
     opts = campaign.Options(tiers=("training",), seed=1, jobs=2, out=str(tmp_path), progress=False, trials=150)

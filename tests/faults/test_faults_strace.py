@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from ckptlab.faults.iolog import read_io_log
-from ckptlab.faults.tiers import Context, session, write_child_config
+from ckptlab.faults.tiers.common import Context, session, write_child_config
 from faults_helpers import small_setup
 
 SYSCALLS = "openat,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat,rmdir,fsync,fdatasync,pwrite64,write," \

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from ckptlab.core.fault_spec import FAULTS_ENV
 
 TRAIN = [sys.executable, "-m", "ckptlab.training.cli", "--no-progress"]
-FAULTS_ENV = "CKPTLAB_FAULTS"
 
 
 def core_import_error() -> str | None:

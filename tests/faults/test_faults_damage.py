@@ -1,4 +1,4 @@
-"""Bit rot on committed checkpoints is always detected; the loader falls back, never lies."""
+"""faults/damage.py: every kind of damage to a committed checkpoint is detected; the loader falls back, never lies."""
 import os
 import random
 import shutil
@@ -9,7 +9,7 @@ from ckptlab.core import CorruptCheckpointError, ManifestError, verify_checkpoin
 from ckptlab.core.commit import committed_step_dirs
 from ckptlab.core.manifest import decode_manifest
 from ckptlab.faults import oracle
-from ckptlab.faults.bitrot import KINDS, corrupt
+from ckptlab.faults.damage import KINDS, corrupt
 from faults_helpers import save_steps, small_setup
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -1,4 +1,4 @@
-"""Bit rot and damage on committed checkpoints (reliability.md §5.3 L6).
+"""Damage to committed checkpoints: bit rot, truncation, lost and misdirected files (reliability.md §5.3 L6).
 
 Each function damages one checkpoint directory in place and returns a one-line description,
 or None when the damage happened to change nothing (e.g. zeroing bytes that were zero).

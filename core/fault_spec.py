@@ -1,5 +1,9 @@
 """The fault spec language, shared by the C++ engine, the Python side and the CLI.
 
+It lives in core because production code carries the fault points: CheckpointConfig reads
+the environment names defined here, ``ckptlab train --fault`` arms the engine through it, and
+the campaign (faults/) builds its children's environments with it. It imports no torch.
+
     point=NAME[,ckpt=K][,step=S][,hit=N][,action=kill|eio|enospc|edquot|short|delay=MS]
 
 Rules are joined by ``;``. ``point`` names a fault point of the commit protocol
@@ -22,11 +26,11 @@ import argparse
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import ModuleType
 
-from ckptlab import _engine
-
-FAULTS_ENV = "CKPTLAB_FAULTS"          # read by ckptlab.core.config.CheckpointConfig
-IO_LOG_ENV = "CKPTLAB_IO_LOG"          # engine I/O recording (faults/iolog.py), read by core.config
+# The one definition of each name; everything else imports these.
+FAULTS_ENV = "CKPTLAB_FAULTS"          # appended to CheckpointConfig.faults (core/config.py)
+IO_LOG_ENV = "CKPTLAB_IO_LOG"          # engine I/O recording (faults/iolog.py), read by core/config.py
 IO_LOG_DATA_ENV = "CKPTLAB_IO_LOG_DATA"  # "0": record operations without the written bytes
 
 ERROR_ACTIONS = ("eio", "enospc", "edquot", "short")
@@ -42,13 +46,23 @@ ERROR_POINTS = {
 }
 
 
+def _compiled_engine() -> ModuleType:
+    """``ckptlab._engine``, imported on use: core/config.py imports this module for the names
+    above and must import where the engine is not built (see its ``available_cpus``)."""
+    from ckptlab import _engine
+
+    return _engine
+
+
 def fault_points() -> list[str]:
     """Every named fault point of the engine, in protocol order."""
-    return list(_engine.fault_points())
+    return list(_compiled_engine().fault_points())
 
 
 @dataclass(frozen=True)
 class FaultRule:
+    """One rule of a spec; ``str(rule)`` is its spec text."""
+
     point: str
     ckpt: int | None = None
     step: int | None = None
@@ -78,7 +92,7 @@ class FaultRule:
 def validate(spec: str) -> None:
     """Raise ValueError (naming the bad token) unless the engine accepts ``spec``."""
     try:
-        _engine.validate_fault_spec(spec)
+        _compiled_engine().validate_fault_spec(spec)
     except ValueError as e:
         raise ValueError(f"bad fault spec {spec!r}: {e}") from None
 

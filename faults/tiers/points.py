@@ -1,0 +1,79 @@
+"""The ``points`` tier: SIGKILL at every named fault point x checkpoint {1, 2, last} x
+occurrence {first, last}, on three engine shapes; commit-order scenarios (a slow checkpoint 2
+overtaken by 3); consecutive crashes (crash, recover, crash in the first save after recovery).
+"""
+from __future__ import annotations
+
+import random
+
+from ckptlab.core.fault_spec import fault_points
+from ckptlab.faults.tiers.common import (
+    MiB, POINT_SETUPS, Context, Setup, checked, crash_checks, numbered, point_setup, row, run_saver, session, setup_of,
+)
+
+
+def generate(seed: int, count: int, short: bool) -> list[dict]:
+    """The whole space (``count`` is ignored)."""
+    trials: list[dict] = []
+    setups = [0] if short else list(range(len(POINT_SETUPS)))
+    for si in setups:
+        setup = point_setup(si)
+        n = len(setup.steps)
+        ckpts = [2] if short else sorted({1, 2, n})
+        for point in fault_points():
+            for ck in ckpts:
+                count = setup.point_count(point, ck)
+                if count == 0 and short:
+                    count, ck = setup.point_count(point, n), n
+                if count == 0:
+                    continue
+                for hit in ([1] if short else sorted({1, count})):
+                    trials.append({"kind": "kill", "setup": si, "point": point, "ckpt": ck, "hit": hit})
+        # Commit order: checkpoint 2 made slow so 3 finishes first; with and without a kill
+        # right after 3 commits.
+        trials.append({"kind": "order", "setup": si, "kill": True})
+        if not short:
+            trials.append({"kind": "order", "setup": si, "kill": False})
+    if not short:
+        rng = random.Random(seed)
+        points = fault_points()
+        for _ in range(12):
+            trials.append({"kind": "double", "setup": rng.randrange(len(POINT_SETUPS)),
+                           "first": [rng.choice(points), rng.randint(1, 3)], "second": rng.choice(points)})
+    return numbered("points", seed, trials)
+
+
+def run(trial: dict, ctx: Context, tdir: str) -> dict:
+    p = trial["p"]
+    setup = setup_of(trial)
+    if p["kind"] == "double":
+        return _double(trial, ctx, tdir, setup)
+    if p["kind"] == "order":
+        setup.engine.update(max_inflight=3, writer_threads=3, shards=3, staging_bytes=4 * MiB)
+        setup.wait_each = False
+        faults = "point=before_data_fsync,ckpt=2,action=delay=300"
+        if p["kill"]:
+            faults += ";point=after_commit,ckpt=3,action=kill"
+    else:
+        faults = f"point={p['point']},ckpt={p['ckpt']},hit={p['hit']},action=kill"
+    child = run_saver(ctx, tdir, setup, session(setup, ctx, faults=faults))
+    must_die = p["kind"] == "kill" or p["kill"]
+    return checked(trial, setup, child, fired=child.sigkilled if must_die else True)
+
+
+def _double(trial: dict, ctx: Context, tdir: str, setup: Setup) -> dict:
+    """Crash, recover, crash again in the first save after recovery (same directory and ack log)."""
+    p = trial["p"]
+    point, ck = p["first"]
+    ck = min(ck, len(setup.steps))
+    if setup.point_count(point, ck) == 0:
+        point = "before_rename"
+    first = run_saver(ctx, tdir, setup, session(setup, ctx, faults=f"point={point},ckpt={ck},action=kill"))
+    hist, v, d = crash_checks(setup, first, recover=False)
+    if v or not first.clean_or_killed:
+        return row(trial, "violation", violations=v or [first.failure()], fired=first.sigkilled,
+                   loaded=d.loaded_step, acked=hist.max_acked)
+    steps = [(d.loaded_step or 0) + i + 1 for i in range(3)]
+    second = p["second"] if setup.point_count(p["second"], 1) else "before_rename"
+    child = run_saver(ctx, tdir, setup, session(setup, ctx, steps=steps, faults=f"point={second},ckpt=1,action=kill"))
+    return checked(trial, setup, child, fired=first.sigkilled and child.sigkilled)
