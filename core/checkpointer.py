@@ -107,6 +107,12 @@ def check_config(kind: str, config: CheckpointConfig) -> None:
         raise ValueError(f"CheckpointConfig.writer_cpus places the pccheck engine's writer threads; {kind} has none")
 
 
+def check_timeout(timeout: float | None) -> None:
+    """The one rule for ``wait(timeout)``: None (no limit) or a number of seconds >= 0."""
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
+        raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+
+
 def open_checkpointer(kind: str, directory: str | os.PathLike, config: CheckpointConfig | None = None) -> Checkpointer:
     """Open a checkpointer of ``kind`` (one of KINDS) writing into ``directory``."""
     config = config or CheckpointConfig()

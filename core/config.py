@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ckptlab.core.fault_spec import FAULTS_ENV, IO_LOG_DATA_ENV, IO_LOG_ENV
 
@@ -12,7 +12,6 @@ GiB = 1 << 30
 
 IO_MODES = ("auto", "direct", "buffered")
 SNAPSHOT_MODES = ("sync", "deferred", "gpu")  # core/snapshot.py
-DURABILITY_MUTATIONS = ("skip_data_fsync", "skip_dir_fsync", "corrupt_manifest_checksum", "unordered_commit")
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,6 @@ class CheckpointConfig:
     faults: fault spec (docs/FAULTS.md); the CKPTLAB_FAULTS environment variable is appended.
     trace: keep per-thread timing records (drain with Checkpointer.drain_trace()).
     allow_pickle: extra "module.QualName" types allowed in pickled leaves on load.
-    unsafe: durability mutations for the fault campaign's teeth only; never in real use.
     pinned_host_copies: copy CUDA tensors into page-locked host buffers kept across saves
         (fast D2H; costs host memory equal to the GPU state), instead of pageable copies.
     snapshot: when save() may return (pccheck; docs/API.md "Snapshot modes"). "sync": after
@@ -61,7 +59,6 @@ class CheckpointConfig:
     trace_capacity: int = 1 << 16
     prefault_staging: bool = True
     allow_pickle: tuple[str, ...] = ()
-    unsafe: tuple[str, ...] = field(default=())
     io_log: str = ""
     pinned_host_copies: bool = True
     snapshot: str = "sync"
@@ -92,12 +89,8 @@ class CheckpointConfig:
                              f"it needs pinned_host_copies=True")
         if not isinstance(self.faults, str):
             raise ValueError("CheckpointConfig.faults must be a fault spec string")
-        for u in self.unsafe:
-            if u not in DURABILITY_MUTATIONS:
-                raise ValueError(f"CheckpointConfig.unsafe: unknown mutation {u!r} (known: {DURABILITY_MUTATIONS})")
         object.__setattr__(self, "writer_cpus", parse_cpu_list(self.writer_cpus, "CheckpointConfig.writer_cpus"))
         object.__setattr__(self, "allow_pickle", tuple(self.allow_pickle))
-        object.__setattr__(self, "unsafe", tuple(self.unsafe))
 
     def effective_faults(self) -> str:
         """The configured spec plus the one inherited through CKPTLAB_FAULTS (child processes)."""

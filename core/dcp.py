@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ckptlab.core import commit
-from ckptlab.core.checkpointer import check_config
+from ckptlab.core.checkpointer import check_config, check_timeout
 from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.durable import makedirs_durable, write_file_durable
 from ckptlab.core.errors import CheckpointError, CheckpointMismatchError, NoCheckpointError
@@ -201,8 +201,7 @@ class DcpCheckpointer:
         """Block until every issued checkpoint is durable or failed (at most ``timeout``
         seconds); raise the first failure. False if some were still in flight at the timeout."""
         self._check_open()
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+        check_timeout(timeout)
         with self._lock:
             done = self._lock.wait_for(lambda: not self._pending, timeout)
         self._raise_error()

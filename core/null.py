@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from ckptlab.core.checkpointer import check_timeout
 from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.errors import NoCheckpointError
 
@@ -28,6 +29,7 @@ class NullCheckpointer:
         pass
 
     def wait(self, timeout: float | None = None) -> bool:
+        check_timeout(timeout)
         return True
 
     def latest(self) -> None:

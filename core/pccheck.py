@@ -21,7 +21,7 @@ import torch
 
 from ckptlab import _engine
 from ckptlab.core.base import CheckpointerBase, now
-from ckptlab.core.checkpointer import check_config
+from ckptlab.core.checkpointer import check_config, check_timeout
 from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.errors import CheckpointError, CheckpointWriteError
 from ckptlab.core.snapshot import Snapshotter
@@ -59,7 +59,7 @@ class PCcheckCheckpointer(CheckpointerBase):
             self.directory, writer_threads=c.writer_threads, max_inflight=c.max_inflight, shards=c.shards,
             chunk_bytes=c.chunk_bytes, staging_bytes=staging, keep_last=c.keep_last, io_mode=c.io_mode,
             faults=self._faults, trace=c.trace or recording(), trace_capacity=c.trace_capacity, prefault=c.prefault_staging,
-            unsafe=list(c.unsafe), io_log=c.effective_io_log()[0], io_log_data=c.effective_io_log()[1],
+            io_log=c.effective_io_log()[0], io_log_data=c.effective_io_log()[1],
             writer_cpus=list(c.writer_cpus),
         )
         engine_opened(self)  # a recording ckptlab.profiling trace session attaches this checkpointer
@@ -135,13 +135,24 @@ class PCcheckCheckpointer(CheckpointerBase):
         if self._snapshots is not None:
             self._snapshots.barrier()
 
-    def wait(self) -> None:
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once everything saved is durable (False if ``timeout`` seconds ran out first,
+        the checkpoints still persisting); raises the first failure. The timeout bounds the
+        deferred snapshot's hand-over and reaches the engine as a deadline."""
         self._check_open()
+        check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        done = True
         if self._snapshots is not None:
-            self._snapshots.settle()
-        if self._engine is not None:
-            self._engine.wait()
+            done = self._snapshots.settle(left())
+        if done and self._engine is not None:
+            done = self._engine.wait(left())
         self._raise_failure()
+        return done
 
     def stats(self) -> dict[str, Any]:
         s = super().stats()

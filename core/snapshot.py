@@ -216,18 +216,22 @@ class Snapshotter:
             p.released.set()
         self.host_wait_s += time.perf_counter() - t0
 
-    def settle(self) -> None:
-        """Barrier, then wait until the pending snapshot is handed to the engine; raise its failure."""
+    def settle(self, timeout: float | None = None) -> bool:
+        """Barrier, then wait (at most ``timeout`` seconds) until the pending snapshot is
+        handed to the engine; raise its failure. False if it was not handed over in time."""
         p = self._pending
         if p is None:
-            return
+            return True
         self.barrier()
         t0 = time.perf_counter()
-        p.finished.wait()
+        finished = p.finished.wait(timeout)
         self.host_wait_s += time.perf_counter() - t0
+        if not finished:
+            return False
         self._pending = None
         if p.error is not None:
             raise p.error
+        return True
 
     def close(self) -> None:
         """Settle, then stop the worker thread."""

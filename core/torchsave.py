@@ -15,7 +15,7 @@ import torch
 from ckptlab import _engine
 from ckptlab.core import commit
 from ckptlab.core.base import CheckpointerBase, now
-from ckptlab.core.checkpointer import check_config
+from ckptlab.core.checkpointer import check_config, check_timeout
 from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.durable import write_file_durable
 from ckptlab.core.errors import CheckpointWriteError
@@ -83,6 +83,7 @@ class TorchSaveCheckpointer(CheckpointerBase):
     def wait(self, timeout: float | None = None) -> bool:
         """Always True: save() is synchronous, so nothing is ever in flight."""
         self._check_open()
+        check_timeout(timeout)
         return True
 
     def close(self) -> None:

@@ -328,7 +328,7 @@ def _tiers(text: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ckptlab.core.config import DURABILITY_MUTATIONS
+    from ckptlab import _engine
 
     p.add_argument("--tiers", type=_tiers, action="append", default=None, metavar="LIST",
                    help=f"comma-separated tiers ({', '.join(T.TIERS)}; default all)")
@@ -339,7 +339,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="campaign seed; every trial's own seed derives from it")
     p.add_argument("--jobs", "-j", type=int, default=0, help="parallel workers (default: CPU count)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"results directory (default ./{DEFAULT_OUT})")
-    p.add_argument("--unsafe", action="append", default=[], choices=DURABILITY_MUTATIONS,
+    p.add_argument("--unsafe", action="append", default=[], choices=_engine.durability_mutations(),
                    help="run every engine with this durability step removed (the campaign must then fail)")
     p.add_argument("--trial", action="append", default=[], metavar="ID",
                    help="run only this trial id (e.g. points:17), as printed; repeatable")

@@ -244,27 +244,6 @@ def _train_step(state: dict[str, Any], cfg: TrainConfig, device: torch.device, s
     return loss.item()  # synchronises the device: the step is done
 
 
-def _wait_within(ck: Checkpointer, budget_s: float) -> bool:
-    """``ck.wait()`` bounded by ``budget_s``; False if it had not returned by then."""
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            ck.wait()
-            outcome.append(None)
-        except BaseException as exc:  # handed to the caller's thread
-            outcome.append(exc)
-
-    waiter = threading.Thread(target=run, name="ckptlab-final-wait", daemon=True)
-    waiter.start()
-    waiter.join(max(0.0, budget_s))
-    if not outcome:
-        return False
-    if outcome[0] is not None:
-        raise outcome[0]
-    return True
-
-
 def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) training as ``cfg`` says; raises ``TrainError`` for user errors."""
     device = resolve_device(cfg.device)
@@ -398,7 +377,7 @@ def _final_checkpoint(ck: Checkpointer, cfg: TrainConfig, state: dict[str, Any],
         _save(ck, step, state, result)  # synchronous kinds are durable when it returns
     t0 = time.perf_counter()
     budget = cfg.sigterm_budget_s - (t0 - received_at)
-    durable_in_time = _wait_within(ck, budget) and time.perf_counter() - received_at <= cfg.sigterm_budget_s
+    durable_in_time = ck.wait(timeout=max(0.0, budget)) and time.perf_counter() - received_at <= cfg.sigterm_budget_s
     if not durable_in_time:
         result.exit_code, result.abandon_threads = 1, True
         latest = ck.latest()

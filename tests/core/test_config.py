@@ -13,7 +13,6 @@ from ckptlab.core import CheckpointConfig, open_checkpointer
         ({"staging_bytes": 1024}, "staging_bytes"),
         ({"io_mode": "fast"}, "io_mode"),
         ({"keep_last": -1}, "keep_last"),
-        ({"unsafe": ("skip_everything",)}, "unknown mutation"),
         ({"max_inflight": True}, "max_inflight"),
     ],
 )
