@@ -1,4 +1,4 @@
-"""Snapshots that complete after save() returns (DESIGN.md "Low-memory mode"; CheckFreq's trick).
+"""Snapshots that complete after save() returns (the low-memory mode; CheckFreq's trick, docs/BACKGROUND.md §4).
 
 In the default ``sync`` mode save() copies every tensor to the host before it returns. The
 two modes here cut the stall down to enqueueing the copies:

@@ -95,7 +95,7 @@ class PinnedHostCache(BufferCache):
     """Page-locked host copies of device tensors, kept across saves.
 
     A device-to-host copy into pinned memory runs at the link's speed (55 GB/s on an H100
-    versus 14 GB/s pageable, DESIGN.md); allocating pinned memory is slow, so buffers are
+    versus 14 GB/s pageable, docs/BACKGROUND.md §4); allocating pinned memory is slow, so buffers are
     allocated at the first save and reused while name, shape and dtype stay the same. The
     engine copies them into staging before save() returns, so the next save may reuse them.
     """

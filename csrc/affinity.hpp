@@ -1,5 +1,5 @@
 // CPU placement of engine threads: pin the writer threads to a set of CPUs (e.g. cores kept
-// free of training threads and NVMe interrupts, research/tracing.md §5.2). The set is checked
+// free of training threads and NVMe interrupts, docs/BACKGROUND.md §3). The set is checked
 // against the CPUs this process may use before any thread starts, so a bad set is an error at
 // construction, not a silently unpinned thread.
 #pragma once

@@ -1,5 +1,5 @@
 // Recording of the engine's file-system operations, for power-loss simulation without root
-// (ALICE / SQLite crash-VFS style; research/reliability.md §5.1, docs/FAULTS.md).
+// (ALICE / SQLite crash-VFS style; docs/BACKGROUND.md §2, docs/FAULTS.md).
 //
 // When EngineOptions::io_log names a file, every mutating operation the engine performs —
 // mkdir, file create, each pwrite (offset, length, CRC32C and optionally the bytes), fallocate,

@@ -1,6 +1,6 @@
 // Per-thread scheduler counters, sampled around each traced operation so the analysis can
 // split an operation's wall time into on-CPU, waiting for a CPU (run queue) and blocked (I/O,
-// locks): the blocked-time analysis of research/tracing.md §6. Sources: the thread's CPU clock
+// locks): the blocked-time analysis of docs/BACKGROUND.md §3.2. Sources: the thread's CPU clock
 // (CLOCK_THREAD_CPUTIME_ID, on-CPU ns), /proc/thread-self/schedstat (run-queue wait ns,
 // CONFIG_SCHED_INFO) and getrusage(RUSAGE_THREAD) (voluntary / involuntary context switches).
 #pragma once

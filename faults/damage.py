@@ -1,4 +1,4 @@
-"""Damage to committed checkpoints: bit rot, truncation, lost and misdirected files (reliability.md §5.3 L6).
+"""Damage to committed checkpoints: bit rot, truncation, lost and misdirected files (tier L6, docs/BACKGROUND.md §2).
 
 Each function damages one checkpoint directory in place and returns a one-line description,
 or None when the damage happened to change nothing (e.g. zeroing bytes that were zero).

@@ -1,4 +1,4 @@
-"""The campaign's oracle: what must hold after any crash (research/reliability.md §5.2).
+"""The campaign's oracle: what must hold after any crash (docs/BACKGROUND.md §2, docs/FAULTS.md).
 
 - O1 never torn, never a mix: every checkpoint that verifies holds, bit for bit, the state
   saved at its step (tensors are PRNG streams of (seed, step, name): faults/payload.py), and

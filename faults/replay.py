@@ -1,6 +1,6 @@
 """Crash states a Linux file system may leave after a power cut, rebuilt from an I/O log.
 
-ALICE / CrashMonkey style (research/reliability.md §1, §5.3 L0), root-free: the engine records
+ALICE / CrashMonkey style (docs/BACKGROUND.md §2, tier L0), root-free: the engine records
 its operations (faults/iolog.py); :class:`CrashModel` replays them onto inodes and, for a
 crash after the first ``k`` records, separates what is *durable* from what is merely
 *pending*, under a conservative persistence model that holds on every Linux file system:

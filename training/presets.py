@@ -3,7 +3,7 @@
 The seeds' model is a Llama-style decoder: 32 layers, width 4096, 32 query heads sharing 8 KV
 heads, SwiGLU FFN 6144, RMSNorm, RoPE θ = 500000, sequences up to 4096, a 32000-token
 vocabulary and an *untied* output projection. Those numbers reproduce the 4.02 B parameters
-(48.25 GB with fp32 AdamW) quoted in DESIGN.md; width 2048 with FFN 3072 reproduces the 1.07 B
+(48.25 GB with fp32 AdamW) quoted in docs/BACKGROUND.md §4; width 2048 with FFN 3072 reproduces the 1.07 B
 (12.85 GB) anchor model. ``num_params`` is analytic so tests can check the counts without
 allocating anything.
 """
@@ -94,7 +94,7 @@ PRESETS: dict[str, Preset] = {
                description="seed shape at width 1024 = sequence length 1024 (0.30 B params)"),
         Preset("seed-2048", _seed_shape(2048, 3072), seq_len=2048, batch_size=2, lr=3e-4,
                description="seed shape at width 2048 = sequence length 2048 (1.07 B params, "
-                           "the DESIGN.md anchor model; the anchor ran batch 4 x seq 1024)"),
+                           "the anchor model of docs/BACKGROUND.md §4; the anchor ran batch 4 x seq 1024)"),
         Preset("seed-full", _seed_shape(4096, 6144), seq_len=2048, batch_size=1, lr=1.5e-4,
                description="the seeds' full model (4.02 B params, 48.25 GB with fp32 AdamW)"),
     )

@@ -1,4 +1,4 @@
-"""The campaign's tiers (reliability.md §5.3), one module each, and their registry.
+"""The campaign's tiers (docs/BACKGROUND.md §2), one module each, and their registry.
 
     points       points.py       SIGKILL at every fault point x checkpoint x occurrence
     random       random_time.py  SIGKILL at a uniformly random time

@@ -1,5 +1,5 @@
 """The I/O log is complete: strace sees no file-system mutation under the checkpoint
-directory that the engine did not record (reliability.md §5.1's cross-check)."""
+directory that the engine did not record (the cross-check of docs/FAULTS.md)."""
 import json
 import os
 import re
