@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ckptlab.core.commit import LOCK_NAME
 from ckptlab.core.fault_spec import FAULTS_ENV
 from ckptlab.training.lossfile import compare_loss_files, read_loss_file
 from ckptlab.training.presets import get_preset
@@ -160,7 +161,7 @@ def run_validation(plan: ValidationPlan) -> ValidationReport:
             plan, "c-killed", "--fail-at-step", str(plan.kill_after), "--fail-after-durable"), env)
     report.runs.append(crash)
     ckpt_c = plan.out / "ckpt-c"
-    report.after_crash = sorted(p.name for p in ckpt_c.glob("step_*")) if ckpt_c.is_dir() else []
+    report.after_crash = sorted(p.name for p in ckpt_c.iterdir() if p.name != LOCK_NAME) if ckpt_c.is_dir() else []
     if crash.returncode != -signal.SIGKILL:
         report.problems.append(f"run c-killed exited {crash.returncode}, expected death by "
                                f"SIGKILL ({-signal.SIGKILL})")
