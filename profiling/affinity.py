@@ -285,7 +285,7 @@ def run_experiment(spec: ExperimentSpec, progress: Callable[[int, int, str], Non
                               f"directory or remove it")
     os.makedirs(spec.directory, exist_ok=True)
     os.makedirs(os.path.join(spec.out, "traces"), exist_ok=True)
-    from ckptlab.core.durable import atomic_write_bytes
+    from ckptlab.profiling.files import atomic_write_bytes
 
     atomic_write_bytes(os.path.join(spec.out, "manifest.json"),
                        json.dumps(machine_manifest(spec) | {"skipped": skipped}, indent=2).encode())

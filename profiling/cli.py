@@ -38,7 +38,7 @@ def _command(args: argparse.Namespace, prog: str) -> list[str] | None:
 
 def _open_trace(path: str, prog: str):
     """The trace at ``path`` as a table, or None after printing why it cannot be read."""
-    from ckptlab.profiling.records import read_trace
+    from ckptlab.profiling.schema import read_trace
 
     if not os.path.isfile(path):
         print(f"ckptlab {prog}: {path}: no such trace file", file=sys.stderr)
@@ -70,7 +70,7 @@ def _trace_export(args: argparse.Namespace) -> int:
 
 
 def _trace_info(args: argparse.Namespace) -> int:
-    from ckptlab.profiling.records import read_trace, trace_metadata
+    from ckptlab.profiling.schema import read_trace, trace_metadata
     from ckptlab.profiling.summary import summarize
 
     try:

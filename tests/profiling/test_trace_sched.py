@@ -15,7 +15,7 @@ import pytest
 from profiling_helpers import traced_state
 from ckptlab.core import CheckpointConfig, open_checkpointer
 from ckptlab.profiling import phase, read_trace, record, start_trace
-from ckptlab.profiling.records import SCHED_COLUMNS, write_trace_file
+from ckptlab.profiling.schema import SCHED_COLUMNS, write_trace_file
 from ckptlab.profiling.stragglers import thread_totals, writer_stragglers
 
 MS = 1_000_000
