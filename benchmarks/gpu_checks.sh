@@ -58,16 +58,16 @@ for stage in "$@"; do
       rm -rf "$d"
       $PY - "$RES/trace-deferred.arrow" <<'EOF' | tee "$RES/trace-overlap.txt"
 import json, sys
-from ckptlab.profiling import overlap, read_trace
+from ckptlab.analysis import overlap, read_trace
 t = read_trace(sys.argv[1])
 out = {k: overlap(t, a, b) for k, a, b in [("d2h~train_step", "d2h", "train_step"),
                                             ("d2h~forward+backward(host)", "d2h", {"forward", "backward"}),
                                             ("write+checksum+fsync~train_step", {"write", "checksum", "fsync"}, "train_step")]}
 print(json.dumps(out, indent=1))
 EOF
-      $PY -m ckptlab.profiling.cli trace plot "$RES/trace-deferred.arrow" -o "$RES/timeline-deferred-step20.png" --step 20
-      $PY -m ckptlab.profiling.cli trace plot "$RES/trace-deferred.arrow" -o "$RES/timeline-deferred.png"
-      $PY -m ckptlab.profiling.cli trace threads "$RES/trace-deferred.arrow" | tee "$RES/trace-threads.txt"
+      $PY -m ckptlab.analysis.cli trace plot "$RES/trace-deferred.arrow" -o "$RES/timeline-deferred-step20.png" --step 20
+      $PY -m ckptlab.analysis.cli trace plot "$RES/trace-deferred.arrow" -o "$RES/timeline-deferred.png"
+      $PY -m ckptlab.analysis.cli trace threads "$RES/trace-deferred.arrow" | tee "$RES/trace-threads.txt"
       ;;
     modes)
       $PY benchmarks/bench_snapshot_modes.py --preset seed-1024 --device cuda --steps 40 --freq 10 --trace \
@@ -84,7 +84,7 @@ EOF
           --writer-threads 4 "${pin[@]}" --ckpt-dir "$d" --trace "$RES/trace-writers-${placement}.arrow" \
           --no-progress 2>&1 | tail -6
         rm -rf "$d"
-        $PY -m ckptlab.profiling.cli trace threads "$RES/trace-writers-${placement}.arrow" \
+        $PY -m ckptlab.analysis.cli trace threads "$RES/trace-writers-${placement}.arrow" \
           --plot "$RES/writers-${placement}.png" | tee "$RES/threads-${placement}.txt"
       done ;;
     affinity-matrix)

@@ -111,7 +111,6 @@ def forbidden_edges(root: Path) -> list[str]:
 # moved; the redesign is done when this is empty and gone.
 _NOT_YET_MOVED = {
     "core/checkpointer.py -> training", 
-    "profiling/affinity.py -> core", "profiling/cli.py -> core",
     "training/cli.py -> faults",
     "analysis/plot_losses.py -> training",
 }

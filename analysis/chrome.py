@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ckptlab.analysis.tables import column, track_sort_key
 from ckptlab.profiling.schema import SCHED_COLUMNS, read_trace, trace_metadata
-from ckptlab.profiling.tables import column, track_sort_key
 
 _OTHER_DATA_KEYS = ("run_id", "host", "arch", "kernel", "cpu_model", "cpu_count", "cpus_allowed",
                     "affinity_policy", "clock", "dropped_records", "versions", "config")
