@@ -28,6 +28,7 @@ _EXPORTS = {
     "ckptlab.analysis.summary": ("summarize", "overlap"),
     "ckptlab.analysis.chrome": ("to_chrome_trace", "export_chrome"),
     "ckptlab.analysis.affinity": ("load_experiment", "run_metrics", "compare_cells", "plot_experiment"),
+    "ckptlab.analysis.losses": ("plot_losses",),
 }
 _ALIASES = {"summarise_experiment": ("ckptlab.analysis.affinity", "summarise")}
 _WHERE = {name: (module, name) for module, names in _EXPORTS.items() for name in names} | _ALIASES
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from ckptlab.analysis.affinity import compare_cells, load_experiment, plot_experiment, run_metrics
     from ckptlab.analysis.affinity import summarise as summarise_experiment
     from ckptlab.analysis.chrome import export_chrome, to_chrome_trace
+    from ckptlab.analysis.losses import plot_losses
     from ckptlab.analysis.straggler_plot import plot_writer_report
     from ckptlab.analysis.stragglers import TIME_PARTS, migrations, thread_totals, writer_stragglers
     from ckptlab.analysis.summary import overlap, summarize

@@ -112,7 +112,6 @@ def forbidden_edges(root: Path) -> list[str]:
 _NOT_YET_MOVED = {
     "core/checkpointer.py -> training", 
     "training/cli.py -> faults",
-    "analysis/plot_losses.py -> training",
 }
 
 

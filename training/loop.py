@@ -38,7 +38,7 @@ from ckptlab.training.checkpointers import (CheckpointerOptions, CheckpointError
                                             open_training_checkpointer)
 from ckptlab.training.config import TrainConfig
 from ckptlab.training.data import ResumableSampler, SyntheticTokens
-from ckptlab.training.lossfile import LossWriter, truncate_loss_file
+from ckptlab.profiling.lossfile import LossWriter, truncate_loss_file
 from ckptlab.training.model import build_model
 from ckptlab.training.rng import RNGState, configure_determinism, seed_everything
 
