@@ -17,7 +17,7 @@
 #   seed2048           benchmarks/bench_snapshot_modes.py on seed-2048 (none, pccheck sync/deferred; 12.85 GB checkpoints)
 #   affinity           seed-1024, 30 steps, checkpoint every 10, 4 writers unpinned vs --writer-cpus on the
 #                      last 4 CPUs; writer stragglers and migrations of each (ckptlab trace threads)
-#   affinity-matrix    ckptlab profile affinity: 1,2,4,8 writers x unpinned/compact/spread/disjoint,
+#   affinity-matrix    ckptlab experiment affinity: 1,2,4,8 writers x unpinned/compact/spread/disjoint,
 #                      5 runs each of 512 MiB checkpoints beside 8 spinning load processes
 set -euo pipefail
 export PYTHONUNBUFFERED=1
@@ -89,7 +89,7 @@ EOF
       done ;;
     affinity-matrix)
       d=$(mktemp -d)
-      $PY -m ckptlab.core.cli profile affinity --dir "$d" --out "$RES/affinity-matrix-$GPU" --threads 1,2,4,8 \
+      $PY -m ckptlab.core.cli experiment affinity --dir "$d" --out "$RES/affinity-matrix-$GPU" --threads 1,2,4,8 \
         --repeats 5 --saves 3 --size-mb 512 --load-procs 8 2>&1 | tail -25
       rm -rf "$d" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;

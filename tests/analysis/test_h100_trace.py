@@ -73,3 +73,15 @@ def test_trace_info_through_the_console_script(h100_trace):
 ])
 def test_missing_traces_are_named(argv, needle, capsys):
     assert main(argv) == 2 and needle in capsys.readouterr().err
+
+
+def test_analysis_needs_no_torch(h100_trace, affinity_results):
+    """Analysis reads files: `trace threads` and `analyze` never import torch (or core)."""
+    code = ("import contextlib, io, sys\nfrom ckptlab.analysis.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    assert main(['trace', 'threads', {h100_trace!r}, '--json']) == 0\n"
+            f"    assert main(['analyze', {str(affinity_results)!r}, '--json']) == 0\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('ckptlab.core', 'ckptlab.training'))))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
