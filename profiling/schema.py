@@ -51,9 +51,10 @@ UNMEASURED = -1
 # One Python-side record (``phase`` codes, not names): fields are RAW_COLUMNS, by name.
 Record = namedtuple("Record", list(RAW_COLUMNS))
 
-# Dictionary-encoded file columns: name -> (index type, and after which raw column it goes;
-# None = first). ``phase`` is encoded in place: its raw values are the dictionary indices.
-_DICTIONARIES = {"run_id": ("int32", None), "thread_name": ("int32", "thread"), "phase": ("int16", "phase")}
+# Dictionary-encoded file columns: name -> (index dtype, the raw column it goes after; None:
+# first). ``phase`` is encoded in place: its raw values (the phase codes) are the indices.
+_DICTIONARIES = {"run_id": ("int32", None), "thread_name": ("int32", "thread"),
+                 "phase": (RAW_COLUMNS["phase"], "phase")}
 
 # Schema-metadata keys whose values are JSON (the others are plain strings).
 JSON_KEYS = frozenset({"ckptlab.config", "ckptlab.versions", "ckptlab.threads", "ckptlab.phases",
@@ -103,12 +104,6 @@ def _dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
 
-def empty_raw() -> dict[str, np.ndarray]:
-    import numpy as np
-
-    return {n: np.empty(0, dtype=t) for n, t in RAW_COLUMNS.items()}
-
-
 def normalise_raw(columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Engine-format columns as contiguous numpy arrays of RAW_COLUMNS' dtypes; missing
     scheduler counters become -1 (not measured), any other missing column is a ValueError."""
@@ -148,7 +143,7 @@ class Finaliser:
             return np.zeros(len(raw["t_begin_ns"]), np.int32)
         if name == "thread_name":
             return np.searchsorted(self.tids, raw["thread"].astype(np.int64)).astype(np.int32)
-        return raw[name].astype(np.int16)
+        return raw[name].astype(_DICTIONARIES[name][0])
 
     def __call__(self, raw: Mapping[str, np.ndarray]) -> pa.RecordBatch:
         import pyarrow as pa
