@@ -101,7 +101,7 @@ bench-cpu: setup
 
 # Writer placement on this machine (docs/PROFILING.md); a new results directory each time.
 affinity: setup
-	$(PY) -m ckptlab.core.cli profile affinity --dir runs/affinity/ckpt \
+	$(PY) -m ckptlab.core.cli experiment affinity --dir runs/affinity/ckpt \
 	  --out runs/affinity/$$(date +%Y%m%dT%H%M%S) --threads 1,2 --repeats 5 --size-mb 128 --load-procs 1
 
 bench: bench-cpu

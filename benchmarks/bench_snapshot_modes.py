@@ -94,7 +94,7 @@ def _figures(r: dict) -> dict:
 
 def _overlaps(trace: Path) -> dict:
     try:
-        from ckptlab.profiling import overlap, read_trace
+        from ckptlab.analysis import overlap, read_trace
     except ImportError as e:  # pyarrow missing
         return {"overlap_note": f"not computed: {e}"}
     table = read_trace(trace)

@@ -17,7 +17,7 @@
 #   seed2048           benchmarks/bench_snapshot_modes.py on seed-2048 (none, pccheck sync/deferred; 12.85 GB checkpoints)
 #   affinity           seed-1024, 30 steps, checkpoint every 10, 4 writers unpinned vs --writer-cpus on the
 #                      last 4 CPUs; writer stragglers and migrations of each (ckptlab trace threads)
-#   affinity-matrix    ckptlab profile affinity: 1,2,4,8 writers x unpinned/compact/spread/disjoint,
+#   affinity-matrix    ckptlab experiment affinity: 1,2,4,8 writers x unpinned/compact/spread/disjoint,
 #                      5 runs each of 512 MiB checkpoints beside 8 spinning load processes
 set -euo pipefail
 export PYTHONUNBUFFERED=1
@@ -58,16 +58,16 @@ for stage in "$@"; do
       rm -rf "$d"
       $PY - "$RES/trace-deferred.arrow" <<'EOF' | tee "$RES/trace-overlap.txt"
 import json, sys
-from ckptlab.profiling import overlap, read_trace
+from ckptlab.analysis import overlap, read_trace
 t = read_trace(sys.argv[1])
 out = {k: overlap(t, a, b) for k, a, b in [("d2h~train_step", "d2h", "train_step"),
                                             ("d2h~forward+backward(host)", "d2h", {"forward", "backward"}),
                                             ("write+checksum+fsync~train_step", {"write", "checksum", "fsync"}, "train_step")]}
 print(json.dumps(out, indent=1))
 EOF
-      $PY -m ckptlab.profiling.cli trace plot "$RES/trace-deferred.arrow" -o "$RES/timeline-deferred-step20.png" --step 20
-      $PY -m ckptlab.profiling.cli trace plot "$RES/trace-deferred.arrow" -o "$RES/timeline-deferred.png"
-      $PY -m ckptlab.profiling.cli trace threads "$RES/trace-deferred.arrow" | tee "$RES/trace-threads.txt"
+      $PY -m ckptlab.analysis.cli trace plot "$RES/trace-deferred.arrow" -o "$RES/timeline-deferred-step20.png" --step 20
+      $PY -m ckptlab.analysis.cli trace plot "$RES/trace-deferred.arrow" -o "$RES/timeline-deferred.png"
+      $PY -m ckptlab.analysis.cli trace threads "$RES/trace-deferred.arrow" | tee "$RES/trace-threads.txt"
       ;;
     modes)
       $PY benchmarks/bench_snapshot_modes.py --preset seed-1024 --device cuda --steps 40 --freq 10 --trace \
@@ -84,12 +84,12 @@ EOF
           --writer-threads 4 "${pin[@]}" --ckpt-dir "$d" --trace "$RES/trace-writers-${placement}.arrow" \
           --no-progress 2>&1 | tail -6
         rm -rf "$d"
-        $PY -m ckptlab.profiling.cli trace threads "$RES/trace-writers-${placement}.arrow" \
+        $PY -m ckptlab.analysis.cli trace threads "$RES/trace-writers-${placement}.arrow" \
           --plot "$RES/writers-${placement}.png" | tee "$RES/threads-${placement}.txt"
       done ;;
     affinity-matrix)
       d=$(mktemp -d)
-      $PY -m ckptlab.core.cli profile affinity --dir "$d" --out "$RES/affinity-matrix-$GPU" --threads 1,2,4,8 \
+      $PY -m ckptlab.core.cli experiment affinity --dir "$d" --out "$RES/affinity-matrix-$GPU" --threads 1,2,4,8 \
         --repeats 5 --saves 3 --size-mb 512 --load-procs 8 2>&1 | tail -25
       rm -rf "$d" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;

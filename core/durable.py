@@ -1,23 +1,17 @@
 """Durable file operations for the Python side (the engine has its own in C++).
 
 Rules from research/reliability.md §2.1: write a temp file, fsync it, rename it into place,
-fsync the directory. close() is not a durability point.
+fsync the directory. close() is not a durability point. ``fsync_dir``, ``atomic_replace`` and
+``atomic_write_bytes`` are ``ckptlab.profiling.files``' (trace files and figures use them too).
 """
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Callable
 
+from ckptlab.profiling.files import atomic_replace, atomic_write_bytes, fsync_dir
 from ckptlab.profiling.phases import phase
 
-
-def fsync_dir(path: str | os.PathLike) -> None:
-    fd = os.open(os.fspath(path), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+__all__ = ["atomic_replace", "atomic_write_bytes", "fsync_dir", "makedirs_durable", "write_file_durable"]
 
 
 def makedirs_durable(path: str | os.PathLike) -> None:
@@ -54,32 +48,3 @@ def write_file_durable(path: str, data: bytes | memoryview, *, step: int = -1) -
             os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def atomic_replace(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Replace `path` atomically and durably: `write(tmp)` creates a temp file beside it,
-    which is fsynced, renamed over `path`, and the directory fsynced. No temp file survives
-    a failure."""
-    path = os.path.abspath(os.fspath(path))
-    directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(directory)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
-    """Replace `path` with `data` atomically and durably (temp + fsync + rename + dir fsync)."""
-    atomic_replace(path, lambda tmp: write_file_durable(tmp, data))

@@ -9,6 +9,7 @@ enqueued and a background thread submits them (core/snapshot.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -26,7 +27,9 @@ from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.errors import CheckpointError, CheckpointWriteError
 from ckptlab.core.snapshot import Snapshotter
 from ckptlab.core.state import CapturedState, capture, check_loadable, lay_out, lift_tensors
-from ckptlab.profiling.phases import engine_opened, phase, recording
+from ckptlab.profiling.metadata import cpu_list_string
+from ckptlab.profiling.phases import phase, recording
+from ckptlab.profiling.sources import DrainedRecords, announce
 
 
 def _round_up(x: int, a: int) -> int:
@@ -34,6 +37,8 @@ def _round_up(x: int, a: int) -> int:
 
 
 class PCcheckCheckpointer(CheckpointerBase):
+    """Implements ``ckptlab.profiling.RecordSource``: a trace session drains its engine's records."""
+
     kind = "pccheck"
 
     def __init__(self, directory: str | os.PathLike, config: CheckpointConfig) -> None:
@@ -55,14 +60,16 @@ class PCcheckCheckpointer(CheckpointerBase):
     def _open_engine(self, staging_bytes: int) -> _engine.Engine:
         c = self.config
         staging = max(_round_up(staging_bytes, c.chunk_bytes), c.chunk_bytes)
+        self._records_on = c.trace or recording()
         engine = _engine.Engine(
             self.directory, writer_threads=c.writer_threads, max_inflight=c.max_inflight, shards=c.shards,
             chunk_bytes=c.chunk_bytes, staging_bytes=staging, keep_last=c.keep_last, io_mode=c.io_mode,
-            faults=self._faults, trace=c.trace or recording(), trace_capacity=c.trace_capacity, prefault=c.prefault_staging,
+            faults=self._faults, trace=self._records_on, trace_capacity=c.trace_capacity, prefault=c.prefault_staging,
             io_log=c.effective_io_log()[0], io_log_data=c.effective_io_log()[1],
             writer_cpus=list(c.writer_cpus),
         )
-        engine_opened(self)  # a recording ckptlab.profiling trace session attaches this checkpointer
+        if self._records_on:
+            announce(self)  # every recording trace session drains this checkpointer from now on
         return engine
 
     @property
@@ -183,6 +190,20 @@ class PCcheckCheckpointer(CheckpointerBase):
         if self._engine is None:
             return {}
         return self._engine.drain_trace()
+
+    def drain_records(self) -> DrainedRecords:
+        """RecordSource: the records since the last drain, the engine's thread names, drops."""
+        engine = self._engine
+        if engine is None:
+            return DrainedRecords()
+        return DrainedRecords(engine.drain_trace(), engine.thread_names(), int(engine.trace_dropped))
+
+    def describe(self) -> dict[str, Any]:
+        """RecordSource: this checkpointer in a trace's metadata."""
+        cpus = self.config.writer_cpus
+        return {"kind": self.kind, "directory": os.fspath(self.directory), "config": dataclasses.asdict(self.config),
+                "records": None if self._engine is None else self._records_on,
+                "affinity": f"writers pinned to {cpu_list_string(cpus)}" if cpus else None}
 
     def close(self) -> None:
         """Wait for every in-flight checkpoint, stop the engine, raise a pending failure."""

@@ -12,7 +12,8 @@ It pushes an NVTX range in domain "ckptlab" (a no-op unless a tool collects NVTX
 engine's (thread = gettid, cpu at begin/end, CLOCK_MONOTONIC ns), so Python phases and engine
 operations share one timeline. With neither, it costs a few attribute checks.
 
-This module imports nothing heavy (no pyarrow, no torch), so ``ckptlab.core`` can use it.
+This module imports nothing heavy (no numpy, pyarrow or torch), so ``ckptlab.core`` can use it;
+a record's fields are ``schema.Record``'s, by name.
 """
 from __future__ import annotations
 
@@ -22,9 +23,13 @@ import resource
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from ckptlab.profiling.nvtx_ranges import ENGINE_PHASES, PYTHON_PHASES, pop, push
+from ckptlab.profiling.schema import UNMEASURED, Record
+from ckptlab.profiling.sources import active_sinks
+from ckptlab.profiling.sources import add_engine_records as add_engine_records  # re-exported for core
+from ckptlab.profiling.sources import recording as recording  # re-exported for core
 
 try:
     from ckptlab._engine import current_cpu as _current_cpu
@@ -34,7 +39,7 @@ except ImportError:  # pragma: no cover - engine not built
 
 _native_id = threading.get_native_id
 _monotonic_ns = time.monotonic_ns  # CLOCK_MONOTONIC on Linux, the engine's clock
-_UNMEASURED = (-1, -1, -1, -1)
+_UNMEASURED = (UNMEASURED,) * 4  # run_ns, wait_ns, ctx_vol, ctx_invol
 
 
 class _SchedFile:
@@ -95,62 +100,21 @@ def phase_code(name: str) -> int:
     return code
 
 
-class RecordSink(Protocol):
-    def attach(self, checkpointer: object, _auto: bool = False) -> bool: ...
-    def _append_python(self, rec: tuple, thread_name: str) -> None: ...
-    def _append_engine(self, columns: dict, thread_names: list) -> None: ...
-
-
-# Sessions currently recording; mutated only by TraceSession.start/close (copy-on-write, so
-# readers never need the lock).
-_sinks: tuple[RecordSink, ...] = ()
-_sinks_lock = threading.Lock()
-
-
-def _add_sink(sink: RecordSink) -> None:
-    global _sinks
-    with _sinks_lock:
-        _sinks = _sinks + (sink,)
-
-
-def _remove_sink(sink: RecordSink) -> None:
-    global _sinks
-    with _sinks_lock:
-        _sinks = tuple(s for s in _sinks if s is not sink)
-
-
-def recording() -> bool:
-    """True while at least one TraceSession records in this process."""
-    return bool(_sinks)
-
-
 def record(name: str, t_begin_ns: int, t_end_ns: int, *, step: int = -1, ckpt_id: int = 0, chunk: int = -1,
            offset: int = 0, nbytes: int = 0, cpu_begin: int = -1, cpu_end: int = -1,
            thread: int | None = None) -> None:
     """Add one already-timed record (e.g. a D2H copy timed with CUDA events converted to
     CLOCK_MONOTONIC ns) to every active session. No NVTX range is emitted."""
-    sinks = _sinks
+    sinks = active_sinks()
     if not sinks:
         return
-    rec = (phase_code(name), ckpt_id, step, chunk, offset, nbytes, t_begin_ns, t_end_ns,
-           _native_id() if thread is None else thread, cpu_begin, cpu_end, *_UNMEASURED)
+    rec = Record(phase=phase_code(name), ckpt_id=ckpt_id, step=step, chunk=chunk, offset=offset, nbytes=nbytes,
+                 t_begin_ns=t_begin_ns, t_end_ns=t_end_ns, thread=_native_id() if thread is None else thread,
+                 cpu_begin=cpu_begin, cpu_end=cpu_end, run_ns=UNMEASURED, wait_ns=UNMEASURED, ctx_vol=UNMEASURED,
+                 ctx_invol=UNMEASURED)
     tname = threading.current_thread().name
     for s in sinks:
-        s._append_python(rec, tname)
-
-
-def engine_opened(checkpointer: object) -> None:
-    """Called by a checkpointer when it opens its engine: every recording session attaches it
-    (the engine was opened with timing records on, since ``recording()`` was true)."""
-    for s in _sinks:
-        s.attach(checkpointer, _auto=True)
-
-
-def add_engine_records(columns: dict, thread_names: list | tuple = ()) -> None:
-    """Hand engine-format record columns (e.g. ``_engine.read_verified(...)["records"]``) to
-    every active session."""
-    for s in _sinks:
-        s._append_engine(columns, list(thread_names))
+        s.add_python_record(rec, tname)
 
 
 class phase:  # noqa: N801 - used like a function (context manager / decorator)
@@ -186,7 +150,7 @@ class phase:  # noqa: N801 - used like a function (context manager / decorator)
 
     def __enter__(self) -> "phase":
         self._pushed = push(self.name, self.category, self._payload())
-        if _sinks:
+        if active_sinks():
             self._cpu0 = _current_cpu()
             self._t0 = _monotonic_ns()
             self._sched0 = sched_sample()  # inside [t0, t1], like the engine
@@ -194,14 +158,16 @@ class phase:  # noqa: N801 - used like a function (context manager / decorator)
 
     def __exit__(self, *exc: object) -> None:
         if self._t0:
-            sched = sched_delta(self._sched0, sched_sample())
+            run_ns, wait_ns, ctx_vol, ctx_invol = sched_delta(self._sched0, sched_sample())
             t1 = _monotonic_ns()
-            rec = (phase_code(self.name), self.ckpt_id, self.step, self.chunk, self.offset, self.nbytes,
-                   self._t0, t1, _native_id(), self._cpu0, _current_cpu(), *sched)
+            rec = Record(phase=phase_code(self.name), ckpt_id=self.ckpt_id, step=self.step, chunk=self.chunk,
+                         offset=self.offset, nbytes=self.nbytes, t_begin_ns=self._t0, t_end_ns=t1,
+                         thread=_native_id(), cpu_begin=self._cpu0, cpu_end=_current_cpu(), run_ns=run_ns,
+                         wait_ns=wait_ns, ctx_vol=ctx_vol, ctx_invol=ctx_invol)
             self._t0 = 0
             tname = threading.current_thread().name
-            for s in _sinks:
-                s._append_python(rec, tname)
+            for s in active_sinks():
+                s.add_python_record(rec, tname)
         pop(self._pushed)
 
     def __call__(self, func: Callable) -> Callable:

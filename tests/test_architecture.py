@@ -107,25 +107,9 @@ def forbidden_edges(root: Path) -> list[str]:
     return bad
 
 
-# TRANSITIONAL (issue 11): edges of the code before the redesign, removed as each one is
-# moved; the redesign is done when this is empty and gone.
-_NOT_YET_MOVED = {
-    "profiling/affinity.py -> core", "profiling/chrome.py -> core", "profiling/cli.py -> core",
-    "profiling/records.py -> core", "profiling/tables.py -> core",
-    "analysis/plot_losses.py -> training",
-}
-
-
-def _key(line: str) -> str:
-    path, rest = line.split(":", 1)
-    return f"{path} -> {rest.split('->')[1].split()[0]}"
-
-
 def test_every_import_follows_an_arrow():
-    bad = [b for b in forbidden_edges(ROOT) if _key(b) not in _NOT_YET_MOVED]
+    bad = forbidden_edges(ROOT)
     assert not bad, "imports that docs/ARCHITECTURE.md forbids:\n" + "\n".join(bad)
-    stale = _NOT_YET_MOVED - {_key(b) for b in forbidden_edges(ROOT)}
-    assert not stale, f"moved already, delete from _NOT_YET_MOVED: {sorted(stale)}"
 
 
 def test_arrows_are_the_documented_ones():

@@ -45,8 +45,7 @@ def _draw_timeline(plan: ValidationPlan) -> str:
     trace = plan.out / "trace-a.arrow"
     out = plan.out / f"timeline-a-step{plan.kill_after}.png"
     try:
-        from ckptlab.profiling.records import read_trace
-        from ckptlab.profiling.timeline import plot_timeline
+        from ckptlab.analysis import plot_timeline, read_trace
 
         plot_timeline(read_trace(trace), out, step=plan.kill_after,
                       title=f"run A, checkpoint of step {plan.kill_after} (the one run C was killed writing)")

@@ -37,7 +37,7 @@ from ckptlab.core.checkpointer import Checkpointer, open_checkpointer
 from ckptlab.core.errors import CheckpointError, CheckpointMismatchError, NoCheckpointError
 from ckptlab.training.config import TrainConfig
 from ckptlab.training.data import ResumableSampler, SyntheticTokens
-from ckptlab.training.lossfile import LossWriter, truncate_loss_file
+from ckptlab.profiling.lossfile import LossWriter, truncate_loss_file
 from ckptlab.training.model import build_model
 from ckptlab.training.rng import RNGState, configure_determinism, seed_everything
 

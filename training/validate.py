@@ -30,7 +30,7 @@ from typing import Sequence
 
 from ckptlab.core.commit import LOCK_NAME
 from ckptlab.core.fault_spec import FAULTS_ENV
-from ckptlab.training.lossfile import compare_loss_files, read_loss_file
+from ckptlab.profiling.lossfile import compare_loss_files, read_loss_file
 from ckptlab.training.presets import get_preset
 
 __all__ = ["ValidationPlan", "ValidationReport", "run_validation", "main"]
@@ -198,7 +198,7 @@ def _compare(plan: ValidationPlan, report: ValidationReport) -> None:
     if lines != plan.steps:
         report.problems.append(f"{files['a']} has {lines} lines, expected {plan.steps}")
     try:
-        from ckptlab.analysis.plot_losses import plot_losses
+        from ckptlab.analysis.losses import plot_losses
         report.plot = str(plot_losses(
             [files["a"], files["b"], files["c"]], plan.out / "losses.png",
             labels=["run A (uninterrupted)", "run B (uninterrupted)",

@@ -1,16 +1,14 @@
 """One list of trace-record columns: the engine's (CKPTLAB_TRACE_COLUMNS in csrc/trace.hpp,
 exported as _engine.trace_columns()) and the Python side's raw columns are the same names,
 order and dtypes, and drain_trace()/read_verified() hand over exactly those arrays.
-
-The Python list lives in ckptlab.profiling.records today (RAW_COLUMNS); when it moves, change
-PYTHON_COLUMNS_MODULE only."""
+The Python list is ckptlab.profiling.schema.RAW_COLUMNS."""
 import importlib
 
 import numpy as np
 
 from ckptlab import _engine
 
-PYTHON_COLUMNS_MODULE = "ckptlab.profiling.records"
+PYTHON_COLUMNS_MODULE = "ckptlab.profiling.schema"
 PYTHON_COLUMNS_NAME = "RAW_COLUMNS"
 
 

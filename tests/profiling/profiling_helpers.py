@@ -6,16 +6,11 @@ import subprocess
 import sys
 
 import pytest
-import torch
+
+from trace_fixtures import CHUNK, REPO, SPREAD_FAULT, traced_state  # noqa: F401  (re-exported)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
 INJECT_SRC = os.path.join(HERE, "nvtx_inject", "nvtx_inject.cpp")
-
-CHUNK = 64 * 1024
-# Delay the first chunk write of every checkpoint so the other writer thread must take chunks
-# too: "records from each writer thread" then holds on any scheduler.
-SPREAD_FAULT = "point=before_chunk_write,hit=1,action=delay=100"
 
 
 def nvtx_include_dir() -> str:
@@ -24,9 +19,3 @@ def nvtx_include_dir() -> str:
     if not out:
         pytest.skip("NVTX3 headers not found (pip install nvidia-nvtx)")
     return out
-
-
-def traced_state(nbytes: int = 1 << 20) -> dict:
-    g = torch.Generator().manual_seed(7)
-    n = nbytes // 4 // 2
-    return {"w": torch.randn(n, generator=g), "opt": {"m": torch.randn(n, generator=g)}, "step": 3}

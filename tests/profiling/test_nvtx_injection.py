@@ -26,7 +26,7 @@ def run_child(tmp_path, lib: str | None) -> tuple[dict, list[dict]]:
     if lib:
         env["NVTX_INJECTION64_PATH"] = lib
         env["CKPTLAB_NVTX_LOG"] = str(log)
-    env["PYTHONPATH"] = os.pathsep.join([HERE, env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([HERE, os.path.dirname(HERE), env.get("PYTHONPATH", "")])  # + tests/
     r = subprocess.run([sys.executable, os.path.join(HERE, "nvtx_child.py"), str(tmp_path / "ckpt")], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

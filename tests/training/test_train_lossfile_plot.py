@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ckptlab.analysis.plot_losses import main as plot_main
-from ckptlab.analysis.plot_losses import plot_losses
-from ckptlab.training.lossfile import (LossWriter, compare_loss_files, format_line,
-                                       read_loss_file, truncate_loss_file)
+from ckptlab.analysis.losses import main as plot_main
+from ckptlab.analysis.losses import plot_losses
+from ckptlab.profiling.lossfile import (LossWriter, compare_loss_files, format_line,
+                                        read_loss_file, truncate_loss_file)
 
 
 def test_repr_round_trips_every_fp32_loss_exactly() -> None:
@@ -65,3 +65,20 @@ def test_plot_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         plot_main([str(tmp_path / "missing.txt")])
     assert exc.value.code == 2
+
+
+def test_the_old_module_name_still_plots(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    files = [str(_write(tmp_path / f"{n}.txt", [3.0, 2.0])) for n in "ab"]
+    r = subprocess.run([sys.executable, "-m", "ckptlab.analysis.plot_losses", *files, "-o", str(tmp_path / "o.png")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_truncation_leaves_no_temp_file(tmp_path: Path) -> None:
+    path = _write(tmp_path / "loss.txt", [5.0, 4.0, 3.0])
+    truncate_loss_file(path, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.txt"] and path.read_text() == "1 5.0\n"

@@ -1,5 +1,5 @@
-"""The writer-thread affinity experiment (research/tracing.md §7): where should the engine's
-writer threads run, and how many should there be?
+"""The writer-thread affinity experiment: where should the engine's writer threads run, and
+how many should there be? (The statistics: ``ckptlab.analysis.affinity``.)
 
 One *cell* of the matrix is a writer-thread count and a placement:
 
@@ -14,19 +14,14 @@ and ``saves`` measured ones of a ``size_mb`` state, each waited until durable, w
 ``load_procs`` CPU-bound processes stand in for the training job's threads. The *training
 CPUs* are every CPU, or with ``disjoint`` those the writers leave free: the load processes and
 the thread that saves (the training loop's, which stages the chunks) run there, and so does
-the engine's commit thread, which inherits the saving thread's CPUs. Every run records a trace; the
-writer-thread analysis (profiling/stragglers.py) gives its makespan, straggler ratio,
-migrations, preemptions and run-queue wait. Runs are made ``repeats`` times per cell, in a
-seeded random order, so drift on the machine falls on every cell alike.
-
-Each pinned cell is compared with the unpinned one of the same thread count: the ratio of
-median makespans with a bootstrap 95 % interval, and the Mann-Whitney U test's p-value (SciPy;
-None without it). Output directory::
+the engine's commit thread, which inherits the saving thread's CPUs. Every run records a
+trace. Runs are made ``repeats`` times per cell, in a seeded random order, so drift on the
+machine falls on every cell alike. Output directory::
 
     manifest.json     the machine and the experiment (kernel, CPUs, lscpu, numactl -H, mount)
     runs.jsonl        one line per finished run (appended as runs finish)
     traces/*.arrow    each run's trace (ckptlab trace threads / plot / export work on them)
-    summary.json      per cell: medians, quartiles, comparison with unpinned
+    summary.json      per cell: medians, quartiles, comparison with unpinned (ckptlab analyze OUT)
     affinity.png      makespan, straggler ratio, CPU wait and migrations per cell
 """
 from __future__ import annotations
@@ -40,19 +35,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
 from ckptlab.core.config import available_cpus, check_cpus_available
+from ckptlab.profiling.files import atomic_write_bytes
 from ckptlab.profiling.metadata import cpu_list_string
 
 PLACEMENTS = ("unpinned", "compact", "spread", "disjoint")
-METRICS = ("makespan_ms", "straggler_ratio", "migrations", "ctx_invol", "runq_wait_ms", "blocked_ms")
 MiB = 1 << 20
 
 
@@ -173,7 +165,8 @@ def cpu_load(procs: int, cpus: Sequence[int]) -> Iterator[list[int]]:
 
 
 def machine_manifest(spec: ExperimentSpec) -> dict[str, Any]:
-    """What a reader of the results needs to know about the machine (research/tracing.md §7)."""
+    """What a reader of the results needs to know about the machine (kernel, CPUs, memory
+    layout, the file system under test)."""
     from ckptlab.profiling.metadata import run_metadata
 
     def command(*argv: str) -> str | None:
@@ -210,33 +203,9 @@ def _mount_of(path: str) -> dict[str, str] | None:
     return best
 
 
-def run_metrics(table: Any, warmup_steps: int = 1) -> dict[str, Any]:
-    """One run's figures from its trace, the first ``warmup_steps`` checkpoints dropped."""
-    from ckptlab.profiling.stragglers import writer_stragglers
-
-    ckpts, _ = writer_stragglers(table)
-    measured = [c for c in ckpts if c["step"] > warmup_steps]
-    if not measured:
-        raise ValueError("no measured checkpoint in the trace")
-
-    def total(key: str, scale: float = 1.0) -> float | None:
-        values = [c[key] for c in measured]
-        return None if any(v is None for v in values) else float(sum(values)) * scale
-
-    return {
-        "checkpoints": len(measured),
-        "bytes": int(np.median([c["bytes"] for c in measured])),
-        "makespan_ms": float(np.median([c["makespan_s"] for c in measured])) * 1e3,
-        "straggler_ratio": float(np.median([c["straggler_ratio"] for c in measured])),
-        "migrations": int(sum(c["migrations"] for c in measured)),
-        "ctx_invol": total("ctx_invol"),
-        "runq_wait_ms": total("runq_wait_s", 1e3),
-        "blocked_ms": total("blocked_s", 1e3),
-    }
-
-
 def run_cell(spec: ExperimentSpec, cell: Cell, repeat: int, state: dict, trace_path: str) -> dict[str, Any]:
     """One run of ``cell``: a fresh checkpointer, a warm-up save, ``spec.saves`` measured ones."""
+    from ckptlab.analysis.affinity import run_metrics
     from ckptlab.core import CheckpointConfig, open_checkpointer
     from ckptlab.profiling import read_trace, start_trace
 
@@ -274,7 +243,10 @@ def _state(size_mb: int, seed: int) -> dict:
 
 
 def run_experiment(spec: ExperimentSpec, progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
-    """Run the matrix (see the module doc); returns the summary also written to summary.json."""
+    """Run the matrix (see the module doc), then summarise it (``analysis.affinity``) into
+    summary.json and affinity.png; returns the summary."""
+    from ckptlab.analysis.affinity import load_experiment, plot_experiment, summarise
+
     spec.validate()
     cells, skipped = plan(spec)
     if not cells:
@@ -285,123 +257,26 @@ def run_experiment(spec: ExperimentSpec, progress: Callable[[int, int, str], Non
                               f"directory or remove it")
     os.makedirs(spec.directory, exist_ok=True)
     os.makedirs(os.path.join(spec.out, "traces"), exist_ok=True)
-    from ckptlab.core.durable import atomic_write_bytes
-
     atomic_write_bytes(os.path.join(spec.out, "manifest.json"),
                        json.dumps(machine_manifest(spec) | {"skipped": skipped}, indent=2).encode())
     order = [(cell, r) for cell in cells for r in range(spec.repeats)]
     random.Random(spec.seed).shuffle(order)
     state = _state(spec.size_mb, spec.seed)
-    runs: list[dict[str, Any]] = []
     with open(runs_path, "x") as log:
         for i, (cell, r) in enumerate(order):
             if progress:
                 progress(i, len(order), f"{cell.name} #{r + 1}")
             trace = os.path.join(spec.out, "traces", f"{cell.name}-r{r}.arrow")
-            run = run_cell(spec, cell, r, state, trace)
-            runs.append(run)
-            log.write(json.dumps(run) + "\n")
+            log.write(json.dumps(run_cell(spec, cell, r, state, trace)) + "\n")
             log.flush()
         if progress:
             progress(len(order), len(order), "done")
-    summary = summarise(runs, seed=spec.seed) | {"skipped": skipped, "spec": asdict(spec), "figure": None}
+    experiment = load_experiment(spec.out)
+    summary = summarise(experiment) | {"figure": None}
     try:
-        plot_experiment(runs, os.path.join(spec.out, "affinity.png"),
-                        title=f"writer placement: {spec.size_mb} MiB checkpoints, {spec.load_procs} load processes, "
-                              f"{spec.repeats} runs per cell")
+        plot_experiment(experiment, os.path.join(spec.out, "affinity.png"))
         summary["figure"] = "affinity.png"
     except ImportError as e:  # matplotlib / seaborn / pandas are the analysis extra
         summary["figure_missing"] = f"no figure: {e} (pip install 'ckptlab[analysis]')"
     atomic_write_bytes(os.path.join(spec.out, "summary.json"), json.dumps(summary, indent=2).encode())
     return summary
-
-
-def _quartiles(values: list[float | None]) -> dict[str, float | None]:
-    v = np.array([x for x in values if x is not None], dtype=np.float64)
-    if len(v) == 0 or len(v) < len(values):
-        return {"median": None, "q1": None, "q3": None}
-    q1, med, q3 = np.percentile(v, [25, 50, 75])
-    return {"median": float(med), "q1": float(q1), "q3": float(q3)}
-
-
-def bootstrap_ratio_ci(a: np.ndarray, b: np.ndarray, *, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile-bootstrap interval of median(a) / median(b)."""
-    rng = np.random.default_rng(seed)
-    ra = np.median(rng.choice(a, size=(resamples, len(a))), axis=1)
-    rb = np.median(rng.choice(b, size=(resamples, len(b))), axis=1)
-    ratios = ra / np.where(rb > 0, rb, np.nan)
-    lo, hi = np.nanpercentile(ratios, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
-def mann_whitney_p(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Two-sided Mann-Whitney U p-value; None without SciPy or with too few runs to test."""
-    try:
-        from scipy.stats import mannwhitneyu
-    except ImportError:
-        return None
-    if len(a) < 2 or len(b) < 2:
-        return None
-    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
-
-
-def summarise(runs: list[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
-    """Per cell: quartiles of every metric, and makespan against the unpinned cell of the same
-    thread count (ratio of medians < 1 = faster than unpinned)."""
-    by: dict[str, list[dict[str, Any]]] = {}
-    for r in runs:
-        by.setdefault(r["cell"], []).append(r)
-    cells = []
-    for name, rs in sorted(by.items(), key=lambda kv: (kv[1][0]["threads"], PLACEMENTS.index(kv[1][0]["placement"]))):
-        row = {"cell": name, "threads": rs[0]["threads"], "placement": rs[0]["placement"],
-               "writer_cpus": rs[0]["writer_cpus"], "training_cpus": rs[0]["training_cpus"], "runs": len(rs)}
-        for m in METRICS:
-            row[m] = _quartiles([r[m] for r in rs])
-        base = by.get(f"unpinned-t{row['threads']}")
-        row["vs_unpinned"] = None
-        if base is not None and row["placement"] != "unpinned":
-            a = np.array([r["makespan_ms"] for r in rs])
-            b = np.array([r["makespan_ms"] for r in base])
-            lo, hi = bootstrap_ratio_ci(a, b, seed=seed)
-            row["vs_unpinned"] = {"makespan_ratio": float(np.median(a) / np.median(b)), "ci95": [lo, hi],
-                                  "mann_whitney_p": mann_whitney_p(a, b)}
-        cells.append(row)
-    return {"cells": cells, "runs": len(runs)}
-
-
-def plot_experiment(runs: list[dict[str, Any]], out: str, title: str | None = None) -> None:
-    """Box plots with the runs over them, one box per cell, written atomically to ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-
-    from ckptlab.profiling.tables import write_png
-
-    df = pd.DataFrame(runs)
-    order = [p for p in PLACEMENTS if p in set(df.placement)]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    panels = (("makespan_ms", "checkpoint makespan (ms, median of a run)"),
-              ("straggler_ratio", "straggler ratio (last / median finish)"),
-              ("runq_wait_ms", "writers' time waiting for a CPU (ms per run)"),
-              ("migrations", "writer CPU migrations per run"))
-    for ax, (metric, label) in zip(axes.flat, panels, strict=True):
-        data = df.dropna(subset=[metric])
-        if data.empty:
-            ax.text(0.5, 0.5, "not measured in these traces", ha="center", va="center", transform=ax.transAxes)
-            ax.set_axis_off()
-            continue
-        with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11 a deprecated argument
-            warnings.simplefilter("ignore", DeprecationWarning)
-            sns.boxplot(data=data, x="placement", y=metric, hue="threads", order=order, ax=ax, fliersize=0,
-                        palette="crest")
-        sns.stripplot(data=data, x="placement", y=metric, hue="threads", order=order, ax=ax, dodge=True,
-                      palette="dark:black", size=3, alpha=0.6, legend=False)
-        ax.set_title(label)
-        ax.set_xlabel("")
-        ax.set_ylabel("")
-        ax.legend(title="writers", fontsize=7, title_fontsize=7)
-    fig.suptitle(title or "ckptlab writer-thread placement", fontsize=11)
-    write_png(fig, out, dpi=110)

@@ -1,18 +1,18 @@
-"""The writer-placement experiment (profiling/affinity.py, `ckptlab profile affinity`)."""
+"""The writer-placement experiment's driver (training/experiments/affinity.py, `ckptlab experiment
+affinity`): placements, the plan, flags, and a small real experiment summarised by analysis."""
 from __future__ import annotations
 
 import json
 import os
 
-import numpy as np
 import pytest
 
+from ckptlab.analysis.affinity import run_metrics
+from ckptlab.analysis.cli import main as analysis_main
 from ckptlab.core.config import parse_cpu_list
 from ckptlab.profiling import read_trace, trace_metadata
-from ckptlab.profiling.affinity import (
-    ExperimentSpec, Unplaceable, bootstrap_ratio_ci, place, plan, run_metrics, summarise,
-)
-from ckptlab.profiling.cli import main
+from ckptlab.training.experiments.affinity import ExperimentSpec, Unplaceable, place, plan
+from ckptlab.training.experiments.cli import main
 
 
 @pytest.mark.parametrize("placement, threads, allowed, writers, training", [
@@ -49,32 +49,8 @@ def test_plan_skips_what_cannot_be_placed(tmp_path):
     assert [s["cell"] for s in skipped] == ["disjoint-t2"]
 
 
-def _runs(cell, placement, threads, makespans):
-    return [{"cell": cell, "placement": placement, "threads": threads, "writer_cpus": "", "training_cpus": "0-1",
-             "makespan_ms": m, "straggler_ratio": 1.0, "migrations": 0, "ctx_invol": 1, "runq_wait_ms": 0.5,
-             "blocked_ms": None} for m in makespans]
-
-
-def test_summary_compares_each_cell_with_unpinned():
-    runs = _runs("unpinned-t2", "unpinned", 2, [10, 11, 12, 13, 14]) + _runs("compact-t2", "compact", 2, [5, 6, 7, 5, 6])
-    s = summarise(runs)
-    unpinned, compact = s["cells"]
-    assert unpinned["cell"] == "unpinned-t2" and unpinned["vs_unpinned"] is None
-    assert unpinned["makespan_ms"] == {"median": 12.0, "q1": 11.0, "q3": 13.0}
-    vs = compact["vs_unpinned"]
-    assert vs["makespan_ratio"] == pytest.approx(6 / 12)
-    assert vs["ci95"][0] <= 0.5 <= vs["ci95"][1] and vs["ci95"][1] < 1
-    assert vs["mann_whitney_p"] is None or vs["mann_whitney_p"] < 0.05     # None without SciPy
-    assert compact["blocked_ms"]["median"] is None                       # not measured stays unknown
-
-
-def test_bootstrap_interval_of_equal_samples_is_tight():
-    a = np.array([3.0, 3.0, 3.0])
-    assert bootstrap_ratio_ci(a, a) == (1.0, 1.0)
-
-
 def test_bad_flags_are_refused_before_anything_runs(tmp_path, capsys):
-    base = ["profile", "affinity", "--dir", str(tmp_path / "ck"), "--out", str(tmp_path / "o")]
+    base = ["experiment", "affinity", "--dir", str(tmp_path / "ck"), "--out", str(tmp_path / "o")]
     assert main(base + ["--placements", "compact,diagonal"]) == 2
     assert "unknown placement(s) ['diagonal']" in capsys.readouterr().err
     assert main(base + ["--repeats", "0"]) == 2
@@ -89,7 +65,7 @@ def test_bad_flags_are_refused_before_anything_runs(tmp_path, capsys):
 
 
 def test_dry_run_lists_the_cells(tmp_path, capsys):
-    assert main(["profile", "affinity", "--dir", str(tmp_path), "--out", str(tmp_path / "o"), "--threads", "1",
+    assert main(["experiment", "affinity", "--dir", str(tmp_path), "--out", str(tmp_path / "o"), "--threads", "1",
                  "--cpus", "0", "--dry-run"]) == 0
     captured = capsys.readouterr()
     assert "compact-t1" in captured.out and "3 cells x 5 runs x 4 saves of 256 MiB" in captured.out
@@ -100,7 +76,7 @@ def test_dry_run_lists_the_cells(tmp_path, capsys):
 def experiment(tmp_path_factory):
     """A small real experiment: 1 writer, every placement this machine allows, 2 runs each."""
     root = tmp_path_factory.mktemp("affinity")
-    argv = ["profile", "affinity", "--dir", str(root / "ck"), "--out", str(root / "out"), "--threads", "1",
+    argv = ["experiment", "affinity", "--dir", str(root / "ck"), "--out", str(root / "out"), "--threads", "1",
             "--repeats", "2", "--saves", "2", "--size-mb", "4", "--chunk-mb", "1", "--load-procs", "1"]
     assert main(argv) == 0
     return root / "out", argv
@@ -121,6 +97,16 @@ def test_experiment_writes_every_result(experiment):
         assert r["checkpoints"] == 2 and r["bytes"] >= 4 << 20 and r["makespan_ms"] > 0
         assert r["runq_wait_ms"] is not None and r["ctx_invol"] is not None
     assert not list((out.parent / "ck").iterdir()), "checkpoint directories are removed after each run"
+
+
+def test_analyze_re_summarises_to_the_same_summary(experiment, tmp_path, capsys):
+    out, _ = experiment
+    capsys.readouterr()
+    assert analysis_main(["analyze", str(out), "--json", "--plot", str(tmp_path / "again.png")]) == 0
+    again = json.loads(capsys.readouterr().out)
+    written = json.loads((out / "summary.json").read_text())
+    assert again == {k: v for k, v in written.items() if k != "figure"}
+    assert (tmp_path / "again.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_each_run_ran_where_its_cell_says(experiment):

@@ -38,7 +38,7 @@ def write_png(fig, out, dpi: int) -> None:
 
     import matplotlib.pyplot as plt
 
-    from ckptlab.core.durable import atomic_write_bytes
+    from ckptlab.profiling.files import atomic_write_bytes
 
     fig.tight_layout()
     buf = io.BytesIO()

@@ -19,8 +19,8 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from ckptlab.profiling.stragglers import TIME_PARTS, thread_totals, writer_stragglers
-from ckptlab.profiling.tables import column, track_sort_key, write_png
+from ckptlab.analysis.stragglers import TIME_PARTS, thread_totals, writer_stragglers
+from ckptlab.analysis.tables import column, track_sort_key, write_png
 
 
 def plot_writer_report(table: pa.Table, out: str | os.PathLike, title: str | None = None) -> int:

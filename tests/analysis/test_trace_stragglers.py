@@ -1,4 +1,4 @@
-"""Writer-thread stragglers and migrations per checkpoint (profiling/stragglers.py, `ckptlab trace threads`)."""
+"""Writer-thread stragglers and migrations per checkpoint (analysis/stragglers.py, `ckptlab trace threads`)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 
-from ckptlab.profiling.stragglers import migrations, robust_z, thread_totals, writer_stragglers
+from ckptlab.analysis.stragglers import migrations, robust_z, thread_totals, writer_stragglers
 
 MS = 1_000_000
 
@@ -93,7 +93,7 @@ def test_a_real_save_accounts_for_every_chunk(traced_run):
 
 
 def test_writer_report_figure(traced_run, tmp_path):
-    from ckptlab.profiling.straggler_plot import plot_writer_report
+    from ckptlab.analysis.straggler_plot import plot_writer_report
 
     assert plot_writer_report(traced_run.table, tmp_path / "w.png") == 1
     assert (tmp_path / "w.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -105,7 +105,7 @@ def test_writer_report_figure(traced_run, tmp_path):
 
 
 def test_cli(traced_run, tmp_path, capsys):
-    from ckptlab.profiling.cli import main
+    from ckptlab.analysis.cli import main
 
     assert main(["trace", "threads", traced_run.path, "--plot", str(tmp_path / "w.png")]) == 0
     out = capsys.readouterr().out
@@ -119,8 +119,8 @@ def test_cli(traced_run, tmp_path, capsys):
 
 
 def test_a_trace_without_engine_writes(tmp_path, capsys):
+    from ckptlab.analysis.cli import main
     from ckptlab.profiling import phase, start_trace
-    from ckptlab.profiling.cli import main
 
     with start_trace(tmp_path / "py.arrow"):
         with phase("forward", step=1):

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ckptlab.profiling.tables import column, track_sort_key
+from ckptlab.analysis.tables import column, track_sort_key
 
 WRITER_PHASES = ("write", "checksum", "fsync")
 OUTLIER_Z = 3.5

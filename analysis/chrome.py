@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ckptlab.profiling.records import SCHED_COLUMNS, read_trace, trace_metadata
-from ckptlab.profiling.tables import column, track_sort_key
+from ckptlab.analysis.tables import column, track_sort_key
+from ckptlab.profiling.schema import SCHED_COLUMNS, read_trace, trace_metadata
 
 _OTHER_DATA_KEYS = ("run_id", "host", "arch", "kernel", "cpu_model", "cpu_count", "cpus_allowed",
                     "affinity_policy", "clock", "dropped_records", "versions", "config")
@@ -77,7 +77,7 @@ def export_chrome(trace_path: str | os.PathLike, out_path: str | os.PathLike,
                   phases: set[str] | None = None) -> int:
     """Write ``trace_path`` as Chrome trace-event JSON to ``out_path``; returns the event count.
     The JSON is written atomically (temp + rename)."""
-    from ckptlab.core.durable import atomic_write_bytes
+    from ckptlab.profiling.files import atomic_write_bytes
 
     doc = to_chrome_trace(read_trace(trace_path), phases)
     atomic_write_bytes(out_path, json.dumps(doc, separators=(",", ":"), default=str).encode())

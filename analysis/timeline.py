@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ckptlab.profiling.tables import column, track_sort_key, write_png
+from ckptlab.analysis.tables import column, track_sort_key, write_png
 
 MAX_LANES = 4          # deeper nesting is drawn in the last lane
 MIN_BAR_FRACTION = 1 / 1500  # of the window: shorter records are widened to stay visible

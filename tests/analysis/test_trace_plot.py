@@ -1,22 +1,21 @@
-"""`ckptlab trace plot`: a timeline PNG of a trace (profiling/timeline.py)."""
+"""`ckptlab trace plot`: a timeline PNG of a trace (analysis/timeline.py)."""
 from __future__ import annotations
 
 import os
 
 import numpy as np
 import pytest
-
-from ckptlab.profiling.tables import column
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ckptlab.profiling.timeline import assign_lanes, plot_timeline, step_window
+from ckptlab.analysis.tables import column
+from ckptlab.analysis.timeline import assign_lanes, plot_timeline, step_window
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def run_cli(capsys, *args):
-    from ckptlab.profiling.cli import main
+    from ckptlab.analysis.cli import main
 
     rc = main([str(a) for a in args])
     out = capsys.readouterr()

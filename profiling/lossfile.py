@@ -8,6 +8,9 @@ bit" is ``cmp a.txt b.txt``. ``float.fromhex``-style hex is not needed and stays
 A resumed run first cuts the file back to the checkpoint's step (a killed run may have
 logged steps past its last durable checkpoint), then appends, so the file always describes
 the trajectory that the checkpoints hold.
+
+A record of the run like a trace, so it lives in profiling: training writes it, analysis
+(``analysis.losses``) and the validation workflow read it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from ckptlab.profiling.files import atomic_write_bytes
 
 __all__ = ["LossWriter", "read_loss_file", "truncate_loss_file", "compare_loss_files",
            "LossMismatch", "format_line"]
@@ -44,12 +49,7 @@ def truncate_loss_file(path: str | os.PathLike[str], last_step: int) -> int:
         return 0
     with open(path, encoding="ascii") as f:
         kept = [line for line in f if line.split() and int(line.split()[0]) <= last_step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="ascii") as f:
-        f.writelines(kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, "".join(kept).encode("ascii"))
     return len(kept)
 
 
