@@ -1,6 +1,6 @@
 """One figure of the writer threads of a trace: where stragglers come from, at a glance.
 
-Six panels, one colour per writer thread throughout (research/tracing.md §6):
+Six panels, one colour per writer thread throughout (docs/BACKGROUND.md §3.2):
 
 - chunk write latency, ECDF per thread: a thread whose curve lies right writes slowly;
 - bytes written per thread over the whole trace: work imbalance;

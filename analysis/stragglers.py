@@ -1,4 +1,4 @@
-"""Writer-thread stragglers and CPU migrations, per checkpoint (docs/TRACE.md, research/tracing.md §6).
+"""Writer-thread stragglers and CPU migrations, per checkpoint (docs/TRACE.md, docs/BACKGROUND.md §3.2).
 
 A checkpoint is durable only after its last chunk is written and fsynced, so the writer thread
 that finishes last sets its persist time. For each checkpoint this computes, from the engine's

@@ -1,6 +1,6 @@
 """Durable file operations for the Python side (the engine has its own in C++).
 
-Rules from research/reliability.md §2.1: write a temp file, fsync it, rename it into place,
+Rules from docs/BACKGROUND.md §1.1: write a temp file, fsync it, rename it into place,
 fsync the directory. close() is not a durability point. ``fsync_dir``, ``atomic_replace`` and
 ``atomic_write_bytes`` are ``ckptlab.profiling.files``' (trace files and figures use them too).
 """
