@@ -112,6 +112,25 @@ def test_every_import_follows_an_arrow():
     assert not bad, "imports that docs/ARCHITECTURE.md forbids:\n" + "\n".join(bad)
 
 
+def private_imports(root: Path) -> list[str]:
+    """Names starting with '_' imported from another part (its public surface is its own)."""
+    bad = []
+    for part in PARTS:
+        for path, source in _sources(root, part):
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    target = _part_of(node.module)
+                    if target and target not in (part, ENGINE):
+                        bad += [f"{path.relative_to(root)}:{node.lineno}: {node.module}.{a.name}"
+                                for a in node.names if a.name.startswith("_") and a.name != ENGINE]
+    return bad
+
+
+def test_no_part_imports_another_parts_private_names():
+    bad = private_imports(ROOT)
+    assert not bad, "private names imported across parts:\n" + "\n".join(bad)
+
+
 def test_arrows_are_the_documented_ones():
     """The table in docs/ARCHITECTURE.md and ALLOWED say the same thing."""
     text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
@@ -153,6 +172,12 @@ def test_allowed_imports_and_docstrings_pass(tmp_path):
         "analysis/a.py": "from ckptlab.profiling.schema import read_trace\n",
     })
     assert forbidden_edges(root) == []
+
+
+def test_a_private_import_across_parts_fails(tmp_path):
+    root = _tree(tmp_path, {"training/t.py": "from ckptlab.core.state import _round_up, capture\n"
+                                             "from ckptlab.training.loop import _run\n"})
+    assert private_imports(root) == ["training/t.py:1: ckptlab.core.state._round_up"]
 
 
 def test_notebook_cells_are_checked(tmp_path):
