@@ -102,6 +102,16 @@ class CheckpointConfig:
         path = self.io_log or os.environ.get(IO_LOG_ENV, "")
         return path, os.environ.get(IO_LOG_DATA_ENV, "1") != "0"
 
+    def engine_options(self) -> dict[str, object]:
+        """The ``ckptlab._engine.Engine`` keyword arguments this config sets (pccheck adds the
+        staging size, the effective fault spec and whether records are kept, which are known
+        only when the engine opens). A new engine knob is a field here plus its line below."""
+        io_log, io_log_data = self.effective_io_log()
+        return dict(writer_threads=self.writer_threads, max_inflight=self.max_inflight, shards=self.shards,
+                    chunk_bytes=self.chunk_bytes, keep_last=self.keep_last, io_mode=self.io_mode,
+                    trace_capacity=self.trace_capacity, prefault=self.prefault_staging, io_log=io_log,
+                    io_log_data=io_log_data, writer_cpus=list(self.writer_cpus))
+
     def replace(self, **changes) -> "CheckpointConfig":
         return dataclasses.replace(self, **changes)
 

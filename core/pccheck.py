@@ -61,13 +61,8 @@ class PCcheckCheckpointer(CheckpointerBase):
         c = self.config
         staging = max(_round_up(staging_bytes, c.chunk_bytes), c.chunk_bytes)
         self._records_on = c.trace or recording()
-        engine = _engine.Engine(
-            self.directory, writer_threads=c.writer_threads, max_inflight=c.max_inflight, shards=c.shards,
-            chunk_bytes=c.chunk_bytes, staging_bytes=staging, keep_last=c.keep_last, io_mode=c.io_mode,
-            faults=self._faults, trace=self._records_on, trace_capacity=c.trace_capacity, prefault=c.prefault_staging,
-            io_log=c.effective_io_log()[0], io_log_data=c.effective_io_log()[1],
-            writer_cpus=list(c.writer_cpus),
-        )
+        engine = _engine.Engine(self.directory, **c.engine_options(), staging_bytes=staging, faults=self._faults,
+                                trace=self._records_on)
         if self._records_on:
             announce(self)  # every recording trace session drains this checkpointer from now on
         return engine

@@ -66,3 +66,12 @@ def test_writer_cpus_this_process_may_not_use_are_refused_at_open(ckpt_dir):
     bad = max(os.sched_getaffinity(0)) + 1
     with pytest.raises(ValueError, match=f"writer_cpus: CPU {bad} not available to this process"):
         open_checkpointer("pccheck", ckpt_dir, CheckpointConfig(writer_cpus=(bad,)))
+
+
+def test_engine_options_are_keywords_the_engine_takes(ckpt_dir):
+    """Every option the config hands the engine is one of Engine's keyword arguments (a knob
+    added to engine_options() but not to the binding fails here, not at a user's first save)."""
+    from ckptlab import _engine
+
+    opts = CheckpointConfig(writer_threads=1, chunk_bytes=65536, writer_cpus=()).engine_options()
+    _engine.Engine(ckpt_dir, **opts, staging_bytes=65536).close()
