@@ -100,11 +100,12 @@ def test_a_moved_aside_copy_is_restored_on_open(tmp_path: Path) -> None:
 def test_retention_never_deletes_a_committed_name_in_place(tmp_path: Path, monkeypatch) -> None:
     """Older checkpoints are renamed away before they are deleted, so a crash during
     retention never leaves a half-deleted step_N for a reader to trust."""
-    import shutil as _shutil
+    from ckptlab.core.writer_io import WriterIO
 
     deleted: list[str] = []
-    real = _shutil.rmtree
-    monkeypatch.setattr(_shutil, "rmtree", lambda p, *a, **k: (deleted.append(os.path.basename(str(p))), real(p, *a, **k)))
+    real = WriterIO.remove_tree
+    monkeypatch.setattr(WriterIO, "remove_tree",
+                        lambda self, p: (deleted.append(os.path.basename(str(p))), real(self, p))[1])
     with _dcp(tmp_path, keep_last=1) as ck:
         ck.save(1, _state())
         ck.save(2, _state())
