@@ -175,3 +175,25 @@ def test_a_failed_write_raises_and_keeps_the_previous_checkpoint(
         ck.save(2, state)
     ck.close()
     assert sorted(os.listdir(tmp_path)) == [".ckptlab.lock", "step_000000000001"]
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_commit_protocol_points_fail_that_checkpoint_only(tmp_path: Path, async_save: bool) -> None:
+    """Armed, DCP passes the commit protocol's points (core/writer_io.py): an error injected
+    before checkpoint 2's rename fails that checkpoint, step 1 stays, step 3 commits; the
+    points DCP's own file writes would pass are not in its log."""
+    log = tmp_path / "io.log"
+    os.environ["CKPTLAB_IO_LOG_DATA"] = "0"  # the autouse fixture removes it again
+    with _dcp(tmp_path / "ck", async_save, faults="point=before_rename,ckpt=2,action=eio", io_log=str(log)) as ck:
+        ck.save(1, _state())
+        ck.wait()
+        with pytest.raises(CheckpointError, match="Input/output error"):
+            ck.save(2, _state())  # dcp raises here, dcp-async at the wait
+            ck.wait()
+        ck.save(3, _state())
+        ck.wait()
+        assert [s for s, _ in ck._committed()] == [1, 3]
+    points = {line.split("\t")[6].split()[0] for line in log.read_text().splitlines()
+              if line.split("\t")[5] == "point"}
+    assert points == {"point=" + p for p in ("before_tmpdir_fsync", "before_rename", "after_rename", "after_commit",
+                                             "before_gc")}
