@@ -136,13 +136,9 @@ class IoLog:
     def __init__(self, path: str, record_data: bool = True) -> None:
         """Append-only I/O log at `path` (created if missing), as Engine(io_log=...) writes it."""
 
-    def op(
-        self,
-        op: Literal["mkdir", "create", "open_create", "fsync", "fdatasync", "fsync_dir", "unlink", "rmdir"],
-        path: str,
-        err: int = 0,
-    ) -> None:
-        """One operation on one path: mkdir, create, open_create, fsync, fdatasync, fsync_dir, unlink, rmdir."""
+    def op(self, op: str, path: str, err: int = 0) -> None:
+        """One operation on one path: mkdir, create, open_create, fsync, fdatasync, fsync_dir, unlink, rmdir
+        (names from io_op_names(); ValueError for another)."""
 
     def write(self, path: str, offset: int, data: Buffer, err: int = 0) -> None:
         """A write of `data` at `offset` that returned (err 0), or failed (err != 0, data empty)."""
