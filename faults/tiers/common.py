@@ -185,8 +185,6 @@ def point_setup(index: int) -> Setup:
     return Setup(rng.getrandbits(31), random_layout(rng, spec["size"]), dict(spec["engine"]), list(spec["steps"]))
 
 
-# The torchsave shape of the exhaustive tiers: state.pt in several chunks, retention on.
-TORCHSAVE_POINT_SETUP = dict(engine=dict(chunk_bytes=64 * KiB, keep_last=2), size=200 * KiB, steps=[10, 20, 30, 40])
 
 
 def torchsave_setup(rng: random.Random, size: int, steps: list[int], **config: Any) -> Setup:
@@ -195,8 +193,8 @@ def torchsave_setup(rng: random.Random, size: int, steps: list[int], **config: A
 
 
 def torchsave_point_setup() -> Setup:
-    spec = TORCHSAVE_POINT_SETUP
-    return torchsave_setup(random.Random(2000), spec["size"], spec["steps"], **spec["engine"])
+    """The torchsave shape of the exhaustive tiers: state.pt in several chunks, retention on."""
+    return torchsave_setup(random.Random(2000), 200 * KiB, [10, 20, 30, 40], chunk_bytes=64 * KiB, keep_last=2)
 
 
 def random_torchsave_setup(rng: random.Random) -> Setup:
