@@ -12,18 +12,20 @@ from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.durable import makedirs_durable
 from ckptlab.core.recovery import CheckpointInfo, latest_valid, load_latest
 from ckptlab.core.state import PinnedHostCache
+from ckptlab.core.writer_io import DISARMED, WriterIO
 
 
 class CheckpointerBase:
     kind = "base"
 
-    def __init__(self, directory: str | os.PathLike, config: CheckpointConfig) -> None:
+    def __init__(self, directory: str | os.PathLike, config: CheckpointConfig, *, io: WriterIO = DISARMED) -> None:
+        """``io``: the writer's file-system operations (core/writer_io.py), if it has its own."""
         if not isinstance(config, CheckpointConfig):
             raise TypeError(f"config must be a CheckpointConfig, got {type(config).__name__}")
         self.directory = os.path.abspath(os.fspath(directory))
         if os.path.exists(self.directory) and not os.path.isdir(self.directory):
             raise NotADirectoryError(f"checkpoint directory {self.directory} exists and is not a directory")
-        makedirs_durable(self.directory)
+        makedirs_durable(self.directory, io)
         self.config = config
         self._closed = False
         # pinned host copies of CUDA tensors, reused across saves (no effect without CUDA)

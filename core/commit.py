@@ -10,19 +10,25 @@ Names in a checkpoint directory::
     .step_<N>.deleting-<tag>/     retention: renamed away first, then deleted
     .ckptlab.lock                 one writer per directory (flock, held while open)
 
-Publishing checkpoint N from a temp directory (the steps of csrc/engine.hpp)::
+Publishing checkpoint N from a temp directory (the steps of csrc/engine.hpp), with the
+engine's fault points each step passes (docs/FAULTS.md)::
 
-    1. every data file written and fsynced into the temp dir        (the writer)
-    2. the MANIFEST (or DCP's .metadata) written and fsynced         (the writer)
-    3. the temp dir fsynced                                          (its file entries)
-    4. if step_N exists, it is renamed to .step_N.replaced-<tag>
+    1. every data file written and fsynced into the temp dir        (the writer; torchsave:
+                                                                     before/after_chunk_write,
+                                                                     before/after_data_fsync)
+    2. the MANIFEST (or DCP's .metadata) written and fsynced         (the writer; torchsave:
+                                                                     before_manifest[_fsync])
+    3. the temp dir fsynced                                          before_tmpdir_fsync
+    4. if step_N exists, it is renamed to .step_N.replaced-<tag>     before_rename
     5. rename(.step_N.tmp-<tag>, step_N)                             the commit point
-    6. the parent dir fsynced                                        -> acknowledged
+    6. the parent dir fsynced                                        after_rename
     7. the replaced copy, if any, deleted; the parent fsynced
+                                               (the writer: after_commit, then acknowledged)
 
-Retention, after step N is acknowledged: committed checkpoints older than N beyond
-``keep_last - 1`` are renamed to ``.deleting-`` names, deleted, and the parent fsynced; the
-one just committed is never deleted, and nothing is deleted before a newer one is durable.
+Retention, after step N is acknowledged (before_gc): committed checkpoints older than N
+beyond ``keep_last - 1`` are renamed to ``.deleting-`` names (during_gc after each rename),
+deleted, and the parent fsynced; the one just committed is never deleted, and nothing is
+deleted before a newer one is durable.
 
 Recovery, when a writer opens the directory: a ``.replaced-`` directory whose ``step_N`` is
 missing holds the only copy of step N (a crash between steps 4 and 5) and is renamed back;
@@ -32,16 +38,20 @@ fsynced. Other names are left alone.
 A failed write, fsync or rename is never retried (after a failed fsync the kernel may have
 dropped the dirty pages); it fails that checkpoint only, its temp dir is removed, and the
 previous checkpoints stay.
+
+Every operation goes through core/writer_io.py (``io``: a writer's WriterIO, or for one
+checkpoint its CheckpointIO): plain os calls unless the writer is armed with a fault spec or
+an I/O log, then the points above fire and each operation is recorded as the engine records
+its own.
 """
 from __future__ import annotations
 
 import fcntl
 import os
 import re
-import shutil
 import uuid
 
-from ckptlab.core.durable import fsync_dir
+from ckptlab.core.writer_io import DISARMED, NO_CHECKPOINT, CheckpointIO, WriterIO
 
 LOCK_NAME = ".ckptlab.lock"
 MAX_STEP_DIGITS = 19  # an int64 step; a longer run of digits is not a step name
@@ -88,9 +98,9 @@ class DirectoryLock:
     """One writer per checkpoint directory: an exclusive flock on ``.ckptlab.lock``, the same
     lock the engine takes, so a pccheck and a torchsave checkpointer refuse each other too."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, io: WriterIO = DISARMED) -> None:
         self.path = os.path.join(directory, LOCK_NAME)
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._fd: int | None = io.open_create(self.path)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -105,54 +115,62 @@ class DirectoryLock:
             self._fd = None
 
 
-def make_temp_dir(directory: str, step: int) -> str:
-    """A new, empty temp directory for checkpoint ``step`` (protocol step 1 writes into it)."""
+def make_temp_dir(directory: str, step: int, io: CheckpointIO = NO_CHECKPOINT) -> str:
+    """A new, empty temp directory for checkpoint ``step`` (protocol step 1 writes into it);
+    the ``submit`` marker precedes it, as in the engine."""
     tmp = _aside(directory, step_dir_name(step), "tmp")
-    os.mkdir(tmp)
+    io.mark("submit", f"tmp={tmp}")
+    io.io.mkdir(tmp)
     return tmp
 
 
-def publish(directory: str, step: int, tmp: str) -> str:
+def publish(directory: str, step: int, tmp: str, io: CheckpointIO = NO_CHECKPOINT) -> str:
     """Protocol steps 3-7 for a temp dir whose files are written and fsynced; returns the
     committed path. On an error the temp dir is removed and the error raised; the previous
     copy of the step, if there was one, is back under its name or restored by recover()."""
+    fs = io.io
     final = os.path.join(directory, step_dir_name(step))
     replaced = None
     try:
-        fsync_dir(tmp)
+        io.check("before_tmpdir_fsync", tmp)
+        fs.fsync_dir(tmp)
+        io.check("before_rename", tmp)
         if os.path.exists(final):
             replaced = _aside(directory, step_dir_name(step), "replaced")
-            os.replace(final, replaced)
-        os.rename(tmp, final)
+            fs.rename(final, replaced)
+        fs.rename(tmp, final)
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+        fs.remove_tree(tmp)
         if replaced is not None and not os.path.exists(final):
-            os.replace(replaced, final)
+            fs.rename(replaced, final)
         raise
-    fsync_dir(directory)
+    io.point("after_rename")
+    fs.fsync_dir(directory)
     if replaced is not None:
-        shutil.rmtree(replaced, ignore_errors=True)
-        fsync_dir(directory)
+        fs.remove_tree(replaced)
+        fs.fsync_dir(directory)
     return final
 
 
-def retain(directory: str, committed_step: int, keep_last: int) -> list[int]:
+def retain(directory: str, committed_step: int, keep_last: int, io: CheckpointIO = NO_CHECKPOINT) -> list[int]:
     """Delete committed checkpoints older than ``committed_step`` beyond ``keep_last - 1``
     (0 keeps all); returns the deleted steps. Run only after ``committed_step`` is durable."""
     if keep_last <= 0:
         return []
+    io.point("before_gc")
     older = [(s, p) for s, p in committed_step_dirs(directory) if s < committed_step]
     doomed = older[: max(0, len(older) - (keep_last - 1))]
     for _, path in doomed:  # renamed first: no reader sees a half-deleted committed name
         trash = _aside(directory, os.path.basename(path), "deleting")
-        os.replace(path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        io.io.rename(path, trash)
+        io.point("during_gc")
+        io.io.remove_tree(trash)
     if doomed:
-        fsync_dir(directory)
+        io.io.fsync_dir(directory)
     return [s for s, _ in doomed]
 
 
-def recover(directory: str) -> list[str]:
+def recover(directory: str, io: WriterIO = DISARMED) -> list[str]:
     """Repair what a crash left (module docstring, "Recovery"); returns what was done, as
     'restored NAME' / 'removed NAME' lines."""
     done = []
@@ -162,10 +180,10 @@ def recover(directory: str) -> list[str]:
             continue
         path, base = os.path.join(directory, name), m.group(1)
         if m.group(2) == "replaced" and not os.path.exists(os.path.join(directory, base)):
-            os.rename(path, os.path.join(directory, base))
+            io.rename(path, os.path.join(directory, base))
             done.append(f"restored {base} from {name}")
         else:
-            shutil.rmtree(path, ignore_errors=True)
+            io.remove_tree(path)
             done.append(f"removed {name}")
-    fsync_dir(directory)
+    io.fsync_dir(directory)
     return done

@@ -29,6 +29,8 @@ class CheckpointConfig:
     shards: data files per checkpoint (0 = writer_threads).
     reader_threads: parallel reads when loading.
     faults: fault spec (docs/FAULTS.md); the CKPTLAB_FAULTS environment variable is appended.
+        Honoured by the engine (pccheck) and by the Python writers (core/writer_io.py:
+        torchsave at every point, dcp at the commit protocol's).
     trace: keep per-thread timing records (drain with Checkpointer.drain_trace()).
     allow_pickle: extra "module.QualName" types allowed in pickled leaves on load.
     pinned_host_copies: copy CUDA tensors into page-locked host buffers kept across saves
@@ -38,7 +40,8 @@ class CheckpointConfig:
         stream; the state may change only after checkpointer.barrier(), which
         checkpointer.guard(optimizer) runs before each optimizer.step()). "gpu": after a
         device-to-device copy into a GPU snapshot buffer (GPU memory equal to the state).
-    io_log: record the engine's file-system operations to this file for crash-state replay
+    io_log: record the writer's file-system operations (the engine's, or torchsave's and dcp's
+        through core/writer_io.py, same format) to this file for crash-state replay
         (docs/FAULTS.md); the CKPTLAB_IO_LOG environment variable sets it for child processes.
     writer_cpus: CPUs the engine's writer threads may run on, e.g. "6-7" or (6, 7): cores kept
         free of training threads and NVMe interrupts. Empty: wherever the kernel puts them.
@@ -98,7 +101,7 @@ class CheckpointConfig:
         return ";".join(parts)
 
     def effective_io_log(self) -> tuple[str, bool]:
-        """(path, record written bytes) of the engine I/O log: io_log, else CKPTLAB_IO_LOG."""
+        """(path, record written bytes) of the I/O log: io_log, else CKPTLAB_IO_LOG."""
         path = self.io_log or os.environ.get(IO_LOG_ENV, "")
         return path, os.environ.get(IO_LOG_DATA_ENV, "1") != "0"
 

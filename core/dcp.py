@@ -14,14 +14,17 @@ Model and optimizer tensors go through DCP with its ``state_dict`` helpers
 Single process, no process group. ``dcp-async`` keeps at most ``max_inflight`` saves in flight
 (DCP's default stager copies the state before async_save returns); commits are published in
 step order. ``keep_last`` and ``writer_threads`` (DCP's ``thread_count``) come from the
-CheckpointConfig; the engine-only fields do not apply.
+CheckpointConfig; the engine-only fields do not apply. Armed (``faults`` / ``io_log``,
+core/writer_io.py) it passes the commit protocol's fault points (``before_tmpdir_fsync``,
+``before_rename``, ``after_rename``, ``after_commit``, ``before_gc``, ``during_gc``) and logs
+our operations; DCP writes its own files, so those neither pass points nor appear in the log
+(a dcp I/O log cannot be replayed into crash states).
 """
 from __future__ import annotations
 
 import inspect
 import io
 import os
-import shutil
 import threading
 import time
 import warnings
@@ -39,6 +42,7 @@ from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.durable import makedirs_durable, write_file_durable
 from ckptlab.core.errors import CheckpointError, CheckpointMismatchError, NoCheckpointError
 from ckptlab.core.recovery import CheckpointInfo
+from ckptlab.core.writer_io import CheckpointIO, WriterIO
 from ckptlab.profiling.phases import phase
 
 SIDE_FILE = "trainer_state.pt"
@@ -60,6 +64,7 @@ class _Pending:
     step: int
     tmp: str
     t_issue: float
+    io: CheckpointIO
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -76,9 +81,11 @@ class DcpCheckpointer:
         # Single-process use without a process group is what we intend; DCP warns each call.
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable")
         self.directory = os.path.abspath(os.fspath(directory))
-        makedirs_durable(self.directory)
-        self._dir_lock = commit.DirectoryLock(self.directory)
-        commit.recover(self.directory)
+        self._io = WriterIO.from_config(config)
+        self._io.start(self.directory)
+        makedirs_durable(self.directory, self._io)
+        self._dir_lock = commit.DirectoryLock(self.directory, self._io)
+        commit.recover(self.directory, self._io)
         self.async_save = async_save
         self._lock = threading.Condition()
         self._pending: list[_Pending] = []
@@ -108,11 +115,12 @@ class DcpCheckpointer:
         buf = io.BytesIO()
         with phase("serialize", step=step):
             torch.save(side, buf)
-        tmp = commit.make_temp_dir(self.directory, step)
+        ck = self._io.checkpoint(step)
+        tmp = commit.make_temp_dir(self.directory, step, ck)
         writer = self._dcp.FileSystemWriter(tmp, sync_files=True,
                                             **_kwargs_supported(self._dcp.FileSystemWriter,
                                                                 thread_count=self.config.writer_threads))
-        pending = _Pending(step, tmp, t0)
+        pending = _Pending(step, tmp, t0, ck)
         extra = _kwargs_supported(self._dcp.save, no_dist=self._no_dist)
         if not self.async_save:
             try:
@@ -120,7 +128,8 @@ class DcpCheckpointer:
                     self._dcp.save(tensors, storage_writer=writer, checkpoint_id=tmp, **extra)
                 self._commit(pending, buf.getvalue())
             except Exception as exc:
-                shutil.rmtree(tmp, ignore_errors=True)
+                self._io.remove_tree(tmp)
+                ck.mark("fail")
                 raise CheckpointError(f"DCP checkpoint of step {step} in {self.directory} failed: "
                                       f"{exc!r}; the previous checkpoint is kept") from exc
         else:
@@ -131,7 +140,8 @@ class DcpCheckpointer:
                     result = self._dcp.async_save(tensors, storage_writer=writer, checkpoint_id=tmp, **extra)
             except BaseException:
                 self._finish(pending)
-                shutil.rmtree(tmp, ignore_errors=True)
+                self._io.remove_tree(tmp)
+                ck.mark("fail")
                 raise
             future: Future = getattr(result, "upload_completion", result)
             future.add_done_callback(lambda f: self._on_done(pending, f, buf.getvalue()))
@@ -147,7 +157,8 @@ class DcpCheckpointer:
                 self._error = self._error or CheckpointError(
                     f"DCP checkpoint of step {pending.step} in {self.directory} failed: {exc!r}; "
                     f"the previous checkpoint is kept")
-            shutil.rmtree(pending.tmp, ignore_errors=True)
+            self._io.remove_tree(pending.tmp)
+            pending.io.mark("fail")
         finally:
             self._finish(pending)
 
@@ -166,15 +177,17 @@ class DcpCheckpointer:
     def _commit(self, pending: _Pending, side: bytes) -> None:
         """Side file, then the protocol of core/commit.py. Runs in save() (dcp) or on DCP's
         completion thread (dcp-async); its phases run there too."""
-        step = pending.step
-        write_file_durable(os.path.join(pending.tmp, SIDE_FILE), side, step=step)
+        step, ck = pending.step, pending.io
+        write_file_durable(os.path.join(pending.tmp, SIDE_FILE), side, step=step, io=ck)
         with phase("dir_commit", step=step):
-            commit.publish(self.directory, step, pending.tmp)
+            commit.publish(self.directory, step, pending.tmp, ck)
+        ck.point("after_commit")
+        ck.mark("ack")
         with self._lock:
             self._durable_s[step] = time.perf_counter() - pending.t_issue
         with phase("retain", step=step):
             try:
-                commit.retain(self.directory, step, self.config.keep_last)
+                commit.retain(self.directory, step, self.config.keep_last, ck)
             except OSError:
                 pass  # best effort, as in the engine: a failed cleanup never affects the commit
 
@@ -300,6 +313,7 @@ class DcpCheckpointer:
             self.wait()
         finally:
             self._closed = True
+            self._io.close()
             self._dir_lock.release()
 
     def __enter__(self) -> DcpCheckpointer:

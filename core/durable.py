@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 
+from ckptlab.core.writer_io import DISARMED, NO_CHECKPOINT, PLAIN_FILE, CheckpointIO, FilePoints, WriterIO
 from ckptlab.profiling.files import atomic_replace, atomic_write_bytes, fsync_dir
 from ckptlab.profiling.phases import phase
 
 __all__ = ["atomic_replace", "atomic_write_bytes", "fsync_dir", "makedirs_durable", "write_file_durable"]
 
 
-def makedirs_durable(path: str | os.PathLike) -> None:
-    """Create a directory (and parents) and make each new entry durable."""
+def makedirs_durable(path: str | os.PathLike, io: WriterIO = DISARMED) -> None:
+    """Create a directory (and parents) and make each new entry durable (through ``io``:
+    core/writer_io.py, logged when it is armed)."""
     path = os.path.abspath(os.fspath(path))
     missing = []
     p = path
@@ -27,24 +29,29 @@ def makedirs_durable(path: str | os.PathLike) -> None:
         p = parent
     for d in reversed(missing):
         try:
-            os.mkdir(d)
+            io.mkdir(d)
         except FileExistsError:
             pass
-        fsync_dir(os.path.dirname(d))
+        io.fsync_dir(os.path.dirname(d))
 
 
-def write_file_durable(path: str, data: bytes | memoryview, *, step: int = -1) -> None:
+def write_file_durable(path: str, data: bytes | memoryview, *, step: int = -1, io: CheckpointIO = NO_CHECKPOINT,
+                       points: FilePoints = PLAIN_FILE, chunk_bytes: int = 0) -> None:
     """Write a new file, fsync it. The caller fsyncs the directory (once, for many files).
-    The write and the fsync are the ``file_write`` / ``file_fsync`` trace phases of ``step``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    The write and the fsync are the ``file_write`` / ``file_fsync`` trace phases of ``step``.
+    The operations go through ``io`` (core/writer_io.py): armed, they are logged and pass
+    ``points`` (the writes in pieces of ``chunk_bytes``, 0: one), an error a point returns
+    failing the operation after it."""
+    view = memoryview(data).cast("B")
+    nbytes = view.nbytes
+    io.check(points.before_create, path)
+    fd = io.io.create(path)
     try:
-        view = memoryview(data)
-        nbytes = view.nbytes
         with phase("file_write", step=step, nbytes=nbytes):
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+            io.write_chunks(fd, path, view, chunk_bytes, points)
+        io.check(points.before_fsync, path)
         with phase("file_fsync", step=step, nbytes=nbytes):
-            os.fsync(fd)
+            io.io.fsync(fd, path)
     finally:
         os.close(fd)
+    io.point(points.after_fsync)

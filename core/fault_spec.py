@@ -18,7 +18,8 @@ so the two can never disagree on what is valid.
 A spec reaches the engine through ``CheckpointConfig(faults=...)``, the ``CKPTLAB_FAULTS``
 environment variable (appended; how child processes are armed), or ``--fault`` on the command
 line (:func:`add_fault_arguments`). With no spec the engine's fault points cost one relaxed
-atomic load each.
+atomic load each. The Python writers (torchsave, dcp's commit protocol) pass the same points
+through core/writer_io.py, which arms the engine's own injector with the same spec.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from types import ModuleType
 
 # The one definition of each name; everything else imports these.
 FAULTS_ENV = "CKPTLAB_FAULTS"          # appended to CheckpointConfig.faults (core/config.py)
-IO_LOG_ENV = "CKPTLAB_IO_LOG"          # engine I/O recording (faults/iolog.py), read by core/config.py
+IO_LOG_ENV = "CKPTLAB_IO_LOG"          # I/O recording (faults/iolog.py), read by core/config.py
 IO_LOG_DATA_ENV = "CKPTLAB_IO_LOG_DATA"  # "0": record operations without the written bytes
 
 ERROR_ACTIONS = ("eio", "enospc", "edquot", "short")

@@ -1,12 +1,19 @@
 """The baseline done right: torch.save of the whole state into a temp directory, fsync, then
 the commit protocol of core/commit.py (directory fsync, atomic rename, parent fsync).
 Synchronous: save() returns once durable. It writes the same directory layout and MANIFEST
-as pccheck, so recovery, retention, `ckptlab inspect` and the fault campaign treat both alike."""
+as pccheck, so recovery, retention, `ckptlab inspect` and the fault campaign treat both alike.
+
+Its file-system operations go through core/writer_io.py: armed by ``CheckpointConfig.faults``
+/ ``io_log`` (or CKPTLAB_FAULTS / CKPTLAB_IO_LOG) they pass the engine's fault points and are
+recorded in the engine's I/O log format. Per checkpoint, in order: ``before_chunk_write`` /
+``after_chunk_write`` once per ``chunk_bytes`` piece of state.pt, ``before_data_fsync`` /
+``after_data_fsync`` once, ``before_manifest``, ``before_manifest_fsync``,
+``before_tmpdir_fsync``, ``before_rename``, ``after_rename``, ``after_commit`` (then the ``ack``
+marker), and with ``keep_last > 0`` ``before_gc`` and ``during_gc`` per deleted checkpoint."""
 from __future__ import annotations
 
 import io
 import os
-import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,10 +27,18 @@ from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.durable import write_file_durable
 from ckptlab.core.errors import CheckpointWriteError
 from ckptlab.core.manifest import FORMAT_VERSION, MANIFEST_NAME, encode_manifest
-from ckptlab.core.state import PinnedHostCache, capture, check_loadable
+from ckptlab.core.state import CapturedState, PinnedHostCache, capture, check_loadable
+from ckptlab.core.writer_io import DATA_FILE, MANIFEST_FILE, WriterIO
 from ckptlab.profiling.phases import phase
 
 PAYLOAD_NAME = "state.pt"
+
+
+def serialize(captured: CapturedState) -> memoryview:
+    """The bytes of state.pt for a captured state, as save() writes them."""
+    buf = io.BytesIO()
+    torch.save({"skeleton": captured.skeleton, "tensors": [t.tensor for t in captured.tensors]}, buf)
+    return buf.getbuffer()
 
 
 class TorchSaveCheckpointer(CheckpointerBase):
@@ -31,9 +46,11 @@ class TorchSaveCheckpointer(CheckpointerBase):
 
     def __init__(self, directory: str | os.PathLike, config: CheckpointConfig) -> None:
         check_config(self.kind, config)
-        super().__init__(directory, config)
-        self._lock = commit.DirectoryLock(self.directory)
-        commit.recover(self.directory)
+        self._io = WriterIO.from_config(config)  # armed or not: core/writer_io.py
+        self._io.start(os.path.abspath(os.fspath(directory)))
+        super().__init__(directory, config, io=self._io)
+        self._lock = commit.DirectoryLock(self.directory, self._io)
+        commit.recover(self.directory, self._io)
 
     def save(self, step: int, state: Mapping[str, Any]) -> None:
         self._check_open()
@@ -44,10 +61,8 @@ class TorchSaveCheckpointer(CheckpointerBase):
         with phase("capture", step=step):
             captured = capture(state, self._host_cache)
         check_loadable(captured.skeleton, self.config.allow_pickle)
-        buf = io.BytesIO()
         with phase("serialize", step=step, nbytes=captured.total_bytes):
-            torch.save({"skeleton": captured.skeleton, "tensors": [t.tensor for t in captured.tensors]}, buf)
-        payload = buf.getbuffer()
+            payload = serialize(captured)
         chunk = self.config.chunk_bytes
         with phase("digest", step=step, nbytes=len(payload)):
             chunks = [[0, off, min(chunk, len(payload) - off), _engine.crc32c(payload[off:off + chunk])]
@@ -58,24 +73,29 @@ class TorchSaveCheckpointer(CheckpointerBase):
                 "stream_bytes": len(payload), "files": [{"name": PAYLOAD_NAME, "nbytes": len(payload)}],
                 "chunks": chunks, "meta": {"payload": "torch.save", "torch": torch.__version__},
             })
+        ck = self._io.checkpoint(step)
         tmp = None
         try:
-            tmp = commit.make_temp_dir(self.directory, step)
-            write_file_durable(os.path.join(tmp, PAYLOAD_NAME), payload, step=step)
-            write_file_durable(os.path.join(tmp, MANIFEST_NAME), manifest, step=step)
+            tmp = commit.make_temp_dir(self.directory, step, ck)
+            write_file_durable(os.path.join(tmp, PAYLOAD_NAME), payload, step=step, io=ck, points=DATA_FILE,
+                               chunk_bytes=chunk)
+            write_file_durable(os.path.join(tmp, MANIFEST_NAME), manifest, step=step, io=ck, points=MANIFEST_FILE)
             with phase("dir_commit", step=step, nbytes=len(payload)):
-                commit.publish(self.directory, step, tmp)
+                commit.publish(self.directory, step, tmp, ck)
         except OSError as e:
             if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
+                self._io.remove_tree(tmp)
+            ck.mark("fail")
             raise CheckpointWriteError(e.errno or 5, f"torchsave of step {step} failed: {e.strerror or e}; "
                                        f"the previous checkpoint is kept", e.filename or self.directory,
                                        step=step) from e
         finally:
             del payload
+        ck.point("after_commit")
+        ck.mark("ack")  # durable: what the engine logs just before it acknowledges
         with phase("retain", step=step):
             try:
-                commit.retain(self.directory, step, self.config.keep_last)
+                commit.retain(self.directory, step, self.config.keep_last, ck)
             except OSError:
                 pass  # best effort, as in the engine: a failed cleanup never affects the commit
         self._record_stall(now() - t0)
@@ -91,4 +111,5 @@ class TorchSaveCheckpointer(CheckpointerBase):
             return
         self._remove_guards()
         self._closed = True
+        self._io.close()
         self._lock.release()

@@ -129,6 +129,45 @@ def read_verified(
 ) -> ReadResult:
     """Reads the tasks in parallel, verifying each chunk before copying its pieces out."""
 
+class IoLog:
+    """Append-only I/O log in the engine's format (faults/iolog.py reads it); for the Python
+    writers (core/writer_io.py)."""
+
+    def __init__(self, path: str, record_data: bool = True) -> None:
+        """Append-only I/O log at `path` (created if missing), as Engine(io_log=...) writes it."""
+
+    def op(self, op: str, path: str, err: int = 0) -> None:
+        """One operation on one path: mkdir, create, open_create, fsync, fdatasync, fsync_dir, unlink, rmdir
+        (names from io_op_names(); ValueError for another)."""
+
+    def write(self, path: str, offset: int, data: Buffer, err: int = 0) -> None:
+        """A write of `data` at `offset` that returned (err 0), or failed (err != 0, data empty)."""
+
+    def fallocate(self, path: str, offset: int, nbytes: int, err: int = 0) -> None: ...
+    def rename(self, src: str, dst: str, err: int = 0) -> None: ...
+    def mark(self, kind: str, detail: str) -> None:
+        """A marker (start, submit, ack, fail, close, ...) with its detail."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def records(self) -> int: ...
+
+class FaultInjector:
+    """The engine's fault points for the Python writers: the same spec parser and markers."""
+
+    def __init__(self, spec: str) -> None:
+        """Arms `spec` (ValueError naming a bad token)."""
+
+    def hit(self, point: str, ckpt: int, step: int, log: IoLog | None = None) -> tuple[int, bool]:
+        """Passes `point` of checkpoint `ckpt` (1-based) at `step`; kills or sleeps as armed, else
+        returns (errno, short_write): a non-zero errno fails the next operation."""
+
+    @property
+    def armed(self) -> bool: ...
+    @property
+    def spec(self) -> str: ...
+
 class Engine:
     def __init__(
         self,

@@ -215,6 +215,71 @@ PYBIND11_MODULE(_engine, m) {
         "Reads (path, file_offset, nbytes, crc32c, chunk, [(chunk_offset, dst_ptr, nbytes)]) tasks in "
         "parallel, verifying each chunk before copying its pieces out.");
 
+  // The engine's fault points and I/O log for the Python writers (core/writer_io.py): one
+  // parser of the fault grammar, one log format.
+  py::class_<IoLog>(m, "IoLog")
+      .def(py::init([](const std::string& path, bool record_data) { return std::make_unique<IoLog>(path, record_data); }),
+           py::arg("path"), py::arg("record_data") = true,
+           "Append-only I/O log at `path` (created if missing), as Engine(io_log=...) writes it.")
+      .def("op",
+           [](IoLog& log, const std::string& op, const std::string& path, int err) {
+             const IoOp o = io_op_from_name(op);
+             if (o == IoOp::kWrite || o == IoOp::kFallocate || o == IoOp::kRename || o == IoOp::kMark)
+               throw py::value_error("IoLog.op('" + op + "'): use write(), fallocate(), rename() or mark()");
+             py::gil_scoped_release release;
+             log.op(o, path, err);
+           },
+           py::arg("op"), py::arg("path"), py::arg("err") = 0,
+           "One operation on one path: mkdir, create, open_create, fsync, fdatasync, fsync_dir, unlink, rmdir.")
+      .def("write",
+           [](IoLog& log, const std::string& path, uint64_t offset, py::buffer data, int err) {
+             py::buffer_info info = data.request();
+             const uint64_t n = static_cast<uint64_t>(info.size) * static_cast<uint64_t>(info.itemsize);
+             py::gil_scoped_release release;
+             log.write(path, offset, info.ptr, n, err);
+           },
+           py::arg("path"), py::arg("offset"), py::arg("data"), py::arg("err") = 0,
+           "A write of `data` at `offset` that returned (err 0), or failed (err != 0, data empty).")
+      .def("fallocate",
+           [](IoLog& log, const std::string& path, uint64_t offset, uint64_t nbytes, int err) {
+             py::gil_scoped_release release;
+             log.fallocate(path, offset, nbytes, err);
+           },
+           py::arg("path"), py::arg("offset"), py::arg("nbytes"), py::arg("err") = 0)
+      .def("rename",
+           [](IoLog& log, const std::string& src, const std::string& dst, int err) {
+             py::gil_scoped_release release;
+             log.rename(src, dst, err);
+           },
+           py::arg("src"), py::arg("dst"), py::arg("err") = 0)
+      .def("mark",
+           [](IoLog& log, const std::string& kind, const std::string& detail) {
+             py::gil_scoped_release release;
+             log.mark(kind, detail);
+           },
+           py::arg("kind"), py::arg("detail"), "A marker (start, submit, ack, fail, close, ...) with its detail.")
+      .def_property_readonly("path", &IoLog::path)
+      .def_property_readonly("records", &IoLog::records);
+
+  py::class_<FaultInjector>(m, "FaultInjector")
+      .def(py::init<const std::string&>(), py::arg("spec"), "Arms `spec` (ValueError naming a bad token).")
+      .def("hit",
+           [](FaultInjector& faults, const std::string& point, uint64_t ckpt, int64_t step, IoLog* log) {
+             const FaultPoint p = fault_point_from_name(point);
+             FaultEffect fe;
+             {
+               py::gil_scoped_release release;  // a kill or a delay happens in here
+               fe = pass_fault_point(faults, log, p, ckpt, step);
+             }
+             return py::make_tuple(fe.error, fe.short_write);
+           },
+           py::arg("point"), py::arg("ckpt"), py::arg("step"), py::arg("log") = nullptr,
+           "Passes `point` of checkpoint `ckpt` (1-based) at `step`; kills or sleeps as armed, else "
+           "returns (errno, short_write): a non-zero errno fails the next operation. With `log`, the pass "
+           "is logged as the engine logs its own.")
+      .def_property_readonly("armed", &FaultInjector::armed)
+      .def_property_readonly("spec", &FaultInjector::spec);
+
   py::class_<Engine>(m, "Engine")
       .def(py::init([](const std::string& dir, int writer_threads, int max_inflight, int shards,
                        uint64_t chunk_bytes, uint64_t staging_bytes, int keep_last, const std::string& io_mode,

@@ -540,16 +540,6 @@ bool Engine::wait_all(const InterruptCheck& interrupted, std::optional<Clock::ti
   }
 }
 
-FaultEffect Engine::logged_fault(FaultPoint p, const Checkpoint& ck) {
-  // Logged before the point acts, so a kill leaves "point" as its thread's last record.
-  const std::string where = std::string("point=") + fault_point_name(p) + " ckpt=" + std::to_string(ck.id) +
-                            " step=" + std::to_string(ck.step);
-  io_log_->mark("point", where);
-  FaultEffect fe = faults_.hit(p, ck.id, ck.step);
-  if (fe.error) io_log_->mark("inject", where + " errno=" + std::to_string(fe.error) + (fe.short_write ? " short=1" : ""));
-  return fe;
-}
-
 std::optional<CheckpointFailure> Engine::take_failure() {
   std::lock_guard<std::mutex> lock(mu_);
   if (failures_.empty()) return std::nullopt;

@@ -173,9 +173,8 @@ class Engine {
   void recover_directory();
   TraceRing* submit_ring();
   FaultEffect fault(FaultPoint p, const Checkpoint& ck) {
-    return io_log_ ? logged_fault(p, ck) : faults_.hit(p, ck.id, ck.step);
+    return pass_fault_point(faults_, io_log_.get(), p, ck.id, ck.step);
   }
-  FaultEffect logged_fault(FaultPoint p, const Checkpoint& ck);
 
   EngineOptions opt_;
   std::string io_mode_, direct_io_note_;

@@ -50,14 +50,6 @@ int64_t parse_int(const std::string& key, const std::string& v, int64_t min_valu
   return x;
 }
 
-FaultPoint parse_point(const std::string& name) {
-  for (int i = 0; i < static_cast<int>(FaultPoint::kCount); ++i)
-    if (name == kFaultPointNames[i]) return static_cast<FaultPoint>(i);
-  std::string known;
-  for (const char* n : kFaultPointNames) known += std::string(known.empty() ? "" : ", ") + n;
-  throw std::invalid_argument("fault spec: unknown point '" + name + "' (known: " + known + ")");
-}
-
 void parse_action(FaultRule& r, const std::string& v) {
   if (v == "kill") {
     r.action = FaultAction::kKill;
@@ -90,6 +82,14 @@ std::vector<std::string> fault_point_names() {
   return std::vector<std::string>(std::begin(kFaultPointNames), std::end(kFaultPointNames));
 }
 
+FaultPoint fault_point_from_name(const std::string& name) {
+  for (int i = 0; i < static_cast<int>(FaultPoint::kCount); ++i)
+    if (name == kFaultPointNames[i]) return static_cast<FaultPoint>(i);
+  std::string known;
+  for (const char* n : kFaultPointNames) known += std::string(known.empty() ? "" : ", ") + n;
+  throw std::invalid_argument("fault spec: unknown point '" + name + "' (known: " + known + ")");
+}
+
 FaultInjector::FaultInjector(const std::string& spec) : spec_(spec) {
   for (const std::string& raw_rule : split(spec, ';')) {
     std::string rule_text = trim(raw_rule);
@@ -104,7 +104,7 @@ FaultInjector::FaultInjector(const std::string& spec) : spec_(spec) {
         throw std::invalid_argument("fault spec: '" + field + "' is not key=value");
       std::string key = field.substr(0, eq), value = field.substr(eq + 1);
       if (key == "point") {
-        rule->point = parse_point(value);
+        rule->point = fault_point_from_name(value);
         have_point = true;
       } else if (key == "ckpt") {
         rule->ckpt = parse_int(key, value, 1);

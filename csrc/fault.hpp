@@ -29,6 +29,8 @@ enum class FaultPoint : int {
 
 const char* fault_point_name(FaultPoint p);
 std::vector<std::string> fault_point_names();
+// The point called `name`; std::invalid_argument naming the known points if there is none.
+FaultPoint fault_point_from_name(const std::string& name);
 
 enum class FaultAction : int { kKill, kError, kDelay, kShortWrite };
 

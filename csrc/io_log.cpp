@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
+#include <stdexcept>
 
 #include "checksum.hpp"
 #include "trace.hpp"
@@ -40,6 +41,22 @@ std::string escape(const std::string& s) {
 }  // namespace
 
 const char* io_op_name(IoOp op) { return kIoOpNames[static_cast<int>(op)]; }
+
+IoOp io_op_from_name(const std::string& name) {
+  for (int i = 0; i < static_cast<int>(IoOp::kCount); ++i)
+    if (name == kIoOpNames[i]) return static_cast<IoOp>(i);
+  throw std::invalid_argument("unknown I/O log operation '" + name + "'");
+}
+
+FaultEffect pass_fault_point(FaultInjector& faults, IoLog* log, FaultPoint p, uint64_t ckpt, int64_t step) {
+  if (!log) return faults.hit(p, ckpt, step);
+  const std::string where = std::string("point=") + fault_point_name(p) + " ckpt=" + std::to_string(ckpt) +
+                            " step=" + std::to_string(step);
+  log->mark("point", where);
+  FaultEffect fe = faults.hit(p, ckpt, step);
+  if (fe.error) log->mark("inject", where + " errno=" + std::to_string(fe.error) + (fe.short_write ? " short=1" : ""));
+  return fe;
+}
 
 IoLog::IoLog(const std::string& path, bool record_data) : path_(path), record_data_(record_data) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);

@@ -1,6 +1,9 @@
 // Recording of the engine's file-system operations, for power-loss simulation without root
 // (ALICE / SQLite crash-VFS style; docs/BACKGROUND.md §2, docs/FAULTS.md).
 //
+// The Python writers (core/writer_io.py) record through the same class, bound as
+// ckptlab._engine.IoLog, so one format serves both.
+//
 // When EngineOptions::io_log names a file, every mutating operation the engine performs —
 // mkdir, file create, each pwrite (offset, length, CRC32C and optionally the bytes), fallocate,
 // fsync, fdatasync, directory fsync, rename, unlink, rmdir — is appended to it after it
@@ -24,6 +27,7 @@
 #include <mutex>
 #include <string>
 
+#include "fault.hpp"
 #include "file_io.hpp"
 
 namespace ckptlab {
@@ -45,6 +49,8 @@ enum class IoOp : int {
 };
 
 const char* io_op_name(IoOp op);
+// The operation called `name` (io_op_name's inverse); std::invalid_argument if there is none.
+IoOp io_op_from_name(const std::string& name);
 
 class IoLog {
  public:
@@ -75,5 +81,11 @@ class IoLog {
   std::mutex mu_;  // one record at a time: seq order == file order
   std::atomic<uint64_t> seq_{0};
 };
+
+// Passes fault point `p` of checkpoint `ckpt` (step `step`): with a log, a "point" marker is
+// appended before the point acts (so a kill leaves it as its thread's last record) and an
+// "inject" marker when it returns an error. The engine and the Python writers (through the
+// bindings) both pass their points here, so their logs carry the same markers.
+FaultEffect pass_fault_point(FaultInjector& faults, IoLog* log, FaultPoint p, uint64_t ckpt, int64_t step);
 
 }  // namespace ckptlab

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from ckptlab.faults import tiers as T
 from ckptlab.faults.tiers import enospc
-from ckptlab.faults.tiers.common import Context, row
+from ckptlab.faults.tiers.common import Context, row, unsupported
 
 DEFAULT_OUT = "campaign-results"
 # Trials per tier: (short, full); exhaustive tiers ignore --trials.
@@ -65,9 +65,12 @@ class Result:
     def errors(self) -> int:
         return sum(1 for r in self.rows if r["outcome"] == "error")
 
-    def by_tier(self) -> dict[str, dict]:
+    def by_tier(self, writer: str | None = None) -> dict[str, dict]:
+        """Counts per tier (of one writer's trials only, with ``writer``)."""
         out: dict[str, dict] = {}
         for r in self.rows:
+            if writer is not None and r.get("writer", "pccheck") != writer:
+                continue
             t = out.setdefault(r["tier"], {"trials": 0, "fired": 0, "checks": 0, "violations": 0,
                                            "violating_trials": 0, "errors": 0, "not_fired": 0, "noop": 0,
                                            "skipped": 0, "seconds": 0.0})
@@ -150,7 +153,8 @@ def run_one(trial: dict, ctx: Context | None = None) -> tuple[dict, str | None]:
     os.makedirs(tdir)
     t0 = time.monotonic()
     try:
-        r = T.REGISTRY[trial["tier"]].run(trial, ctx, tdir)
+        why = unsupported(trial, ctx)
+        r = row(trial, "skipped", checks=0, detail=why) if why else T.REGISTRY[trial["tier"]].run(trial, ctx, tdir)
     except Exception as e:  # noqa: BLE001 - a harness failure is reported, never swallowed
         r = row(trial, "error", detail=f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}")
     r["seconds"] = round(time.monotonic() - t0, 3)
@@ -242,7 +246,8 @@ def _progress(total: int, opts: Options):
 def _write(result: Result, opts: Options) -> None:
     summary = {"seed": opts.seed, "short": opts.short, "tiers": list(opts.tiers), "unsafe": list(opts.unsafe),
                "seconds": round(result.seconds, 2), "trials": len(result.rows), "violations": result.violations,
-               "errors": result.errors, "skipped": result.skipped, "by_tier": result.by_tier()}
+               "errors": result.errors, "skipped": result.skipped, "by_tier": result.by_tier(),
+               "torchsave_by_tier": result.by_tier("torchsave")}
     with open(os.path.join(opts.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     try:
@@ -252,14 +257,14 @@ def _write(result: Result, opts: Options) -> None:
         with open(os.path.join(opts.out, "results.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in result.rows)
         return
-    cols = ["tier", "trial", "seed", "outcome", "checks", "violations", "fired", "loaded_step", "acked_step",
+    cols = ["tier", "trial", "writer", "seed", "outcome", "checks", "violations", "fired", "loaded_step", "acked_step",
             "detail", "seconds", "params", "repro"]
-    schema = pa.schema([("tier", pa.string()), ("trial", pa.string()), ("seed", pa.uint64()),
+    schema = pa.schema([("tier", pa.string()), ("trial", pa.string()), ("writer", pa.string()), ("seed", pa.uint64()),
                         ("outcome", pa.string()), ("checks", pa.int64()), ("violations", pa.int64()),
                         ("fired", pa.bool_()), ("loaded_step", pa.int64()), ("acked_step", pa.int64()),
                         ("detail", pa.string()), ("seconds", pa.float64()), ("params", pa.string()),
                         ("repro", pa.string())],
-                       metadata={"campaign": json.dumps({k: v for k, v in summary.items() if k != "by_tier"})})
+                       metadata={"campaign": json.dumps({k: v for k, v in summary.items() if "by_tier" not in k})})
     table = pa.Table.from_pylist([{c: r.get(c) for c in cols} for r in result.rows], schema=schema)
     tmp = os.path.join(opts.out, ".results.parquet.tmp")
     pq.write_table(table, tmp)
@@ -278,20 +283,25 @@ def print_summary(result: Result, opts: Options, file=None) -> None:
     for col, just in (("tier", "left"), ("trials", "right"), ("crashed/failed", "right"), ("checks", "right"),
                       ("violations", "right"), ("other", "left"), ("time", "right")):
         table.add_column(col, justify=just)
-    tiers = result.by_tier()
+    tiers, torchsave = result.by_tier(), result.by_tier("torchsave")
+
+    def add(name: str, t: dict) -> None:
+        other = ", ".join(f"{t[k]} {k.replace('_', ' ')}" for k in ("not_fired", "noop", "errors", "skipped") if t[k])
+        style = "red" if t["violations"] or t["errors"] else "green"
+        table.add_row(name, str(t["trials"]), str(t["fired"]), str(t["checks"]),
+                      f"[{style}]{t['violations']}[/{style}]" + (f" in {t['violating_trials']} trials"
+                                                                 if t["violations"] else ""),
+                      other, f"{t['seconds']:.1f}s")
+
     for tier in T.TIERS:
         if tier in result.skipped:
             table.add_row(tier, "0", "-", "-", "-", f"[yellow]skipped: {result.skipped[tier]}[/yellow]", "-")
             continue
         if tier not in tiers:
             continue
-        t = tiers[tier]
-        other = ", ".join(f"{t[k]} {k.replace('_', ' ')}" for k in ("not_fired", "noop", "errors", "skipped") if t[k])
-        style = "red" if t["violations"] or t["errors"] else "green"
-        table.add_row(tier, str(t["trials"]), str(t["fired"]), str(t["checks"]),
-                      f"[{style}]{t['violations']}[/{style}]" + (f" in {t['violating_trials']} trials"
-                                                                 if t["violations"] else ""),
-                      other, f"{t['seconds']:.1f}s")
+        add(tier, tiers[tier])
+        if tier in torchsave:  # the torchsave writer's share of the row above
+            add("  of which torchsave", torchsave[tier])
     total_checks = sum(t["checks"] for t in tiers.values())
     style = "red" if result.exit_code else "green"
     table.add_row("[b]total[/b]", str(len(result.rows)), "", str(total_checks),

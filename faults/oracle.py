@@ -176,25 +176,16 @@ def check_commit_order(commits: list[tuple[int, bool]]) -> str | None:
     return None
 
 
-def check_recoverable(directory: str, layout: list[TensorSpec], seed: int, step: int, plan: dict[str, Any],
-                      io_mode: str = "auto") -> str | None:
-    """O4: a fresh writer cleans up, saves ``step`` and loads it back, twice alike."""
-    from ckptlab import _engine
-    from ckptlab.faults.saver import segments_for
-
+def check_recoverable(directory: str, layout: list[TensorSpec], seed: int, step: int, plan: dict[str, Any] | None,
+                      io_mode: str = "auto", writer: str = "pccheck") -> str | None:
+    """O4: a fresh writer of the crashed run's kind (the engine for pccheck, which submits
+    ``plan``; a torchsave checkpointer for torchsave) cleans up, saves ``step`` and loads it
+    back, twice alike."""
     try:
-        meta, segments, keep = segments_for(plan, layout, seed, step)
-        eng = _engine.Engine(directory, writer_threads=2, chunk_bytes=64 << 10, staging_bytes=1 << 20,
-                             keep_last=0, io_mode=io_mode, prefault=False)
-        try:
-            eng.submit(step, meta, segments, plan["total_bytes"])
-            del keep
-            eng.wait()
-            f = eng.take_failure()
-            if f is not None:
-                return f"a new writer could not save after the crash: {f['message']}"
-        finally:
-            eng.close()
+        problem = _save_torchsave(directory, layout, seed, step) if writer == "torchsave" else \
+            _save_engine(directory, layout, seed, step, plan or {}, io_mode)
+        if problem:
+            return problem
         leftovers = [n for n in os.listdir(directory) if n.startswith(".step_") and ".tmp-" in n]
         if leftovers:
             return f"temp directories survive a new writer: {leftovers}"
@@ -209,6 +200,38 @@ def check_recoverable(directory: str, layout: list[TensorSpec], seed: int, step:
             return f"loading twice gave steps {first} and {again}"
     except Exception as e:  # noqa: BLE001 - any exception here is the finding
         return f"recovery raised {type(e).__name__}: {e}"
+    return None
+
+
+def _save_engine(directory: str, layout: list[TensorSpec], seed: int, step: int, plan: dict[str, Any],
+                 io_mode: str) -> str | None:
+    from ckptlab import _engine
+    from ckptlab.faults.saver import segments_for
+
+    meta, segments, keep = segments_for(plan, layout, seed, step)
+    eng = _engine.Engine(directory, writer_threads=2, chunk_bytes=64 << 10, staging_bytes=1 << 20,
+                         keep_last=0, io_mode=io_mode, prefault=False)
+    try:
+        eng.submit(step, meta, segments, plan["total_bytes"])
+        del keep
+        eng.wait()
+        f = eng.take_failure()
+        if f is not None:
+            return f"a new writer could not save after the crash: {f['message']}"
+    finally:
+        eng.close()
+    return None
+
+
+def _save_torchsave(directory: str, layout: list[TensorSpec], seed: int, step: int) -> str | None:
+    from ckptlab.core import CheckpointConfig, CheckpointWriteError, open_checkpointer
+    from ckptlab.faults.payload import state_for
+
+    try:
+        with open_checkpointer("torchsave", directory, CheckpointConfig(chunk_bytes=64 << 10, keep_last=0)) as ck:
+            ck.save(step, state_for(layout, seed, step))
+    except CheckpointWriteError as e:
+        return f"a new torchsave writer could not save after the crash: {e}"
     return None
 
 

@@ -5,7 +5,9 @@ A trial is a plain dict ``{"tier", "id", "seed", "p": params}``, generated deter
 from the campaign seed, so ``ckptlab campaign --seed S --trial ID`` reruns exactly it (the
 random-time tier reruns the same kill delay; where the OS schedules threads is not ours).
 Running a trial returns one result row (:func:`row`). Every trial that crashes something runs
-a real child process: the light saver (faults/saver.py), or the reference training loop.
+a real child process: the light saver (faults/saver.py, the engine), the torchsave child
+(faults/torchsave_saver.py), or the reference training loop. A run shape (:class:`Setup`)
+names its writer; the helpers here (sessions, children, point counts, O4) follow it.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from ckptlab.faults.payload import TensorSpec, plan_step, random_layout
 
 KiB, MiB = 1 << 10, 1 << 20
 CHILD_TIMEOUT_S = 120
+WRITERS = {"pccheck": "ckptlab.faults.saver", "torchsave": "ckptlab.faults.torchsave_saver"}  # writer -> child
 
 
 @dataclass
@@ -89,6 +92,9 @@ def _remove(path: str) -> None:
 
 @dataclass
 class Setup:
+    """One saver run's shape. ``writer`` "pccheck": ``engine`` holds Engine options;
+    "torchsave": CheckpointConfig fields (chunk_bytes, keep_last) and ``wait_each`` is moot."""
+
     seed: int
     layout: list[TensorSpec]
     engine: dict[str, Any]
@@ -96,28 +102,42 @@ class Setup:
     compute_ms: float = 0.0
     wait_each: bool = False
     plans: dict[int, dict] = field(default_factory=dict)
+    writer: str = "pccheck"
 
     def plan(self, step: int) -> dict:
+        """pccheck: what the saver submits for ``step``; torchsave: the size of its state.pt."""
         if step not in self.plans:
-            self.plans[step] = plan_step(self.layout, self.seed, step)
+            if self.writer == "torchsave":
+                from ckptlab.core.state import capture
+                from ckptlab.core.torchsave import serialize
+                from ckptlab.faults.payload import state_for
+
+                self.plans[step] = {"payload_bytes": len(serialize(capture(state_for(self.layout, self.seed, step))))}
+            else:
+                self.plans[step] = plan_step(self.layout, self.seed, step)
         return self.plans[step]
 
     def as_json(self) -> dict:
-        return {"seed": self.seed, "layout": [t.as_json() for t in self.layout], "engine": self.engine,
-                "steps": self.steps, "compute_ms": self.compute_ms, "wait_each": self.wait_each}
+        d = {"seed": self.seed, "layout": [t.as_json() for t in self.layout], "engine": self.engine,
+             "steps": self.steps, "compute_ms": self.compute_ms, "wait_each": self.wait_each}
+        return d if self.writer == "pccheck" else d | {"writer": self.writer}
 
     @staticmethod
     def from_json(d: dict) -> Setup:
         return Setup(d["seed"], [TensorSpec.from_json(t) for t in d["layout"]], dict(d["engine"]), list(d["steps"]),
-                     d.get("compute_ms", 0.0), d.get("wait_each", False))
+                     d.get("compute_ms", 0.0), d.get("wait_each", False), writer=d.get("writer", "pccheck"))
 
-    # Analytic fault-point counts (as the engine will pass them, per checkpoint).
+    # Analytic fault-point counts (as the writer will pass them, per checkpoint).
     def chunks(self, step: int) -> int:
+        if self.writer == "torchsave":  # state.pt written in chunk_bytes pieces
+            return -(-self.plan(step)["payload_bytes"] // self.engine["chunk_bytes"])
         total = self.plan(step)["total_bytes"]
         stream = (max(total, 1) + 4095) // 4096 * 4096
         return -(-stream // self.engine["chunk_bytes"])
 
     def shards(self, step: int) -> int:
+        if self.writer == "torchsave":
+            return 1
         return min(self.engine["shards"] or self.engine["writer_threads"], self.chunks(step))
 
     def point_count(self, point: str, ckpt: int) -> int:
@@ -165,10 +185,44 @@ def point_setup(index: int) -> Setup:
     return Setup(rng.getrandbits(31), random_layout(rng, spec["size"]), dict(spec["engine"]), list(spec["steps"]))
 
 
+
+
+def torchsave_setup(rng: random.Random, size: int, steps: list[int], **config: Any) -> Setup:
+    """A torchsave run shape: ``config`` holds its CheckpointConfig fields."""
+    return Setup(rng.getrandbits(31), random_layout(rng, size), dict(config), list(steps), writer="torchsave")
+
+
+def torchsave_point_setup() -> Setup:
+    """The torchsave shape of the exhaustive tiers: state.pt in several chunks, retention on."""
+    return torchsave_setup(random.Random(2000), 200 * KiB, [10, 20, 30, 40], chunk_bytes=64 * KiB, keep_last=2)
+
+
+def random_torchsave_setup(rng: random.Random) -> Setup:
+    stride = rng.choice([1, 5, 10])
+    return torchsave_setup(rng, rng.choice([96 * KiB, 300 * KiB, 640 * KiB]),
+                           [stride * (i + 1) for i in range(rng.randint(3, 5))],
+                           chunk_bytes=rng.choice([64 * KiB, 128 * KiB]), keep_last=rng.choice([0, 1, 2, 2, 3]))
+
+
 def setup_of(trial: dict) -> Setup:
-    """A trial's run shape: ``p["setup"]`` is an index into POINT_SETUPS or a Setup as JSON."""
+    """A trial's run shape: ``p["setup"]`` is an index into POINT_SETUPS, "torchsave" (the
+    torchsave point setup) or a Setup as JSON."""
     s = trial["p"]["setup"]
+    if s == "torchsave":
+        return torchsave_point_setup()
     return point_setup(s) if isinstance(s, int) else Setup.from_json(s)
+
+
+def writer_of(trial: dict) -> str:
+    return trial["p"].get("writer", "pccheck")
+
+
+def unsupported(trial: dict, ctx: Context) -> str | None:
+    """Why ``trial`` cannot run under ``ctx`` (a durability mutation its writer lacks), or None."""
+    from ckptlab.faults.torchsave_saver import MUTATIONS
+
+    missing = [m for m in ctx.unsafe if writer_of(trial) == "torchsave" and m not in MUTATIONS]
+    return f"the torchsave writer has no {', '.join(missing)} mutation" if missing else None
 
 
 # --- running the saver child ------------------------------------------------------------------
@@ -213,9 +267,10 @@ def write_child_config(tdir: str, setup: Setup, sessions: list[dict], ckdir: str
     ckdir = ckdir or os.path.join(tdir, "ck")
     os.makedirs(ckdir, exist_ok=True)
     steps = sorted({s for sess in sessions for s in sess["steps"]})
-    cfg = {"dir": ckdir, "seed": setup.seed, "layout": [t.as_json() for t in setup.layout],
-           "plans": {str(s): setup.plan(s) for s in steps}, "ack_log": ack_log or os.path.join(tdir, "ack.log"),
-           "sessions": sessions, "filler": filler}
+    plans = {str(s): setup.plan(s) for s in steps} if setup.writer == "pccheck" else {}
+    cfg = {"dir": ckdir, "seed": setup.seed, "layout": [t.as_json() for t in setup.layout], "writer": setup.writer,
+           "plans": plans, "ack_log": ack_log or os.path.join(tdir, "ack.log"), "sessions": sessions,
+           "filler": filler}
     path = os.path.join(tdir, f"child-{len([n for n in os.listdir(tdir) if n.startswith('child-')])}.json")
     with open(path, "w") as f:
         json.dump(cfg, f)
@@ -224,6 +279,10 @@ def write_child_config(tdir: str, setup: Setup, sessions: list[dict], ckdir: str
 
 def session(setup: Setup, ctx: Context, steps: list[int] | None = None, faults: str = "", io_log: str = "",
             io_log_data: bool = True, **engine_overrides) -> dict:
+    if setup.writer == "torchsave":  # faults/torchsave_saver.py's session
+        return {"config": dict(setup.engine, faults=faults, io_log=io_log, **engine_overrides),
+                "io_log_data": io_log_data, "unsafe": list(ctx.unsafe),
+                "steps": list(steps if steps is not None else setup.steps), "compute_ms": setup.compute_ms}
     engine = dict(setup.engine, faults=faults, unsafe=list(ctx.unsafe), io_log=io_log, io_log_data=io_log_data)
     engine.update(engine_overrides)
     return {"engine": engine, "steps": list(steps if steps is not None else setup.steps),
@@ -231,12 +290,14 @@ def session(setup: Setup, ctx: Context, steps: list[int] | None = None, faults: 
 
 
 def run_child(ctx: Context, cfg_path: str, kill_after: float | None = None) -> ChildRun:
-    """Run the saver; with ``kill_after``, SIGKILL it that many seconds after it is ready.
-    The child's environment carries no fault spec of ours: its faults come from its config."""
+    """Run the saver of the config's writer; with ``kill_after``, SIGKILL it that many seconds
+    after it is ready. The child's environment carries no fault spec of ours: its faults come
+    from its config."""
     with open(cfg_path) as f:
         cfg = json.load(f)
     t0 = time.monotonic()
-    p = subprocess.Popen([ctx.python, "-m", "ckptlab.faults.saver", cfg_path], stdout=subprocess.PIPE,
+    module = WRITERS[cfg.get("writer", "pccheck")]
+    p = subprocess.Popen([ctx.python, "-m", module, cfg_path], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=child_env(), cwd=os.path.dirname(cfg_path))
     killed = False
     try:
@@ -279,10 +340,16 @@ def crash_checks(setup: Setup, child: ChildRun, recover: bool = True
         v.append(order)
     if recover:
         new_step = max(hist.submitted + setup.steps + [0]) + 1000
-        problem = oracle.check_recoverable(child.ckdir, setup.layout, setup.seed, new_step, setup.plan(new_step))
+        problem = oracle.check_recoverable(child.ckdir, setup.layout, setup.seed, new_step,
+                                           recovery_plan(setup, new_step), writer=setup.writer)
         if problem:
             v.append(problem)
     return hist, v, d
+
+
+def recovery_plan(setup: Setup, step: int) -> dict | None:
+    """What O4's new pccheck writer submits (torchsave needs none: it saves the state itself)."""
+    return setup.plan(step) if setup.writer == "pccheck" else None
 
 
 def failed_step_checks(step: int, hist: oracle.History, disk: oracle.DiskCheck, cause: str,
@@ -308,7 +375,8 @@ def row(trial: dict, outcome: str, *, checks: int = 1, violations: list[str] | N
     violations = violations or []
     if violations and outcome in ("ok", "not_fired"):
         outcome = "violation"
-    return {"tier": trial["tier"], "trial": trial["id"], "seed": trial["seed"], "outcome": outcome,
+    return {"tier": trial["tier"], "trial": trial["id"], "writer": writer_of(trial), "seed": trial["seed"],
+            "outcome": outcome,
             "checks": checks, "violations": len(violations) if count is None else count, "fired": fired,
             "loaded_step": loaded, "acked_step": acked,
             "detail": ("; ".join(violations) if violations else detail)[:4000],

@@ -1,6 +1,7 @@
 """The ``points`` tier: SIGKILL at every named fault point x checkpoint {1, 2, last} x
-occurrence {first, last}, on three engine shapes; commit-order scenarios (a slow checkpoint 2
-overtaken by 3); consecutive crashes (crash, recover, crash in the first save after recovery).
+occurrence {first, last}, on three engine shapes and the torchsave shape; commit-order
+scenarios (a slow checkpoint 2 overtaken by 3; engine only: torchsave saves synchronously);
+consecutive crashes (crash, recover, crash in the first save after recovery).
 """
 from __future__ import annotations
 
@@ -9,7 +10,30 @@ import random
 from ckptlab.core.fault_spec import fault_points
 from ckptlab.faults.tiers.common import (
     MiB, POINT_SETUPS, Context, Setup, checked, crash_checks, numbered, point_setup, row, run_saver, session, setup_of,
+    torchsave_point_setup, trial_seed,
 )
+
+# --short: a few torchsave kills (each child imports torch: ~2 s)
+SHORT_TORCHSAVE_POINTS = ("before_chunk_write", "before_rename", "during_gc")
+TORCHSAVE_DOUBLES = 2
+
+
+def _kills(shape: Setup, points: list[str], short: bool, **extra: object) -> list[dict]:
+    """SIGKILL at each point x checkpoint {1, 2, last} x occurrence {first, last} (short:
+    checkpoint 2, or the last where 2 does not pass the point; first occurrence)."""
+    trials = []
+    n = len(shape.steps)
+    ckpts = [2] if short else sorted({1, 2, n})
+    for point in points:
+        for ck in ckpts:
+            count = shape.point_count(point, ck)
+            if count == 0 and short:
+                count, ck = shape.point_count(point, n), n
+            if count == 0:
+                continue
+            for hit in ([1] if short else sorted({1, count})):
+                trials.append({"kind": "kill", **extra, "point": point, "ckpt": ck, "hit": hit})
+    return trials
 
 
 def generate(seed: int, count: int, short: bool) -> list[dict]:
@@ -18,17 +42,7 @@ def generate(seed: int, count: int, short: bool) -> list[dict]:
     setups = [0] if short else list(range(len(POINT_SETUPS)))
     for si in setups:
         setup = point_setup(si)
-        n = len(setup.steps)
-        ckpts = [2] if short else sorted({1, 2, n})
-        for point in fault_points():
-            for ck in ckpts:
-                count = setup.point_count(point, ck)
-                if count == 0 and short:
-                    count, ck = setup.point_count(point, n), n
-                if count == 0:
-                    continue
-                for hit in ([1] if short else sorted({1, count})):
-                    trials.append({"kind": "kill", "setup": si, "point": point, "ckpt": ck, "hit": hit})
+        trials += _kills(setup, fault_points(), short, setup=si)
         # Commit order: checkpoint 2 made slow so 3 finishes first; with and without a kill
         # right after 3 commits.
         trials.append({"kind": "order", "setup": si, "kill": True})
@@ -40,6 +54,15 @@ def generate(seed: int, count: int, short: bool) -> list[dict]:
         for _ in range(12):
             trials.append({"kind": "double", "setup": rng.randrange(len(POINT_SETUPS)),
                            "first": [rng.choice(points), rng.randint(1, 3)], "second": rng.choice(points)})
+    # The torchsave writer: the same kills at every point it passes, after the engine's trials
+    # (their ids stay put), and consecutive crashes.
+    ts = {"setup": "torchsave", "writer": "torchsave"}
+    trials += _kills(torchsave_point_setup(), list(SHORT_TORCHSAVE_POINTS) if short else fault_points(), short, **ts)
+    if not short:
+        rng = random.Random(trial_seed(seed, "points-torchsave", 0))
+        for _ in range(TORCHSAVE_DOUBLES):
+            trials.append({"kind": "double", **ts, "first": [rng.choice(fault_points()), rng.randint(1, 3)],
+                           "second": rng.choice(fault_points())})
     return numbered("points", seed, trials)
 
 

@@ -1,6 +1,8 @@
 """The ``powerloss`` tier: record a run's file-system operations (several saves, retention,
 overlap, sometimes a slow checkpoint 2 and a second session), rebuild every crash state a power
-cut may leave (faults/replay.py), and check and recover each.
+cut may leave (faults/replay.py), and check and recover each. After the engine's recordings,
+:func:`torchsave_count` record the torchsave child (its Python I/O log, same format), whose
+states are recovered by a torchsave writer.
 """
 from __future__ import annotations
 
@@ -12,10 +14,16 @@ from ckptlab.faults import oracle
 from ckptlab.faults.iolog import IoRecord, read_io_log
 from ckptlab.faults.replay import CrashModel, materialize
 from ckptlab.faults.tiers.common import (
-    KiB, MiB, Context, Setup, failed_row, random_setup, row, run_saver, seeded, session, setup_of,
+    KiB, MiB, Context, Setup, failed_row, numbered, random_setup, random_torchsave_setup, recovery_plan, row,
+    run_saver, seeded, session, setup_of, trial_seed,
 )
 
 MAX_BAD_STATES = 20  # a broken engine breaks thousands of states: stop looking after this many
+
+
+def torchsave_count(count: int) -> int:
+    """Torchsave recordings besides ``count`` engine recordings."""
+    return max(1, count // 8) if count else 0
 
 
 def generate(seed: int, count: int, short: bool) -> list[dict]:
@@ -31,7 +39,16 @@ def generate(seed: int, count: int, short: bool) -> list[dict]:
         return {"setup": setup.as_json(), "sessions": 2 if i % 4 == 1 else 1, "delay": i % 3 == 0,
                 "random_variants": 1 if i % 2 else 2}
 
-    return seeded("powerloss", seed, count, params)
+    trials = seeded("powerloss", seed, count, params)
+    extra = []
+    for j in range(torchsave_count(count)):
+        rng = random.Random(trial_seed(seed, "powerloss-torchsave", j))
+        setup = random_torchsave_setup(rng)
+        setup.steps = setup.steps[:4]
+        setup.engine["keep_last"] = 2 if j % 2 == 0 else setup.engine["keep_last"]  # retention in the first
+        extra.append({"writer": "torchsave", "setup": setup.as_json(), "sessions": 2 if j % 2 else 1, "delay": False,
+                      "random_variants": 2})
+    return trials + numbered("powerloss", seed, [t["p"] for t in trials] + extra)[count:]
 
 
 def _sessions_before(model: CrashModel, k: int) -> list[list[int]]:
@@ -75,7 +92,7 @@ def _replay(trial: dict, ctx: Context, tdir: str, setup: Setup, records: list[Io
     state_root = os.path.join(ctx.states, os.path.basename(tdir))
     all_steps = sorted({int(r.detail()["step"]) for r in records if r.is_mark and r.path == "submit"})
     new_step = max(all_steps + [0]) + 1000
-    new_plan = setup.plan(new_step)
+    new_plan = recovery_plan(setup, new_step)
     recover_every = 1 if not ctx.short else 4
 
     def context(k: int) -> tuple:
@@ -94,7 +111,8 @@ def _replay(trial: dict, ctx: Context, tdir: str, setup: Setup, records: list[Io
                                        sessions=[list(x) for x in sessions], failed=set(failed))
             sv = list(d.violations)
             if not sv and checks % recover_every == 0:
-                problem = oracle.check_recoverable(sdir, setup.layout, setup.seed, new_step, new_plan)
+                problem = oracle.check_recoverable(sdir, setup.layout, setup.seed, new_step, new_plan,
+                                                   writer=setup.writer)
                 if problem:
                     sv.append(problem)
             if sv:

@@ -1,5 +1,6 @@
 """The ``random`` tier: SIGKILL at a uniformly random time in a run of overlapping saves (some
 with a second writer session); each run shape is timed once, undisturbed, and killed many times.
+After the engine's trials, :func:`torchsave_count` more kill the torchsave child during its saves.
 """
 from __future__ import annotations
 
@@ -11,10 +12,17 @@ import shutil
 
 from ckptlab.faults import oracle
 from ckptlab.faults.tiers.common import (
-    Context, Setup, checked, made_once, random_setup, run_saver, seeded, session, setup_of, trial_seed,
+    Context, Setup, checked, made_once, numbered, random_setup, random_torchsave_setup, run_saver, seeded, session,
+    setup_of, trial_seed,
 )
 
 RANDOM_SETUPS = 12  # distinct run shapes; each is timed once (calibration) and killed many times
+TORCHSAVE_SETUPS = 2
+
+
+def torchsave_count(count: int) -> int:
+    """Torchsave trials besides ``count`` engine trials (each child imports torch: ~2 s)."""
+    return max(1, count // 50) if count else 0
 
 
 def generate(seed: int, count: int, short: bool) -> list[dict]:
@@ -29,7 +37,15 @@ def generate(seed: int, count: int, short: bool) -> list[dict]:
         setup, sessions = pool[i % len(pool)]
         return {"setup": setup, "u": rng.random(), "sessions": sessions}
 
-    return seeded("random", seed, count, params)
+    trials = seeded("random", seed, count, params)
+    ts_pool = [random_torchsave_setup(random.Random(trial_seed(seed, "random-torchsave-setup", j))).as_json()
+               for j in range(TORCHSAVE_SETUPS)]
+    extra = []
+    for j in range(torchsave_count(count)):
+        rng = random.Random(trial_seed(seed, "random-torchsave", j))
+        extra.append({"writer": "torchsave", "setup": ts_pool[j % len(ts_pool)], "u": rng.random(),
+                      "sessions": 2 if j % 3 == 2 else 1})
+    return trials + numbered("random", seed, [t["p"] for t in trials] + extra)[count:]
 
 
 def _calibrate(ctx: Context, setup: Setup) -> float:

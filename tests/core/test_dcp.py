@@ -100,11 +100,12 @@ def test_a_moved_aside_copy_is_restored_on_open(tmp_path: Path) -> None:
 def test_retention_never_deletes_a_committed_name_in_place(tmp_path: Path, monkeypatch) -> None:
     """Older checkpoints are renamed away before they are deleted, so a crash during
     retention never leaves a half-deleted step_N for a reader to trust."""
-    import shutil as _shutil
+    from ckptlab.core.writer_io import WriterIO
 
     deleted: list[str] = []
-    real = _shutil.rmtree
-    monkeypatch.setattr(_shutil, "rmtree", lambda p, *a, **k: (deleted.append(os.path.basename(str(p))), real(p, *a, **k)))
+    real = WriterIO.remove_tree
+    monkeypatch.setattr(WriterIO, "remove_tree",
+                        lambda self, p: (deleted.append(os.path.basename(str(p))), real(self, p))[1])
     with _dcp(tmp_path, keep_last=1) as ck:
         ck.save(1, _state())
         ck.save(2, _state())
@@ -174,3 +175,25 @@ def test_a_failed_write_raises_and_keeps_the_previous_checkpoint(
         ck.save(2, state)
     ck.close()
     assert sorted(os.listdir(tmp_path)) == [".ckptlab.lock", "step_000000000001"]
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_commit_protocol_points_fail_that_checkpoint_only(tmp_path: Path, async_save: bool) -> None:
+    """Armed, DCP passes the commit protocol's points (core/writer_io.py): an error injected
+    before checkpoint 2's rename fails that checkpoint, step 1 stays, step 3 commits; the
+    points DCP's own file writes would pass are not in its log."""
+    log = tmp_path / "io.log"
+    os.environ["CKPTLAB_IO_LOG_DATA"] = "0"  # the autouse fixture removes it again
+    with _dcp(tmp_path / "ck", async_save, faults="point=before_rename,ckpt=2,action=eio", io_log=str(log)) as ck:
+        ck.save(1, _state())
+        ck.wait()
+        with pytest.raises(CheckpointError, match="Input/output error"):
+            ck.save(2, _state())  # dcp raises here, dcp-async at the wait
+            ck.wait()
+        ck.save(3, _state())
+        ck.wait()
+        assert [s for s, _ in ck._committed()] == [1, 3]
+    points = {line.split("\t")[6].split()[0] for line in log.read_text().splitlines()
+              if line.split("\t")[5] == "point"}
+    assert points == {"point=" + p for p in ("before_tmpdir_fsync", "before_rename", "after_rename", "after_commit",
+                                             "before_gc")}

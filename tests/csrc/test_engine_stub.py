@@ -1,12 +1,13 @@
 """csrc/_engine.pyi against the module it describes (ckptlab._engine, csrc/bindings.cpp).
 
 Fails when the two drift:
-  * every public name of the module and of Engine is in the stub, and the stub names nothing
+  * every public name of the module and of each class (Engine, IoLog, FaultInjector) is in the stub, and the stub names nothing
     more (its TypedDicts are type-only, marked @type_check_only, and absent at run time);
     properties are properties on both sides;
-  * each function's and method's parameters (Engine.__init__ included) have the names, order
+  * each function's and method's parameters (__init__ included) have the names, order
     and defaults that pybind11 reports in the first line of its __doc__;
-  * every function, method, property and constant is called or read on a tiny real engine,
+  * every function, method, property and constant is called or read on a tiny real engine
+    (and a real I/O log and fault injector),
     and each value conforms to the stub's annotation: TypedDicts have exactly their keys, in
     order, numpy columns their dtypes, lists and tuples their element types;
   * the stub installed beside the module is csrc/_engine.pyi.
@@ -167,14 +168,19 @@ def test_module_names_match(stub):
     assert not any(hasattr(_engine, n) for n in stub.typeddicts)
 
 
-def test_engine_names_and_properties_match(stub):
-    methods = stub.classes["Engine"]
-    runtime = {n for n in dir(_engine.Engine) if not n.startswith("_")}
+@pytest.mark.parametrize("cls", ["Engine", "IoLog", "FaultInjector"])
+def test_class_names_and_properties_match(stub, cls):
+    methods = stub.classes[cls]
+    runtime = {n for n in dir(getattr(_engine, cls)) if not n.startswith("_")}
     in_stub = {n for n in methods if not n.startswith("_")}
-    assert runtime - in_stub == set(), "Engine members missing from the stub"
-    assert in_stub - runtime == set(), "Engine members in the stub only"
-    runtime_props = {n for n in runtime if isinstance(getattr(_engine.Engine, n), property)}
-    assert runtime_props == stub.properties["Engine"]
+    assert runtime - in_stub == set(), f"{cls} members missing from the stub"
+    assert in_stub - runtime == set(), f"{cls} members in the stub only"
+    runtime_props = {n for n in runtime if isinstance(getattr(getattr(_engine, cls), n), property)}
+    assert runtime_props == stub.properties[cls]
+
+
+def test_every_stub_class_is_checked(stub):
+    assert set(stub.classes) == {"Engine", "IoLog", "FaultInjector"}
 
 
 def test_function_parameters_match(stub):
@@ -183,12 +189,14 @@ def test_function_parameters_match(stub):
         assert _same_params(got, want), f"{name}: module {got} != stub {want}"
 
 
-def test_engine_method_parameters_match(stub):
-    for name, fn in stub.classes["Engine"].items():
-        if name in stub.properties["Engine"]:
-            continue
-        got, want = _runtime_params(getattr(_engine.Engine, name), method=True), _stub_params(fn, method=True)
-        assert _same_params(got, want), f"Engine.{name}: module {got} != stub {want}"
+def test_method_parameters_match(stub):
+    for cls, methods in stub.classes.items():
+        for name, fn in methods.items():
+            if name in stub.properties[cls]:
+                continue
+            got = _runtime_params(getattr(getattr(_engine, cls), name), method=True)
+            want = _stub_params(fn, method=True)
+            assert _same_params(got, want), f"{cls}.{name}: module {got} != stub {want}"
 
 
 def test_the_parameter_check_sees_a_drift(stub):
@@ -324,6 +332,23 @@ def _exercise(tmp_path: Path) -> dict[str, list]:
         rec("Engine.close", eng.close())
     assert [f is None for f in seen["Engine.take_failure"]] == [False, True], seen["Engine.take_failure"]
     assert [c["ok"] for c in seen["Engine.commit_records"][0]] == [True, False]
+
+    log = e.IoLog(path=str(tmp_path / "io.log"), record_data=True)
+    rec("IoLog.op", log.op(op="mkdir", path="/d/x", err=0))
+    rec("IoLog.write", log.write(path="/d/x/f", offset=4, data=b"abc", err=0))
+    rec("IoLog.fallocate", log.fallocate(path="/d/x/f", offset=0, nbytes=8192, err=0))
+    rec("IoLog.rename", log.rename(src="/d/x", dst="/d/y", err=2))
+    rec("IoLog.mark", log.mark(kind="close", detail="pid=1"))
+    faults = e.FaultInjector(spec="point=before_rename,ckpt=2,action=enospc")
+    rec("FaultInjector.hit", faults.hit(point="before_rename", ckpt=1, step=5, log=log))
+    rec("FaultInjector.hit", faults.hit("before_rename", 2, 6, log))
+    rec("FaultInjector.hit", faults.hit("before_rename", 2, 6))
+    rec("FaultInjector.armed", faults.armed)
+    rec("FaultInjector.spec", faults.spec)
+    rec("IoLog.path", log.path)
+    rec("IoLog.records", log.records)
+    assert seen["FaultInjector.hit"] == [(0, False), (28, False), (0, False)]
+    assert log.records == 8  # five operations, two point markers, one inject marker
     return seen
 
 
@@ -334,9 +359,10 @@ def test_real_values_conform_to_the_stub(stub, tmp_path):
         expected[name] = fn.returns
     for name, ann in stub.constants.items():
         expected[name] = ann
-    for name, fn in stub.classes["Engine"].items():
-        if name != "__init__":
-            expected[f"Engine.{name}"] = fn.returns
+    for cls, methods in stub.classes.items():
+        for name, fn in methods.items():
+            if name != "__init__":
+                expected[f"{cls}.{name}"] = fn.returns
     assert set(seen) == set(expected), "exercise every stub entry (and only those) in _exercise()"
     check = Conformance(stub)
     for name, values in seen.items():

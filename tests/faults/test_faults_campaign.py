@@ -33,6 +33,11 @@ def test_short_campaign_has_no_violations(short_result):
     assert by["random"]["fired"] > 0
     if "enospc" not in result.skipped:
         assert by["enospc"]["fired"] == by["enospc"]["trials"]
+    # A few torchsave trials in each process-crash and replay tier, all reaching their fault.
+    ts = result.by_tier("torchsave")
+    assert set(ts) == {"points", "random", "ioerr", "powerloss"}
+    assert ts["points"]["fired"] == ts["points"]["trials"] >= 3 and ts["ioerr"]["not_fired"] == 0
+    assert ts["powerloss"]["checks"] > 30
     for tier in by:
         assert tier in buf.getvalue()
 
@@ -42,7 +47,8 @@ def test_results_are_written(short_result):
     table = pq.read_table(os.path.join(opts.out, "results.parquet"))
     assert table.num_rows == len(result.rows)
     rows = table.to_pylist()
-    assert {"tier", "trial", "seed", "outcome", "violations", "repro"} <= set(rows[0])
+    assert {"tier", "trial", "writer", "seed", "outcome", "violations", "repro"} <= set(rows[0])
+    assert {r["writer"] for r in rows} == {"pccheck", "torchsave"}
     assert all(r["repro"].startswith("ckptlab campaign --seed 3") for r in rows)
     assert os.path.exists(os.path.join(opts.out, "summary.json"))
 

@@ -1,5 +1,6 @@
 """The I/O log is complete: strace sees no file-system mutation under the checkpoint
-directory that the engine did not record (the cross-check of docs/FAULTS.md)."""
+directory that the writer did not record (the cross-check of docs/FAULTS.md), for the
+engine's saver and for the torchsave child (core/writer_io.py)."""
 import json
 import os
 import re
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 from ckptlab.faults.iolog import read_io_log
-from ckptlab.faults.tiers.common import Context, session, write_child_config
+from ckptlab.faults.tiers.common import WRITERS, Context, session, torchsave_point_setup, write_child_config
 from faults_helpers import small_setup
 
 SYSCALLS = "openat,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat,rmdir,fsync,fdatasync,pwrite64,write," \
@@ -47,8 +48,12 @@ def _strace_ops(path: str, root: str) -> set[tuple[str, str]]:
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
-def test_every_mutation_under_the_directory_is_recorded(tmp_path):
+@pytest.mark.parametrize("writer", ["pccheck", "torchsave"])
+def test_every_mutation_under_the_directory_is_recorded(tmp_path, writer):
     setup = small_setup(keep_last=1)
+    if writer == "torchsave":
+        setup = torchsave_point_setup()
+        setup.engine["keep_last"] = 1
     ctx = Context(work=str(tmp_path), states=str(tmp_path))
     log = str(tmp_path / "io.log")
     cfg = write_child_config(str(tmp_path), setup, [session(setup, ctx, io_log=log, io_log_data=False)])
@@ -56,7 +61,7 @@ def test_every_mutation_under_the_directory_is_recorded(tmp_path):
         ckdir = json.load(f)["dir"]
     trace = str(tmp_path / "strace.txt")
     r = subprocess.run(["strace", "-f", "-qq", "-y", "-e", f"trace={SYSCALLS}", "-o", trace, sys.executable, "-m",
-                        "ckptlab.faults.saver", cfg], capture_output=True, text=True, timeout=120, check=False)
+                        WRITERS[writer], cfg], capture_output=True, text=True, timeout=300, check=False)
     if r.returncode != 0 and "ptrace" in r.stderr:
         pytest.skip(f"strace cannot trace here: {r.stderr.strip()[-200:]}")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -68,6 +73,7 @@ def test_every_mutation_under_the_directory_is_recorded(tmp_path):
         kind = {"open_create": "create", "fsync_dir": "fsync"}.get(rec.op, rec.op)
         recorded.add((kind, os.path.normpath(rec.path)))
     assert seen, "strace saw nothing: the check is not working"
-    assert {k for k, _ in seen} >= {"create", "write", "fdatasync", "fsync", "mkdir", "rename", "unlink", "rmdir"}
+    data_sync = "fdatasync" if writer == "pccheck" else "fsync"  # torchsave fsyncs state.pt
+    assert {k for k, _ in seen} >= {"create", "write", data_sync, "fsync", "mkdir", "rename", "unlink", "rmdir"}
     missing = seen - recorded
     assert not missing, f"engine I/O not in the log: {sorted(missing)[:10]}"

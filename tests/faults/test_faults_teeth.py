@@ -44,3 +44,34 @@ def test_process_crash_tiers_alone_cannot_see_a_missing_fsync(mutation, tmp_path
     opts = campaign.Options(tiers=("points",), short=True, seed=1, jobs=1, out=str(tmp_path), unsafe=(mutation,),
                             trial=("points:0", "points:9", "points:10"), progress=False)
     assert campaign.run(opts).violations == 0
+
+
+def _torchsave_trials(tier: str) -> tuple[str, ...]:
+    trials, _ = campaign.generate(campaign.Options(tiers=(tier,), short=True, seed=1))
+    return tuple(t["id"] for t in trials if t["p"].get("writer") == "torchsave")
+
+
+@pytest.mark.parametrize("mutation", ["skip_data_fsync", "skip_dir_fsync"])
+def test_the_replay_catches_torchsave_without_an_fsync(mutation, tmp_path):
+    """The torchsave child honours the two fsync mutations (faults/torchsave_saver.py): its
+    power-loss replay then finds acknowledged steps that a power cut loses."""
+    opts = campaign.Options(tiers=("powerloss",), short=True, seed=1, jobs=1, out=str(tmp_path), unsafe=(mutation,),
+                            trial=_torchsave_trials("powerloss"), max_violations=1, progress=False)
+    result = campaign.run(opts)
+    assert result.violations > 0, f"the torchsave replay did not notice {mutation}"
+    assert {r["writer"] for r in result.rows} == {"torchsave"}
+    assert "acknowledged" in result.rows[0]["detail"]
+
+
+def test_torchsave_kills_alone_cannot_see_a_missing_fsync(tmp_path):
+    opts = campaign.Options(tiers=("points",), short=True, seed=1, jobs=1, out=str(tmp_path),
+                            unsafe=("skip_dir_fsync",), trial=_torchsave_trials("points"), progress=False)
+    result = campaign.run(opts)
+    assert result.violations == 0 and {r["outcome"] for r in result.rows} == {"ok"}
+
+
+def test_torchsave_trials_are_skipped_under_a_mutation_it_lacks(tmp_path):
+    opts = campaign.Options(tiers=("points",), short=True, seed=1, jobs=1, out=str(tmp_path),
+                            unsafe=("unordered_commit",), trial=_torchsave_trials("points")[:1], progress=False)
+    [r] = campaign.run(opts).rows
+    assert r["outcome"] == "skipped" and "unordered_commit" in r["detail"]

@@ -3,6 +3,7 @@ import os
 
 import pytest
 from ckptlab.faults import tiers
+from ckptlab.faults.tiers import random_time
 from ckptlab.faults.tiers.common import made_once, trial_seed
 
 
@@ -16,7 +17,19 @@ def test_registry_names_every_tier_in_campaign_order():
         assert all(t["tier"] == name and t["seed"] == trial_seed(4, name, i) for i, t in enumerate(trials))
         ok, why = tier.available()
         assert ok or why, f"{name} unavailable without a reason"
-    assert len(tiers.REGISTRY["random"].generate(4, 3, True)) == 3
+    assert len(tiers.REGISTRY["random"].generate(4, 3, True)) == 3 + random_time.torchsave_count(3)
+
+
+def test_torchsave_trials_follow_the_engines():
+    """Torchsave trials are numbered after the engine's, whose ids and parameters they leave alone."""
+    for name in ("points", "random", "ioerr", "powerloss"):
+        for short in (True, False):
+            trials = tiers.REGISTRY[name].generate(4, 16, short)
+            writers = [t["p"].get("writer", "pccheck") for t in trials]
+            assert "torchsave" in writers, name
+            first = writers.index("torchsave")
+            assert set(writers[first:]) == {"torchsave"} and set(writers[:first]) == {"pccheck"}, name
+    assert len(tiers.REGISTRY["points"].generate(4, 0, True)) < len(tiers.REGISTRY["points"].generate(4, 0, False))
 
 
 def test_made_once_builds_once(tmp_path):
