@@ -30,7 +30,6 @@ def generate(seed: int, count: int, short: bool) -> list[dict]:
     actions = ["eio", "enospc", "edquot"]
     for si in IOERR_SETUPS[:1] if short else IOERR_SETUPS:
         setup = point_setup(si)
-        n = len(setup.steps)
         for point in ERROR_POINTS:
             total = _total(setup, point)
             hits = sorted({1, total}) if short else list(range(1, total + 1))
