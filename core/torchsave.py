@@ -27,7 +27,7 @@ from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.durable import write_file_durable
 from ckptlab.core.errors import CheckpointWriteError
 from ckptlab.core.manifest import FORMAT_VERSION, MANIFEST_NAME, encode_manifest
-from ckptlab.core.state import CapturedState, PinnedHostCache, capture, check_loadable
+from ckptlab.core.state import CapturedState, capture, check_loadable
 from ckptlab.core.writer_io import DATA_FILE, MANIFEST_FILE, WriterIO
 from ckptlab.profiling.phases import phase
 
