@@ -193,13 +193,13 @@ class DcpCheckpointer:
 
     def _wait_for_slot(self) -> None:
         """Back-pressure: at most ``max_inflight`` async saves in flight, never unbounded."""
-        with self._lock:
-            if len(self._pending) < self.config.max_inflight:
-                return
-            oldest = self._pending[0]
-        with phase("wait", step=oldest.step):  # the step of the checkpoint waited for
+        while True:
             with self._lock:
-                self._lock.wait_for(lambda: len(self._pending) < self.config.max_inflight)
+                if len(self._pending) < self.config.max_inflight:
+                    return
+                oldest = self._pending[0]
+            with phase("wait", step=oldest.step):  # the step of the checkpoint waited for
+                oldest.done.wait()
 
     def barrier(self) -> None:
         """No-op: DCP's stager has copied the state by the time save() returns."""

@@ -4,6 +4,7 @@ that moves takes its references with it)."""
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from pathlib import Path
 
@@ -18,11 +19,13 @@ PATH = re.compile(rf"(?<![\w./-])((?:{PARTS})/[\w.{{}},/-]*[\w}}])")
 
 
 def _files():
-    for p in sorted(ROOT.rglob("*")):
-        if p.is_file() and not SKIP_DIRS.intersection(p.relative_to(ROOT).parts) and \
-                str(p.relative_to(ROOT)) not in SELF_TESTING and \
-                (p.suffix in SCANNED or p.name in ("Makefile", "CMakeLists.txt")):
-            yield p
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        for name in sorted(filenames):
+            p = Path(dirpath, name)
+            if str(p.relative_to(ROOT)) not in SELF_TESTING and \
+                    (p.suffix in SCANNED or name in ("Makefile", "CMakeLists.txt")):
+                yield p
 
 
 def _expand(ref: str) -> list[str]:
