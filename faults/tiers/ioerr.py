@@ -16,8 +16,9 @@ from ckptlab.faults.tiers.common import (
 )
 
 IOERR_SETUPS = [0, 1]
-# --short: two torchsave errors, a short chunk write and a failed commit rename
-SHORT_TORCHSAVE = [("before_chunk_write", "short"), ("before_rename", "eio")]
+# --short: one torchsave error, a short chunk write (tests/core/test_torchsave_faults.py fails
+# every other erroring point once)
+SHORT_TORCHSAVE = [("before_chunk_write", "short")]
 
 
 def _total(setup: Setup, point: str) -> int:

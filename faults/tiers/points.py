@@ -14,7 +14,7 @@ from ckptlab.faults.tiers.common import (
 )
 
 # --short: a few torchsave kills (each child imports torch: ~2 s)
-SHORT_TORCHSAVE_POINTS = ("before_chunk_write", "before_rename", "during_gc")
+SHORT_TORCHSAVE_POINTS = ("before_rename", "during_gc")
 TORCHSAVE_DOUBLES = 2
 
 

@@ -36,7 +36,7 @@ def test_short_campaign_has_no_violations(short_result):
     # A few torchsave trials in each process-crash and replay tier, all reaching their fault.
     ts = result.by_tier("torchsave")
     assert set(ts) == {"points", "random", "ioerr", "powerloss"}
-    assert ts["points"]["fired"] == ts["points"]["trials"] >= 3 and ts["ioerr"]["not_fired"] == 0
+    assert ts["points"]["fired"] == ts["points"]["trials"] >= 2 and ts["ioerr"]["not_fired"] == 0
     assert ts["powerloss"]["checks"] > 30
     for tier in by:
         assert tier in buf.getvalue()

@@ -33,7 +33,7 @@ def _sigterm_after(tmp_path: Path, *args: str, lines: int = 3) -> tuple[subproce
     return proc, out, err, _lines(loss)
 
 
-@pytest.mark.parametrize("kind", ["dcp", "pccheck"])
+@pytest.mark.parametrize("kind", [pytest.param("dcp", marks=pytest.mark.slow), "pccheck"])  # a synchronous kind: below
 def test_sigterm_final_checkpoint_then_bit_exact_resume(tmp_path: Path, kind: str) -> None:
     skip_without_core(kind)
     loss, ckpt = tmp_path / "loss.txt", tmp_path / "ckpt"

@@ -16,7 +16,9 @@ from training_helpers import skip_without_core
 
 
 @pytest.mark.parametrize("kind, extra", [("torchsave", []), ("pccheck", []),
-                                         ("pccheck", ["--", "--snapshot", "deferred"])])
+                                         # deferred: also killed mid-write in test_train_kill_during_write
+                                         pytest.param("pccheck", ["--", "--snapshot", "deferred"],
+                                                      marks=pytest.mark.slow)])
 def test_validation_in_ci(tmp_path: Path, kind: str, extra: list[str]) -> None:
     skip_without_core(kind)
     code = main(["--checkpointer", kind, "--steps", "12", "--freq", "4", "--kill-after", "8",
