@@ -15,32 +15,33 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(STAMP): pyproject.toml CMakeLists.txt csrc/_engine.pyi $(wildcard csrc/*.cpp csrc/*.hpp) | $(PY)
+# The editable install builds in $(DEV_BUILD) with the C++ self-test on (one compile of the
+# engine serves the Python module and test-cpp).
+DEV_BUILD := build/dev
+$(STAMP): pyproject.toml CMakeLists.txt csrc/_engine.pyi $(wildcard csrc/*.cpp csrc/*.hpp csrc/tests/*.cpp) | $(PY)
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q "scikit-build-core>=0.10" "pybind11>=2.12" "nvidia-nvtx>=13.0" ninja cmake
-	$(PIP) install -q --no-build-isolation -e '.[test]'
+	$(PIP) install -q --no-build-isolation -e '.[test]' \
+	  --config-settings=build-dir=$(DEV_BUILD) --config-settings=cmake.define.CKPTLAB_BUILD_TESTS=ON
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 # CMake (CMakeLists.txt) is the one build description of the engine: the Python module that
 # pip builds, and the standalone C++ self-test (csrc/tests/engine_selftest.cpp, option
-# CKPTLAB_BUILD_TESTS) that test-cpp builds with Ninja into $(CTEST_DIR), without pybind11,
-# and runs with CTest. The first build takes ~20 s on 2 cores, later ones only what changed;
-# the run ~4 s. Tools from .venv (make setup) where it has them, else from PATH.
+# CKPTLAB_BUILD_TESTS, no pybind11). make setup builds both into $(DEV_BUILD); test-cpp
+# brings the self-test up to date there and runs it with CTest (~4 s). test-arm64 configures
+# its own build directories. Tools from .venv (make setup) where it has them, else from PATH.
 CMAKE_BIN ?= $(firstword $(wildcard $(VENV)/bin/cmake) cmake)
 CTEST_BIN ?= $(firstword $(wildcard $(VENV)/bin/ctest) ctest)
 NINJA_BIN ?= $(firstword $(wildcard $(VENV)/bin/ninja) ninja)
-CTEST_DIR ?= build/ctest
 NVTX_INCLUDE ?= $(shell $(if $(wildcard $(PY)),$(PY),$(PYTHON)) csrc/find_nvtx.py)
 SELFTEST_CMAKE_FLAGS = -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(shell command -v $(NINJA_BIN))) \
 	-DCKPTLAB_BUILD_TESTS=ON -DCKPTLAB_BUILD_PYTHON=OFF
 
 test-cpp: setup
-	@[ -f $(CTEST_DIR)/build.ninja ] || $(CMAKE_BIN) -S . -B $(CTEST_DIR) $(SELFTEST_CMAKE_FLAGS) \
-	  -DPython_EXECUTABLE=$(abspath $(PY))
-	$(CMAKE_BIN) --build $(CTEST_DIR) --target engine_selftest
-	$(CTEST_BIN) --test-dir $(CTEST_DIR) --output-on-failure
+	$(CMAKE_BIN) --build $(DEV_BUILD) --target engine_selftest
+	$(CTEST_BIN) --test-dir $(DEV_BUILD) --output-on-failure
 
 test: setup test-cpp
 	$(PY) -m pytest -q -p no:cacheprovider
