@@ -55,6 +55,7 @@ from ckptlab.core.writer_io import DISARMED, NO_CHECKPOINT, CheckpointIO, Writer
 
 LOCK_NAME = ".ckptlab.lock"
 MAX_STEP_DIGITS = 19  # an int64 step; a longer run of digits is not a step name
+MAX_STEP = (1 << 63) - 1
 _STEP_DIR = re.compile(rf"^step_(\d{{1,{MAX_STEP_DIGITS}}})$")
 _LEFTOVER = re.compile(r"^\.(step_[^.]*)\.(tmp|replaced|deleting)-")  # as the engine reads them
 
@@ -64,9 +65,10 @@ def step_dir_name(step: int) -> str:
 
 
 def parse_step_dir(name: str) -> int | None:
-    """The step of a committed checkpoint's directory name, else None."""
+    """The step of a committed checkpoint's directory name (an int64, as the engine reads
+    it: csrc/engine.cpp parse_step_name), else None."""
     m = _STEP_DIR.match(name)
-    return int(m.group(1)) if m else None
+    return int(m.group(1)) if m and int(m.group(1)) <= MAX_STEP else None
 
 
 def committed_step_dirs(directory: str | os.PathLike) -> list[tuple[int, str]]:

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 
 #include "affinity.hpp"
@@ -41,13 +42,16 @@ std::string step_name(int64_t step) {
   return buf;
 }
 
-// Parses "step_<digits>" (a committed checkpoint's directory name); -1 otherwise.
+// Parses "step_<digits>" (a committed checkpoint's directory name) whose value fits an
+// int64; -1 otherwise. core/commit.py parse_step_dir reads names the same way.
 int64_t parse_step_name(const std::string& name) {
   if (name.size() <= 5 || name.compare(0, 5, "step_") != 0) return -1;
   int64_t v = 0;
   for (size_t i = 5; i < name.size(); ++i) {
     if (name[i] < '0' || name[i] > '9') return -1;
-    v = v * 10 + (name[i] - '0');
+    const int64_t d = name[i] - '0';
+    if (v > (std::numeric_limits<int64_t>::max() - d) / 10) return -1;
+    v = v * 10 + d;
   }
   return v;
 }

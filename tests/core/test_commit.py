@@ -172,9 +172,35 @@ def test_retain_keeps_the_newest(tmp_path, keep_last, kept):
 
 def test_step_names_round_trip_and_refuse_lookalikes():
     assert commit.parse_step_dir(S(42)) == 42 and S(42) == "step_000000000042"
-    assert commit.parse_step_dir("step_" + "9" * 19) == int("9" * 19)
-    for bad in ("step_", "step_1a", "step_" + "1" * 20, ".step_1", "step_-1", "Step_1"):
+    assert commit.parse_step_dir(f"step_{2**63 - 1}") == 2**63 - 1
+    for bad in ("step_", "step_1a", "step_" + "1" * 20, f"step_{2**63}", "step_" + "9" * 19, ".step_1", "step_-1",
+                "Step_1"):
         assert commit.parse_step_dir(bad) is None
+
+
+def test_python_and_engine_retention_keep_the_same_checkpoints(tmp_path):
+    """Retention after committing step 10 with keep_last=2, among names that are committed
+    steps, look like them, or overflow an int64: both keep the same directories."""
+    names = [S(3), S(7), S(9), "step_12a", "step_" + "1" * 20, f"step_{2**63}", "step_000000000001x", S(11)]
+    roots = {}
+    for who in ("py", "cc"):
+        root = tmp_path / who
+        root.mkdir()
+        for n in names:
+            (root / n).mkdir()
+        roots[who] = root
+    os.mkdir(roots["py"] / S(10))
+    commit.retain(str(roots["py"]), 10, 2)
+    e = _engine.Engine(str(roots["cc"]), writer_threads=1, chunk_bytes=64 << 10, staging_bytes=64 << 10,
+                       keep_last=2, prefault=False)
+    import numpy as np
+    data = np.zeros(1000, np.uint8)
+    e.submit(10, '{"objects":[0,0],"tensors":[]}', [(data.ctypes.data, data.nbytes, 0)], data.nbytes)
+    assert e.wait(timeout=30)
+    e.close()
+    kept = {who: sorted(n for n in os.listdir(r) if n != commit.LOCK_NAME) for who, r in roots.items()}
+    assert kept["py"] == kept["cc"]
+    assert S(9) in kept["py"] and S(7) not in kept["py"] and S(11) in kept["py"]  # newer ones stay
 
 
 def test_one_writer_per_directory_across_kinds(tmp_path):
