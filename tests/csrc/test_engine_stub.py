@@ -383,7 +383,7 @@ def test_the_value_check_sees_a_drift(stub):
 
 
 def test_mypy_reads_the_installed_stub(tmp_path):
-    """Where mypy is installed (it is not a test dependency): the stub passes --strict, and
+    """mypy (in the test extra) on the installed stub: it passes --strict, and
     code importing ckptlab._engine from this environment gets its types (py.typed is there)."""
     api = pytest.importorskip("mypy.api")
     use = tmp_path / "use_engine.py"
