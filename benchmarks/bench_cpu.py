@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ckptlab.core import CheckpointConfig, open_checkpointer
+from ckptlab.profiling.files import fsync_dir
 
 MiB = 1 << 20
 BLOCK = 16 * MiB
@@ -58,12 +59,6 @@ def fresh_dir(root: str, name: str) -> str:
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
     return d
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    os.fsync(fd)
-    os.close(fd)
 
 
 def raw_buffered(buf: mmap.mmap, path: str) -> float:

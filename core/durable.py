@@ -1,18 +1,18 @@
 """Durable file operations for the Python side (the engine has its own in C++).
 
 Rules from docs/BACKGROUND.md §1.1: write a temp file, fsync it, rename it into place,
-fsync the directory. close() is not a durability point. ``fsync_dir``, ``atomic_replace`` and
-``atomic_write_bytes`` are ``ckptlab.profiling.files``' (trace files and figures use them too).
+fsync the directory. close() is not a durability point. The atomic replacement of one file
+(``atomic_replace``, ``atomic_write_bytes``) and ``fsync_dir`` are ``ckptlab.profiling.files``'
+(trace files and figures use them too).
 """
 from __future__ import annotations
 
 import os
 
 from ckptlab.core.writer_io import DISARMED, NO_CHECKPOINT, PLAIN_FILE, CheckpointIO, FilePoints, WriterIO
-from ckptlab.profiling.files import atomic_replace, atomic_write_bytes, fsync_dir
 from ckptlab.profiling.phases import phase
 
-__all__ = ["atomic_replace", "atomic_write_bytes", "fsync_dir", "makedirs_durable", "write_file_durable"]
+__all__ = ["makedirs_durable", "write_file_durable"]
 
 
 def makedirs_durable(path: str | os.PathLike, io: WriterIO = DISARMED) -> None:
