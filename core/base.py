@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ckptlab.core.checkpointer import check_optimizers
 from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.durable import makedirs_durable
 from ckptlab.core.recovery import CheckpointInfo, latest_valid, load_latest
@@ -46,20 +47,14 @@ class CheckpointerBase:
         if self._closed:
             raise RuntimeError(f"{self.kind} checkpointer for {self.directory} is closed")
 
-    @staticmethod
-    def _check_step(step: int) -> None:
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-            raise ValueError(f"step must be a non-negative integer, got {step!r}")
-
     def barrier(self) -> None:
         """Return once the state may change again after save() (a no-op unless a pccheck
         checkpointer defers its snapshot, see CheckpointConfig.snapshot)."""
 
     def guard(self, *optimizers: torch.optim.Optimizer) -> None:
         """Run barrier() before every step() of these optimizers (until close())."""
+        check_optimizers(optimizers)
         for opt in optimizers:
-            if not isinstance(opt, torch.optim.Optimizer):
-                raise TypeError(f"guard() takes torch.optim.Optimizer objects, got {type(opt).__name__}")
             self._guards.append(opt.register_step_pre_hook(lambda *_: self.barrier()))
 
     def _remove_guards(self) -> None:

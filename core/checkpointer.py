@@ -107,6 +107,21 @@ def check_config(kind: str, config: CheckpointConfig) -> None:
         raise ValueError(f"CheckpointConfig.writer_cpus places the pccheck engine's writer threads; {kind} has none")
 
 
+def check_step(step: int) -> None:
+    """The one rule for ``save(step, ...)``'s step: a non-negative int (not a bool)."""
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+
+
+def check_optimizers(optimizers: tuple[object, ...]) -> None:
+    """The one rule for ``guard(*optimizers)``'s arguments: torch optimizers."""
+    import torch
+
+    for opt in optimizers:
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(f"guard() takes torch.optim.Optimizer objects, got {type(opt).__name__}")
+
+
 def check_timeout(timeout: float | None) -> None:
     """The one rule for ``wait(timeout)``: None (no limit) or a number of seconds >= 0."""
     if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):

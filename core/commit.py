@@ -54,9 +54,8 @@ import uuid
 from ckptlab.core.writer_io import DISARMED, NO_CHECKPOINT, CheckpointIO, WriterIO
 
 LOCK_NAME = ".ckptlab.lock"
-MAX_STEP_DIGITS = 19  # an int64 step; a longer run of digits is not a step name
-MAX_STEP = (1 << 63) - 1
-_STEP_DIR = re.compile(rf"^step_(\d{{1,{MAX_STEP_DIGITS}}})$")
+MAX_STEP = (1 << 63) - 1  # steps are int64; a larger number is not a step name
+_STEP_DIR = re.compile(r"step_([0-9]+)")  # whole name (fullmatch), ASCII digits: as the engine reads them
 _LEFTOVER = re.compile(r"^\.(step_[^.]*)\.(tmp|replaced|deleting)-")  # as the engine reads them
 
 
@@ -67,8 +66,9 @@ def step_dir_name(step: int) -> str:
 def parse_step_dir(name: str) -> int | None:
     """The step of a committed checkpoint's directory name (an int64, as the engine reads
     it: csrc/engine.cpp parse_step_name), else None."""
-    m = _STEP_DIR.match(name)
-    return int(m.group(1)) if m and int(m.group(1)) <= MAX_STEP else None
+    m = _STEP_DIR.fullmatch(name)
+    step = int(m.group(1)) if m else MAX_STEP + 1
+    return step if step <= MAX_STEP else None
 
 
 def committed_step_dirs(directory: str | os.PathLike) -> list[tuple[int, str]]:

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ckptlab.core import commit
-from ckptlab.core.checkpointer import check_config, check_timeout
+from ckptlab.core.checkpointer import check_config, check_optimizers, check_step, check_timeout
 from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.durable import makedirs_durable, write_file_durable
 from ckptlab.core.errors import CheckpointError, CheckpointMismatchError, NoCheckpointError
@@ -101,8 +101,7 @@ class DcpCheckpointer:
     def save(self, step: int, state: Mapping[str, Any]) -> None:
         """Issue checkpoint ``step``; returns once the state is captured (dcp-async) or durable."""
         self._check_open()
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-            raise ValueError(f"step must be a non-negative integer, got {step!r}")
+        check_step(step)
         self._raise_error()
         t0 = time.perf_counter()
         # Python phases (docs/TRACE.md) on the caller's thread: wait (dcp-async back-pressure),
@@ -206,9 +205,7 @@ class DcpCheckpointer:
 
     def guard(self, *optimizers: torch.optim.Optimizer) -> None:
         """No-op beyond checking its arguments (barrier() never has to wait)."""
-        for opt in optimizers:
-            if not isinstance(opt, torch.optim.Optimizer):
-                raise TypeError(f"guard() takes torch.optim.Optimizer objects, got {type(opt).__name__}")
+        check_optimizers(optimizers)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every issued checkpoint is durable or failed (at most ``timeout``

@@ -22,7 +22,7 @@ import torch
 
 from ckptlab import _engine
 from ckptlab.core.base import CheckpointerBase, now
-from ckptlab.core.checkpointer import check_config, check_timeout
+from ckptlab.core.checkpointer import check_config, check_step, check_timeout
 from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.errors import CheckpointError, CheckpointWriteError
 from ckptlab.core.snapshot import Snapshotter
@@ -88,7 +88,7 @@ class PCcheckCheckpointer(CheckpointerBase):
         (with a deferred snapshot: once checkpointer.barrier() has returned)."""
         t0 = now()
         self._check_open()
-        self._check_step(step)
+        check_step(step)
         if self._snapshots is not None:
             self._snapshots.settle()  # the previous snapshot's buffers are about to be reused
         self._raise_failure()

@@ -22,7 +22,7 @@ import torch
 from ckptlab import _engine
 from ckptlab.core import commit
 from ckptlab.core.base import CheckpointerBase, now
-from ckptlab.core.checkpointer import check_config, check_timeout
+from ckptlab.core.checkpointer import check_config, check_step, check_timeout
 from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.durable import write_file_durable
 from ckptlab.core.errors import CheckpointWriteError
@@ -54,7 +54,7 @@ class TorchSaveCheckpointer(CheckpointerBase):
 
     def save(self, step: int, state: Mapping[str, Any]) -> None:
         self._check_open()
-        self._check_step(step)
+        check_step(step)
         t0 = now()
         # Python phases (docs/TRACE.md): capture, serialize, digest, file_write/file_fsync per
         # file, dir_commit, retain; all on the caller's thread, inside the loop's `save`.

@@ -173,15 +173,17 @@ def test_retain_keeps_the_newest(tmp_path, keep_last, kept):
 def test_step_names_round_trip_and_refuse_lookalikes():
     assert commit.parse_step_dir(S(42)) == 42 and S(42) == "step_000000000042"
     assert commit.parse_step_dir(f"step_{2**63 - 1}") == 2**63 - 1
+    assert commit.parse_step_dir("step_" + "0" * 30 + "7") == 7  # leading zeros: the engine reads 7 too
     for bad in ("step_", "step_1a", "step_" + "1" * 20, f"step_{2**63}", "step_" + "9" * 19, ".step_1", "step_-1",
-                "Step_1"):
+                "Step_1", "step_5\n", "step_\u0663"):
         assert commit.parse_step_dir(bad) is None
 
 
 def test_python_and_engine_retention_keep_the_same_checkpoints(tmp_path):
     """Retention after committing step 10 with keep_last=2, among names that are committed
     steps, look like them, or overflow an int64: both keep the same directories."""
-    names = [S(3), S(7), S(9), "step_12a", "step_" + "1" * 20, f"step_{2**63}", "step_000000000001x", S(11)]
+    names = [S(3), S(7), S(9), "step_12a", "step_" + "1" * 20, f"step_{2**63}", "step_000000000001x", S(11),
+             "step_" + "0" * 25 + "2", "step_\u0663", "step_4\n"]
     roots = {}
     for who in ("py", "cc"):
         root = tmp_path / who
