@@ -28,6 +28,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -147,13 +148,18 @@ def run(cfg: dict[str, Any]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def child_main(run_config: Callable[[dict[str, Any]], int], module: str, argv: list[str] | None) -> int:
+    """``python -m MODULE CONFIG.json`` for a campaign child: ``run_config`` of the JSON."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m ckptlab.faults.saver CONFIG.json", file=sys.stderr)
+        print(f"usage: python -m {module} CONFIG.json", file=sys.stderr)
         return 2
     with open(argv[0]) as f:
-        return run(json.load(f))
+        return run_config(json.load(f))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return child_main(run, "ckptlab.faults.saver", argv)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ no torchsave counterpart; the campaign skips torchsave trials under them.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -36,7 +35,7 @@ from ckptlab.core.fault_spec import IO_LOG_DATA_ENV
 from ckptlab.core.manifest import MANIFEST_NAME
 from ckptlab.core.writer_io import WriterIO
 from ckptlab.faults.payload import TensorSpec, state_for
-from ckptlab.faults.saver import AckLog
+from ckptlab.faults.saver import AckLog, child_main
 
 
 def _skip_data_fsync() -> None:
@@ -98,12 +97,7 @@ def run(cfg: dict[str, Any]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m ckptlab.faults.torchsave_saver CONFIG.json", file=sys.stderr)
-        return 2
-    with open(argv[0]) as f:
-        return run(json.load(f))
+    return child_main(run, "ckptlab.faults.torchsave_saver", argv)
 
 
 if __name__ == "__main__":
