@@ -3,23 +3,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections import defaultdict
 
-
-def ckptlab(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The real console entry (core/cli.py dispatching to analysis/cli.py), in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "ckptlab.core.cli", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+from cli_helpers import ckptlab, run_in_process
 
 
 def run_cli(capsys, *args) -> subprocess.CompletedProcess:
-    """analysis/cli.py in this process (no interpreter start-up); same result shape."""
+    """analysis/cli.py in this process."""
     from ckptlab.analysis.cli import main
 
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, rc, out.out, out.err)
+    return run_in_process(main, capsys, *args)
 
 
 def test_chrome_export_has_one_track_per_thread(traced_run, tmp_path):

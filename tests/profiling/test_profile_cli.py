@@ -10,20 +10,14 @@ import pytest
 
 from ckptlab.profiling.tools import find_nsys, find_py_spy
 
-
-def ckptlab(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The real console entry (core/cli.py dispatching to profiling/cli.py), in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "ckptlab.core.cli", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+from cli_helpers import ckptlab, run_in_process
 
 
 def run_cli(capsys, *args) -> subprocess.CompletedProcess:
-    """profiling/cli.py in this process (no interpreter start-up); same result shape."""
+    """profiling/cli.py in this process."""
     from ckptlab.profiling.cli import main
 
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, rc, out.out, out.err)
+    return run_in_process(main, capsys, *args)
 
 
 def env_without_nsys() -> dict:
