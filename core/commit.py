@@ -52,6 +52,7 @@ import re
 import uuid
 
 from ckptlab.core.writer_io import DISARMED, NO_CHECKPOINT, CheckpointIO, WriterIO
+from ckptlab.profiling.phases import phase
 
 LOCK_NAME = ".ckptlab.lock"
 MAX_STEP = (1 << 63) - 1  # steps are int64; a larger number is not a step name
@@ -170,6 +171,16 @@ def retain(directory: str, committed_step: int, keep_last: int, io: CheckpointIO
     if doomed:
         io.io.fsync_dir(directory)
     return [s for s, _ in doomed]
+
+
+def retain_best_effort(directory: str, committed_step: int, keep_last: int, io: CheckpointIO = NO_CHECKPOINT) -> None:
+    """retain() as the writers run it after an acknowledgement, in its ``retain`` trace phase:
+    best effort, as in the engine, since a failed cleanup never affects the commit."""
+    with phase("retain", step=committed_step):
+        try:
+            retain(directory, committed_step, keep_last, io)
+        except OSError:
+            pass
 
 
 def recover(directory: str, io: WriterIO = DISARMED) -> list[str]:

@@ -184,11 +184,7 @@ class DcpCheckpointer:
         ck.mark("ack")
         with self._lock:
             self._durable_s[step] = time.perf_counter() - pending.t_issue
-        with phase("retain", step=step):
-            try:
-                commit.retain(self.directory, step, self.config.keep_last, ck)
-            except OSError:
-                pass  # best effort, as in the engine: a failed cleanup never affects the commit
+        commit.retain_best_effort(self.directory, step, self.config.keep_last, ck)
 
     def _wait_for_slot(self) -> None:
         """Back-pressure: at most ``max_inflight`` async saves in flight, never unbounded."""

@@ -93,11 +93,7 @@ class TorchSaveCheckpointer(CheckpointerBase):
             del payload
         ck.point("after_commit")
         ck.mark("ack")  # durable: what the engine logs just before it acknowledges
-        with phase("retain", step=step):
-            try:
-                commit.retain(self.directory, step, self.config.keep_last, ck)
-            except OSError:
-                pass  # best effort, as in the engine: a failed cleanup never affects the commit
+        commit.retain_best_effort(self.directory, step, self.config.keep_last, ck)
         self._record_stall(now() - t0)
 
     def wait(self, timeout: float | None = None) -> bool:
