@@ -17,7 +17,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 EXIT_TOOL_MISSING = 127  # like a shell's "command not found"
@@ -35,6 +35,21 @@ def _open_trace(path: str, prog: str) -> Any:
     except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
         print(f"ckptlab {prog}: cannot read {path} as a ckptlab trace: {e}", file=sys.stderr)
         return None
+
+
+def _draw(prog: str, out: str, draw: Callable[[], object]) -> int | None:
+    """Run ``draw``, which writes the figure ``out`` (a --plot); None once it did, else the
+    exit code after saying why not (127: a plotting package is missing)."""
+    try:
+        draw()
+    except ImportError as e:
+        print(f"{prog}: --plot needs matplotlib, seaborn and pandas ({e}); pip install 'ckptlab[analysis]'",
+              file=sys.stderr)
+        return EXIT_TOOL_MISSING
+    except OSError as e:
+        print(f"{prog}: cannot write {out}: {e}", file=sys.stderr)
+        return 2
+    return None
 
 
 def _phase_set(text: str | None) -> set[str] | None:
@@ -132,15 +147,10 @@ def _trace_threads(args: argparse.Namespace) -> int:
     if args.plot is not None and checkpoints:
         from ckptlab.analysis.straggler_plot import plot_writer_report
 
-        try:
-            plot_writer_report(table, args.plot, title=os.path.basename(args.trace))
-        except ImportError as e:
-            print(f"ckptlab trace threads: --plot needs matplotlib, seaborn and pandas ({e}); "
-                  f"pip install 'ckptlab[analysis]'", file=sys.stderr)
-            return EXIT_TOOL_MISSING
-        except OSError as e:
-            print(f"ckptlab trace threads: cannot write {args.plot}: {e}", file=sys.stderr)
-            return 2
+        failed = _draw("ckptlab trace threads", args.plot,
+                       lambda: plot_writer_report(table, args.plot, title=os.path.basename(args.trace)))
+        if failed is not None:
+            return failed
     if args.json:
         print(json.dumps({"checkpoints": checkpoints, "threads": threads, "totals": totals}, indent=2))
         return 0
@@ -169,15 +179,9 @@ def _analyze(args: argparse.Namespace) -> int:
         return 2
     summary = summarise(experiment)
     if args.plot is not None:
-        try:
-            plot_experiment(experiment, args.plot)
-        except ImportError as e:
-            print(f"{prog}: --plot needs matplotlib, seaborn and pandas ({e}); pip install 'ckptlab[analysis]'",
-                  file=sys.stderr)
-            return EXIT_TOOL_MISSING
-        except OSError as e:
-            print(f"{prog}: cannot write {args.plot}: {e}", file=sys.stderr)
-            return 2
+        failed = _draw(prog, args.plot, lambda: plot_experiment(experiment, args.plot))
+        if failed is not None:
+            return failed
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
