@@ -28,7 +28,7 @@ def _run_killed_then_resume(tmp_path: Path, faults: str | None, *flags: str) -> 
     return tmp_path / "loss.txt", resumed.summary
 
 
-@pytest.mark.slow  # the same kill as test_validation_kill_during_write (validate --kill-during-write)
+@pytest.mark.slow  # the same kill as test_train_demo.py's (validate --kill-during-write, before_rename of step 8)
 def test_kill_before_the_commit_rename_falls_back_to_the_previous_checkpoint(
         tmp_path: Path, reference_losses) -> None:
     """The second checkpoint (step 8) dies between its fsyncs and its rename."""

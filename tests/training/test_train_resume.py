@@ -15,7 +15,9 @@ from training_helpers import loss_lines, skip_without_core, train
 
 # dcp is synchronous: killed right after save() returns is killed after a durable checkpoint,
 # which test_kill_after_durable_checkpoint_resumes_bit_exact covers
-ISSUE_KINDS = ["torchsave", "pccheck", pytest.param("dcp", marks=pytest.mark.slow), "dcp-async"]
+# pccheck: test_train_kill_during_write.py's large-state kill right after issuing covers it
+ISSUE_KINDS = ["torchsave", pytest.param("pccheck", marks=pytest.mark.slow), pytest.param("dcp", marks=pytest.mark.slow),
+               "dcp-async"]
 STEPS, FREQ = 12, 4
 
 

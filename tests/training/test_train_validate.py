@@ -16,7 +16,7 @@ from training_helpers import skip_without_core
 
 
 @pytest.mark.parametrize("kind, extra", [("torchsave", []),
-                                         # pccheck: killed mid-write in test_validation_kill_during_write
+                                         # pccheck: killed mid-write in test_train_demo.py
                                          pytest.param("pccheck", [], marks=pytest.mark.slow),
                                          # deferred: also killed mid-write in test_train_kill_during_write
                                          pytest.param("pccheck", ["--", "--snapshot", "deferred"],
@@ -31,6 +31,7 @@ def test_validation_in_ci(tmp_path: Path, kind: str, extra: list[str]) -> None:
     assert (tmp_path / "losses.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # the same run as test_train_demo.py's (demo = validate --kill-during-write + figures)
 def test_validation_kill_during_write(tmp_path: Path) -> None:
     skip_without_core("pccheck")
     code = main(["--checkpointer", "pccheck", "--steps", "12", "--freq", "4", "--kill-after",
