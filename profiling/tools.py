@@ -3,18 +3,21 @@
 ``nsys``: ``nsys profile --trace=cuda,nvtx,osrt --sample=cpu --cpuctxsw=process-tree`` (NVTX
 ranges of the engine and the Python side, CUDA copies and kernels, OS-runtime calls such as
 pwrite/fsync, CPU samples and context switches), then ``nsys stats`` for the NVTX summary.
-``py-spy``: ``py-spy record --format speedscope`` of the Python side.
+``py-spy``: ``py-spy record --format speedscope --pid`` of the command ckptlab started (its
+exit status is the command's).
 
 Both set ``CKPTLAB_RUN_ID`` for the child (unless already set) and name their output after
 it, so a ``--trace FILE`` written by the same run carries the same run id as the profile.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,8 +56,15 @@ def nsys_missing_message() -> str:
             "`ckptlab trace export FILE --chrome out.json` shows every engine phase per thread in Perfetto UI.")
 
 
+PY_SPY_ENV = "PY_SPY"
+
+
 def find_py_spy() -> str | None:
-    """``py-spy`` next to this Python (a venv's bin), else on PATH."""
+    """``$PY_SPY`` (as given, checked by ``check_py_spy``), else ``py-spy`` next to this
+    Python (a venv's bin), else on PATH."""
+    env = os.environ.get(PY_SPY_ENV)
+    if env:
+        return env
     local = os.path.join(os.path.dirname(sys.executable), "py-spy")
     if os.access(local, os.X_OK):
         return local
@@ -62,8 +72,24 @@ def find_py_spy() -> str | None:
 
 
 def py_spy_missing_message() -> str:
-    return ("py-spy is not installed here (looked next to this Python and on PATH): "
+    return ("py-spy is not installed here (looked at $PY_SPY, next to this Python and on PATH): "
             "`pip install py-spy`, or `pip install 'ckptlab[profile]'`.")
+
+
+def check_py_spy(py_spy: str) -> None:
+    """Raise ToolMissing unless ``py_spy --version`` runs: a py-spy that cannot run at all is
+    the user's to fix before anything is started, unlike one that cannot sample a command."""
+    where = f"{PY_SPY_ENV}={py_spy}" if os.environ.get(PY_SPY_ENV) == py_spy else py_spy
+    if not (os.path.isfile(py_spy) and os.access(py_spy, os.X_OK)):
+        raise ToolMissing(f"py-spy not found: {where} is not an executable file. " + py_spy_missing_message())
+    try:
+        probe = subprocess.run([py_spy, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ToolMissing(f"py-spy at {where} does not run: {e}") from None
+    if probe.returncode != 0:
+        said = (probe.stderr or probe.stdout).strip()[-300:]
+        raise ToolMissing(f"py-spy at {where} does not run (`--version` exited {probe.returncode}"
+                          + (f": {said}" if said else "") + "); reinstall it: `pip install --force-reinstall py-spy`")
 
 
 @dataclass(frozen=True)
@@ -137,34 +163,101 @@ class PySpyOptions:
     gil: bool = False           # only samples holding the GIL
 
 
-def py_spy_record_command(py_spy: str, cmd: Sequence[str], opts: PySpyOptions) -> list[str]:
+def py_spy_record_command(py_spy: str, pid: int | str, opts: PySpyOptions) -> list[str]:
+    """``py-spy record`` attached to the running command ``pid`` (see ``run_py_spy`` for why)."""
     out = [py_spy, "record", "--format", "speedscope", "--output", opts.output, "--rate", str(opts.rate), "--threads"]
     for flag, on in (("--native", opts.native), ("--idle", opts.idle), ("--subprocesses", opts.subprocesses),
                      ("--gil", opts.gil)):
         if on:
             out.append(flag)
-    return [*out, "--", *cmd]
+    return [*out, "--pid", str(pid)]
+
+
+_PR_SET_PTRACER = 0x59616D61  # prctl: let a named process (and its descendants) ptrace the caller
+
+
+def _let_parent_trace() -> None:
+    """In the command's process before exec: under Yama ptrace_scope 1 only an ancestor may
+    attach; naming our process keeps py-spy, our child and the command's sibling, allowed as
+    when py-spy launched the command itself. Without Yama the call fails, harmlessly."""
+    import ctypes
+
+    with contextlib.suppress(Exception):
+        ulong = ctypes.c_ulong
+        ctypes.CDLL(None, use_errno=True).prctl(ctypes.c_int(_PR_SET_PTRACER), ulong(os.getppid()), ulong(0),
+                                                ulong(0), ulong(0))
+
+
+def _wait(proc: subprocess.Popen) -> int:
+    """The exit status, waiting through Ctrl-C (the command and py-spy get it too and stop)."""
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            continue
+
+
+def _status(rc: int) -> int:
+    return rc if rc >= 0 else 128 - rc  # killed by signal N: 128 + N, as a shell says it
+
+
+def _py_spy_said(log: str) -> str:
+    """py-spy's error and its causes, without the Rust backtrace it prints after them."""
+    lines = []
+    for line in log.splitlines():
+        if line.startswith("Stack backtrace"):
+            break
+        if line.strip() and not line.startswith("py-spy> "):
+            lines.append(line.strip())
+    return " ".join(lines)[-600:] or "(nothing on stderr)"
 
 
 def run_py_spy(cmd: Sequence[str], opts: PySpyOptions, dry_run: bool = False, run_id: str | None = None) -> int:
-    """Record a speedscope profile of ``cmd``; returns py-spy's exit code (the command's, when
-    it ran). Raises ToolMissing when py-spy is not installed."""
+    """Record a speedscope profile of ``cmd``; returns the command's own exit status.
+
+    ckptlab starts the command and attaches ``py-spy record --pid`` to it, rather than
+    having py-spy launch it: py-spy's exit code says only whether sampling worked (0 for a
+    command that exited 3, 1 for one that ended before py-spy could attach, and it kills
+    the command when it fails). A py-spy problem is a warning; the command's status stands.
+    Raises ToolMissing when py-spy is not installed or does not run."""
     py_spy = find_py_spy()
     if py_spy is None and not dry_run:
         raise ToolMissing(py_spy_missing_message())
     run_id = run_id or run_id_for_child()
-    env = _child_env(run_id)
-    record = py_spy_record_command(py_spy or "py-spy", cmd, opts)
     if dry_run:
-        print(f"{RUN_ID_ENV}={run_id} " + subprocess.list2cmdline(record))
+        print(f"{RUN_ID_ENV}={run_id} " + subprocess.list2cmdline(list(cmd)) + " &")
+        print(subprocess.list2cmdline(py_spy_record_command(py_spy or "py-spy", "$!", opts)))
         return 0
-    rc = subprocess.call(record, env=env)
-    if os.path.exists(opts.output):
+    check_py_spy(py_spy)
+    before = _mtime(opts.output)
+    command = subprocess.Popen(list(cmd), env=_child_env(run_id), preexec_fn=_let_parent_trace)
+    with tempfile.TemporaryFile("w+") as log:
+        try:
+            spy = subprocess.Popen(py_spy_record_command(py_spy, command.pid, opts), stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=log)
+        except OSError as e:
+            spy, said = None, str(e)
+        status = _status(_wait(command))
+        if spy is not None:
+            spy_rc = _wait(spy)
+            log.seek(0)
+            said = _py_spy_said(log.read())
+    wrote = _mtime(opts.output) not in (None, before)
+    if spy is not None and spy_rc == 0 and wrote:
         print(f"ckptlab profile py-spy: speedscope profile {opts.output} (run id {run_id}); "
               f"open it at speedscope.app or with `npx speedscope {opts.output}`", file=sys.stderr)
     else:
-        print(f"ckptlab profile py-spy: no profile written (py-spy exited {rc}). If it reported a permission "
-              f"error, the container needs ptrace rights (CAP_SYS_PTRACE, or kernel.yama.ptrace_scope=0)",
-              file=sys.stderr)
-        return rc or 1
-    return rc
+        hint = (" If it is a permission error, py-spy needs ptrace rights over the command (CAP_SYS_PTRACE in a "
+                "container, or kernel.yama.ptrace_scope 0 or 1)." if "ermission" in said else
+                " A command that ends within a fraction of a second is often gone before py-spy can attach.")
+        print(f"ckptlab profile py-spy: warning: no profile written: py-spy "
+              f"{'exited ' + str(spy_rc) if spy is not None else 'did not start'}: {said}; "
+              f"the command exited {status} (that is this exit status).{hint}", file=sys.stderr)
+    return status
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None

@@ -82,3 +82,77 @@ def test_the_old_affinity_spelling_names_the_new_command(capsys):
     assert r.returncode == 2 and "`ckptlab experiment affinity` (same flags)" in r.stderr
     assert "ckptlab experiment affinity --dir /tmp/x --out 'runs/a b' --threads 1,2" in r.stderr
     assert "ckptlab analyze OUT" in r.stderr and not r.stdout
+
+
+# -- the exit status is the command's own, whatever py-spy does ------------------------------
+
+def stand_in_py_spy(tmp_path, name: str, body: str) -> str:
+    """An executable that takes py-spy's place ($PY_SPY): `body` runs as its Python code."""
+    path = tmp_path / name
+    path.write_text(f"#!{sys.executable}\nimport os, sys, time\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+# fails at once, as py-spy does when the command is gone before it could attach
+FAILS_TO_ATTACH = """
+if sys.argv[1:] == ["--version"]:
+    print("py-spy 0.0-stand-in"); sys.exit(0)
+print("Error: Failed to find python version from target process", file=sys.stderr)
+sys.exit(1)
+"""
+
+# samples until its target (--pid) is gone, then writes the profile, as py-spy record does
+SAMPLES = """
+if sys.argv[1:] == ["--version"]:
+    print("py-spy 0.0-stand-in"); sys.exit(0)
+args = sys.argv[1:]
+pid = int(args[args.index("--pid") + 1])
+while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z":
+    time.sleep(0.005)
+open(args[args.index("--output") + 1], "w").write('{"$schema": "stand-in speedscope"}')
+"""
+
+
+def env_with(py_spy: str) -> dict:
+    return {**os.environ, "PY_SPY": py_spy}
+
+
+@pytest.mark.parametrize("code, expected", [("pass", 0), ("raise SystemExit(3)", 3)])
+@pytest.mark.parametrize("profiler", ["fails-to-attach", "samples"])
+def test_py_spy_exit_status_is_the_commands(profiler, code, expected, tmp_path, capsys, monkeypatch):
+    body = FAILS_TO_ATTACH if profiler == "fails-to-attach" else SAMPLES
+    monkeypatch.setenv("PY_SPY", stand_in_py_spy(tmp_path, profiler, body))
+    out = tmp_path / "p.json"
+    r = run_cli(capsys, "profile", "py-spy", "-o", out, "--", sys.executable, "-c", code)
+    assert r.returncode == expected, r.stderr
+    if profiler == "fails-to-attach":
+        assert not out.exists()
+        assert "warning" in r.stderr and "Failed to find python version" in r.stderr, r.stderr
+        assert f"the command exited {expected}" in r.stderr, r.stderr
+    else:
+        assert out.exists() and "warning" not in r.stderr, r.stderr
+
+
+def test_py_spy_missing_or_unusable_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    marker = tmp_path / "ran"
+    cmd = ["--", sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+    monkeypatch.setenv("PY_SPY", str(tmp_path / "absent"))
+    r = run_cli(capsys, "profile", "py-spy", *cmd)
+    assert r.returncode == 127 and "PY_SPY" in r.stderr and "absent" in r.stderr, r.stderr
+    broken = stand_in_py_spy(tmp_path, "broken", "print('cannot run here', file=sys.stderr); sys.exit(1)")
+    monkeypatch.setenv("PY_SPY", broken)
+    r = run_cli(capsys, "profile", "py-spy", *cmd)
+    assert r.returncode == 127 and "does not run" in r.stderr and "cannot run here" in r.stderr, r.stderr
+    assert not marker.exists(), "the command is not run without a working profiler"
+
+
+@pytest.mark.skipif(find_py_spy() is None, reason="py-spy is not installed (the test extras install it)")
+@pytest.mark.parametrize("code, expected", [("pass", 0), ("raise SystemExit(3)", 3)])
+def test_real_py_spy_on_a_short_command_exits_with_its_status(code, expected, tmp_path):
+    r = ckptlab("profile", "py-spy", "-o", tmp_path / "p.json", "--", sys.executable, "-c", code)
+    if "ermission" in r.stderr or "ptrace" in r.stderr.lower():
+        pytest.skip(f"py-spy may not trace processes here: {r.stderr[-300:]}")
+    assert r.returncode == expected, r.stderr
+    # py-spy often cannot attach before such a command ends: a warning then, never a failure
+    assert (tmp_path / "p.json").exists() or "warning" in r.stderr, r.stderr
