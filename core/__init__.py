@@ -15,7 +15,7 @@ _EXPORTS = {
     "ckptlab.core.checkpointer": ("KINDS", "Checkpointer", "open_checkpointer"),
     "ckptlab.core.config": ("CheckpointConfig",),
     "ckptlab.core.errors": ("CheckpointError", "CheckpointMismatchError", "CheckpointWriteError",
-                            "CorruptCheckpointError", "ManifestError", "NoCheckpointError",
+                            "CorruptCheckpointError", "CorruptCheckpointWarning", "ManifestError", "NoCheckpointError",
                             "SnapshotTornError", "UnsafePickleError"),
     "ckptlab.core.recovery": ("CheckpointInfo", "list_checkpoints", "load_latest", "verify_checkpoint"),
 }
@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from ckptlab.core.checkpointer import KINDS, Checkpointer, open_checkpointer
     from ckptlab.core.config import CheckpointConfig
     from ckptlab.core.errors import (CheckpointError, CheckpointMismatchError, CheckpointWriteError,
-                                     CorruptCheckpointError, ManifestError, NoCheckpointError,
+                                     CorruptCheckpointError, CorruptCheckpointWarning, ManifestError,
+                                     NoCheckpointError,
                                      SnapshotTornError, UnsafePickleError)
     from ckptlab.core.recovery import CheckpointInfo, list_checkpoints, load_latest, verify_checkpoint
 

@@ -40,7 +40,7 @@ from ckptlab.core import commit
 from ckptlab.core.checkpointer import check_config, check_optimizers, check_step, check_timeout
 from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.durable import makedirs_durable, write_file_durable
-from ckptlab.core.errors import CheckpointError, CheckpointMismatchError, NoCheckpointError
+from ckptlab.core.errors import CheckpointError, CheckpointMismatchError, CorruptCheckpointWarning, NoCheckpointError
 from ckptlab.core.recovery import CheckpointInfo
 from ckptlab.core.writer_io import CheckpointIO, WriterIO
 from ckptlab.profiling.phases import phase
@@ -262,7 +262,7 @@ class DcpCheckpointer:
             except CheckpointMismatchError:
                 raise
             except Exception as exc:  # corrupt or unreadable: fall back, loudly
-                warnings.warn(f"skipping unreadable DCP checkpoint {path}: {exc!r}", RuntimeWarning, stacklevel=2)
+                warnings.warn(CorruptCheckpointWarning(path, s, f"unreadable DCP checkpoint: {exc!r}"), stacklevel=2)
                 failures.append(f"{path}: {exc!r}")
         detail = f" (unreadable: {'; '.join(failures)})" if failures else ""
         what = f"step {step}" if step is not None else "DCP checkpoint"

@@ -27,6 +27,19 @@ class CorruptCheckpointError(CheckpointError):
         self.reason = reason
 
 
+class CorruptCheckpointWarning(RuntimeWarning):
+    """Loading skipped the checkpoint of ``step`` at ``path`` because it is corrupt
+    (``reason``) and fell back to an older one. Issued once per skip with ``warnings.warn``:
+    the one channel, so it can be caught (``warnings.catch_warnings(record=True)``,
+    ``pytest.warns``), silenced or made an error by category; never logged as well."""
+
+    def __init__(self, path: str, step: int, reason: str) -> None:
+        super().__init__(f"ckptlab: skipping corrupt checkpoint {path}: {reason}")
+        self.path = path
+        self.step = step
+        self.reason = reason
+
+
 class ManifestError(CorruptCheckpointError):
     """The MANIFEST file is missing, torn, fails its checksum, or does not follow the format."""
 

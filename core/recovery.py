@@ -2,13 +2,12 @@
 
 A checkpoint counts only if its directory has a committed name, its MANIFEST decodes (own
 checksum included), every data file has the size the manifest says, and every chunk's
-CRC32C matches. Anything else is reported and skipped: the loader falls back to the next
+CRC32C matches. Anything else is reported (one ``CorruptCheckpointWarning``) and skipped: the loader falls back to the next
 older checkpoint and never loads a corrupt one silently. The loader only reads.
 """
 from __future__ import annotations
 
 import io
-import logging
 import os
 import warnings
 from collections.abc import Mapping
@@ -19,13 +18,12 @@ import numpy as np
 import torch
 
 from ckptlab import _engine
-from ckptlab.core.errors import CheckpointError, CorruptCheckpointError, ManifestError, NoCheckpointError
+from ckptlab.core.errors import (CheckpointError, CorruptCheckpointError, CorruptCheckpointWarning, ManifestError,
+                                 NoCheckpointError)
 from ckptlab.core.commit import committed_step_dirs
 from ckptlab.core.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, decode_manifest
 from ckptlab.core.state import dtype_from_name, restore, unpickle_skeleton
 from ckptlab.profiling.phases import add_engine_records, phase, recording
-
-log = logging.getLogger("ckptlab")
 
 
 @dataclass(frozen=True)
@@ -204,9 +202,7 @@ def load_latest(
                 m, tree, tensors = read_checkpoint(path, threads, allow_pickle)
         except CorruptCheckpointError as e:
             skipped.append(str(e))
-            msg = f"ckptlab: skipping corrupt checkpoint {path}: {e.reason}"
-            log.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            warnings.warn(CorruptCheckpointWarning(path, s, e.reason), stacklevel=2)  # the one report
             continue
         if m.step != s:
             skipped.append(f"{path}: directory says step {s}, manifest says {m.step}")

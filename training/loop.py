@@ -34,7 +34,9 @@ from typing import Any
 import torch
 
 from ckptlab.core.checkpointer import Checkpointer, open_checkpointer
-from ckptlab.core.errors import CheckpointError, CheckpointMismatchError, NoCheckpointError
+from ckptlab.core.commit import LOCK_NAME
+from ckptlab.core.errors import (CheckpointError, CheckpointMismatchError, CorruptCheckpointWarning,
+                                 NoCheckpointError)
 from ckptlab.training.config import TrainConfig
 from ckptlab.training.data import ResumableSampler, SyntheticTokens
 from ckptlab.profiling.lossfile import LossWriter, truncate_loss_file
@@ -50,6 +52,10 @@ class TrainError(Exception):
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class _NothingToResume(TrainError):
+    """``--load-checkpoint`` found no checkpoint it could load; the directory stays as it was."""
 
 
 @dataclass
@@ -189,6 +195,46 @@ def _refuse_unreadable_steps(cfg: TrainConfig, why: str) -> None:
                          f"that wrote them")
 
 
+def _check_something_to_resume(d: Path) -> None:
+    """``--load-checkpoint`` into a directory that is missing or holds nothing that could be a
+    checkpoint fails before the checkpointer is opened: opening would create the directory
+    and its lock file for a run that is about to stop."""
+    fix = ("give the --ckpt-dir of the run to resume, or add --allow-fresh-start to start from "
+           "step 0")
+    if not d.exists():
+        raise _NothingToResume(f"--load-checkpoint: --ckpt-dir {d} does not exist, so there is "
+                               f"nothing to resume from; {fix} (nothing was created)")
+    if not d.is_dir():
+        raise _NothingToResume(f"--load-checkpoint: --ckpt-dir {d} is not a directory; {fix}")
+    if not any(p.name.startswith(("step_", ".step_")) for p in d.iterdir()):
+        raise _NothingToResume(f"--load-checkpoint: --ckpt-dir {d} holds no checkpoints (no step_* "
+                               f"directories), so there is nothing to resume from; {fix} (the "
+                               f"directory was left as it was)")
+
+
+def _skips(caught: list[warnings.WarningMessage]) -> list[CorruptCheckpointWarning]:
+    return [w.message for w in caught if isinstance(w.message, CorruptCheckpointWarning)]
+
+
+def _pass_on_other_warnings(caught: list[warnings.WarningMessage]) -> None:
+    for w in caught:
+        if not isinstance(w.message, CorruptCheckpointWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def _nothing_valid_message(cfg: TrainConfig, exc: NoCheckpointError,
+                           skips: list[CorruptCheckpointWarning]) -> str:
+    """One line: what was wrong with each checkpoint, what was done (nothing), what to do."""
+    if skips:
+        found = "; ".join(f"{Path(w.path).name} is corrupt ({w.reason})" for w in skips)
+        what = f"no valid checkpoint in {cfg.ckpt_dir}: {found}"
+    else:
+        what = str(exc)
+    return (f"--load-checkpoint: {what}. Nothing was changed. Resume from a copy whose checkpoints are "
+            f"intact, or start over in a new --ckpt-dir (without --load-checkpoint): a run never starts "
+            f"fresh over checkpoints it cannot read")
+
+
 def _resume(cfg: TrainConfig, ck: Checkpointer, state: dict[str, Any]) -> int | None:
     """Restore the newest valid checkpoint into ``state``; its step, or None to start fresh."""
     if not cfg.load_checkpoint:
@@ -199,21 +245,26 @@ def _resume(cfg: TrainConfig, ck: Checkpointer, state: dict[str, Any]) -> int | 
                              f"use an empty --ckpt-dir")
         _refuse_unreadable_steps(cfg, "")
         return None
-    try:
-        step, loaded = ck.load(state=state)  # the checkpointer records its own `load` phase
-    except NoCheckpointError as exc:
-        if cfg.allow_fresh_start:
-            _refuse_unreadable_steps(cfg, f" ({exc})")
-            _log(f"no checkpoint to resume from in {cfg.ckpt_dir} ({exc}); starting fresh "
-                 f"(--allow-fresh-start)")
-            return None
-        raise TrainError(f"--load-checkpoint: no valid checkpoint in {cfg.ckpt_dir} ({exc}); "
-                         f"pass --allow-fresh-start to start from step 0 instead") from exc
-    except CheckpointMismatchError as exc:
-        raise TrainError(f"refusing checkpoint in {cfg.ckpt_dir}: it does not fit this "
-                         f"model: {exc}") from exc
-    except (CheckpointError, ValueError, KeyError, RuntimeError) as exc:
-        raise TrainError(f"could not restore from {cfg.ckpt_dir}: {exc}") from exc
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CorruptCheckpointWarning)
+        try:
+            step, loaded = ck.load(state=state)  # the checkpointer records its own `load` phase
+        except NoCheckpointError as exc:
+            if cfg.allow_fresh_start:
+                _refuse_unreadable_steps(cfg, f" ({exc})")
+                _log(f"no checkpoint to resume from in {cfg.ckpt_dir} ({exc}); starting fresh "
+                     f"(--allow-fresh-start)")
+                return None
+            raise _NothingToResume(_nothing_valid_message(cfg, exc, _skips(caught))) from exc
+        except CheckpointMismatchError as exc:
+            raise TrainError(f"refusing checkpoint in {cfg.ckpt_dir}: it does not fit this "
+                             f"model: {exc}") from exc
+        except (CheckpointError, ValueError, KeyError, RuntimeError) as exc:
+            raise TrainError(f"could not restore from {cfg.ckpt_dir}: {exc}") from exc
+        finally:
+            _pass_on_other_warnings(caught)
+    for skip in _skips(caught):  # the one report of each skip (the error lists them when none loads)
+        _log(f"warning: skipping corrupt checkpoint {skip.path}: {skip.reason}")
     saved_run = (loaded.get("extra") or {}).get("run") if isinstance(loaded, dict) else None
     if isinstance(saved_run, dict):
         differs = sorted(k for k, v in cfg.run_description().items()
@@ -256,6 +307,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         torch.backends.cudnn.allow_tf32 = cfg.tf32
     if cfg.resolved_threads():
         torch.set_num_threads(cfg.resolved_threads())
+    if cfg.load_checkpoint and not cfg.allow_fresh_start:
+        _check_something_to_resume(Path(cfg.ckpt_dir))  # before opening creates the directory
+    had_lock = (Path(cfg.ckpt_dir) / LOCK_NAME).exists()
     try:  # before the model is built: a directory another writer holds fails fast
         ck = open_checkpointer(cfg.checkpointer, cfg.ckpt_dir,
                                cfg.checkpoint.replace(trace=cfg.checkpoint.trace or cfg.trace is not None))
@@ -274,6 +328,11 @@ def train(cfg: TrainConfig) -> TrainResult:
         _run(cfg, ck, state, device, result, trace)
         if not result.abandon_threads:
             ck.close()  # raises a failure of the last checkpoints
+    except _NothingToResume:
+        if not had_lock:  # opening made it; unlinked while still held, so no opener keeps a stale one
+            with contextlib.suppress(FileNotFoundError):
+                (Path(cfg.ckpt_dir) / LOCK_NAME).unlink()
+        raise
     except CheckpointError as exc:
         raise TrainError(f"checkpointing failed: {exc}", exit_code=1) from exc
     finally:

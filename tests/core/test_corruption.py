@@ -1,5 +1,6 @@
 """Bit rot, truncation and foreign files: reported, skipped, never loaded silently."""
 import json
+import warnings
 import os
 import subprocess
 import sys
@@ -154,3 +155,27 @@ def test_inspect_without_verify_checks_manifests_only(ckpt_dir):
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0
     assert {x["status"] for x in json.loads(r.stdout)} == {"unverified"}
+
+
+@pytest.mark.parametrize("how", ["load_latest", "checkpointer"])
+def test_a_skipped_corrupt_checkpoint_is_reported_exactly_once(how, ckpt_dir, caplog):
+    """One report per skip, a CorruptCheckpointWarning a library user can catch and read
+    (path, step, reason), and no second copy of it in the log."""
+    from ckptlab.core import CorruptCheckpointWarning
+
+    newest = make_three(ckpt_dir, "torchsave")
+    flip_data(newest)
+    caplog.set_level("DEBUG", logger="ckptlab")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if how == "load_latest":
+            step, _ = load_latest(ckpt_dir)
+        else:
+            with open_checkpointer("pccheck", ckpt_dir, CheckpointConfig()) as ck:
+                step, _ = ck.load()
+    assert step == 2
+    reports = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
+    assert len([r for r in reports if "step_000000000003" in r]) == 1, reports
+    (w,) = caught
+    assert issubclass(w.category, CorruptCheckpointWarning) and issubclass(w.category, RuntimeWarning)
+    assert w.message.step == 3 and w.message.path == newest and "checksum" in w.message.reason

@@ -52,7 +52,8 @@ def test_load_checkpoint_without_one_exits_2_unless_fresh_start_allowed(
               "2", "--load-checkpoint", "--no-progress"]
     code, err = _exit_code_and_stderr(common, capsys)
     assert code == 2
-    assert "no valid checkpoint" in err and "--allow-fresh-start" in err
+    assert "nothing to resume from" in err and "--allow-fresh-start" in err
+    assert not (tmp_path / "ck").exists()
     code, err = _exit_code_and_stderr(common + ["--allow-fresh-start"], capsys)
     assert code == 0, err
     assert "starting fresh" in err
@@ -127,3 +128,64 @@ def test_bad_fault_flag_is_a_clear_error(tmp_path):
            "--ckpt-dir", str(tmp_path / "c"), "--no-progress", "--fault", "point=nowhere"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown point 'nowhere'" in proc.stderr
+
+
+# -- a resume that cannot happen says so once and leaves the directory as it was -------------
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``root`` with its size and mtime: what "left as it was" compares."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def _flip_newest_data(ck: Path, which: str = "newest") -> Path:
+    steps = sorted(ck.glob("step_*"))
+    for step in (steps if which == "all" else steps[-1:]):
+        data = sorted(p for p in step.iterdir() if p.name != "MANIFEST")[0]
+        with open(data, "r+b") as f:
+            f.seek(data.stat().st_size // 2)
+            byte = f.read(1)[0]
+            f.seek(-1, 1)
+            f.write(bytes([byte ^ 0x10]))
+    return steps[-1]
+
+
+@pytest.mark.parametrize("kind", ["torchsave", "pccheck"])
+@pytest.mark.parametrize("where", ["missing", "empty", "corrupt"])
+def test_a_failed_resume_says_it_once_and_changes_nothing(
+        where: str, kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ck = tmp_path / "ck"
+    run = ["--checkpointer", kind, "--ckpt-dir", str(ck), "--training-steps", "2", "--no-progress"]
+    if where != "missing":
+        ck.mkdir()
+    if where == "corrupt":
+        assert _exit_code_and_stderr([*run, "--checkpoint-freq", "1"], capsys)[0] == 0
+        _flip_newest_data(ck, "all")
+        (ck / ".ckptlab.lock").unlink()  # a copied-in directory without one must not gain one
+    before = _tree(ck) if ck.exists() else None
+    code, err = _exit_code_and_stderr([*run, "--load-checkpoint"], capsys)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ckptlab train: error: --load-checkpoint"), err
+    assert err.count(str(ck)) == 1 and err.count("no valid checkpoint") <= 1, err
+    what_to_do = {"missing": "does not exist", "empty": "holds no checkpoints", "corrupt": "checksum"}[where]
+    assert what_to_do in err, err
+    assert ("--allow-fresh-start" in err) == (where != "corrupt"), err  # it refuses a corrupt dir
+    if where == "corrupt":
+        assert err.count("step_000000000002") == 1 and err.count("step_000000000001") == 1, err
+        assert "new --ckpt-dir" in err, err
+    assert (_tree(ck) if ck.exists() else None) == before
+
+
+def test_a_skipped_corrupt_checkpoint_is_reported_once_by_the_cli(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The real CLI's stderr (a subprocess: pytest would capture the warning and the log)."""
+    ck = tmp_path / "ck"
+    run = ["--checkpointer", "pccheck", "--ckpt-dir", str(ck), "--checkpoint-freq", "2", "--no-progress"]
+    assert _exit_code_and_stderr([*run, "--training-steps", "4"], capsys)[0] == 0
+    newest = _flip_newest_data(ck)
+    proc = subprocess.run([sys.executable, "-m", "ckptlab.training.cli", *run, "--training-steps", "4",
+                           "--load-checkpoint"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count(newest.name) == 1, proc.stderr
+    assert "ckptlab train: warning: skipping corrupt checkpoint" in proc.stderr, proc.stderr
+    assert "resumed from step 2" in proc.stderr
