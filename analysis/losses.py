@@ -4,7 +4,7 @@ Identical runs must be seen to overlap, so each curve gets its own line style an
 (solid wide underneath, dashed, dotted on top) instead of relying on colour alone. The title
 says whether the files are identical to the last bit (``profiling.lossfile``).
 
-    python -m ckptlab.analysis.losses a.txt b.txt c.txt -o losses.png
+    python -m ckptlab.analysis.losses a.txt b.txt c.csv -o losses.png   # either loss-file format
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def plot_losses(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m ckptlab.analysis.losses") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description="Plot loss files ('<step> <loss>' per line).")
+    parser = argparse.ArgumentParser(prog=prog, description="Plot loss files ('step,loss' CSV or '<step> <loss>' lines).")
     parser.add_argument("loss_files", nargs="+", type=Path)
     parser.add_argument("-o", "--out", type=Path, default=Path("losses.png"),
                         help="PNG to write (default losses.png)")

@@ -1,9 +1,21 @@
-"""The loss file: one line per optimizer step, ``<step> <loss>``, compared byte for byte.
+"""The loss file: one line per optimizer step, compared byte for byte.
 
-The loss is written with ``repr(float)``. Python's float repr is the shortest decimal that
-reads back to the same double, and a fp32/bf16 loss converts to a double exactly, so two
-files are byte-identical exactly when every loss is bit-identical — "identical to the last
-bit" is ``cmp a.txt b.txt``. ``float.fromhex``-style hex is not needed and stays readable.
+Two formats, chosen by the file name when a run creates the file:
+
+* ``*.csv``: real CSV, a ``step,loss`` header then ``<step>,<loss>`` (``pandas.read_csv``
+  gives an int64 ``step`` and a float64 ``loss`` column);
+* any other name (``loss.txt``, the validation's files): ``<step> <loss>``, no header.
+
+The loss is written with ``repr(float)`` in both: Python's float repr is the shortest decimal
+that reads back to the same double, and a fp32/bf16 loss converts to a double exactly, so two
+files are byte-identical exactly when every loss is bit-identical ("identical to the last
+bit" is ``cmp a.csv b.csv``), and a CSV reader gets the very same doubles back (pandas' parser
+round-trips them, tested). ``float.hex`` would be exact too, but a CSV reader would see
+strings, not numbers.
+
+Readers go by the content, not the name: a file without the header is the space-separated
+format, which earlier runs also wrote under ``loss_trace_*.csv`` names; a resumed run
+appends in the format the file already has, so an old run stays comparable with itself.
 
 A resumed run first cuts the file back to the checkpoint's step (a killed run may have
 logged steps past its last durable checkpoint), then appends, so the file always describes
@@ -23,33 +35,66 @@ from typing import IO
 from ckptlab.profiling.files import atomic_write_bytes
 
 __all__ = ["LossWriter", "read_loss_file", "truncate_loss_file", "compare_loss_files",
-           "LossMismatch", "format_line"]
+           "LossMismatch", "format_line", "CSV_HEADER"]
 
 
-def format_line(step: int, loss: float) -> str:
-    return f"{step} {float(loss)!r}\n"
+CSV_HEADER = "step,loss"
+
+
+def format_line(step: int, loss: float, sep: str = " ") -> str:
+    return f"{step}{sep}{float(loss)!r}\n"
+
+
+def _is_csv_name(path: str | os.PathLike[str]) -> bool:
+    return Path(path).suffix.lower() == ".csv"
+
+
+def _separator_of(path: Path) -> str | None:
+    """The separator of an existing, non-empty file (',' when it has the CSV header), else None."""
+    try:
+        with open(path, encoding="ascii") as f:
+            first = f.readline()
+    except FileNotFoundError:
+        return None
+    if not first:
+        return None
+    return "," if first.strip() == CSV_HEADER else " "
+
+
+def _parse(path: str | os.PathLike[str], lineno: int, line: str) -> tuple[int, float]:
+    parts = line.strip().split(",") if "," in line else line.split()
+    if len(parts) != 2:
+        raise ValueError(f"{path}:{lineno}: expected '<step>,<loss>' or '<step> <loss>', got {line!r}")
+    try:
+        return int(parts[0]), float(parts[1])
+    except ValueError:
+        raise ValueError(f"{path}:{lineno}: expected a step and a loss, got {line!r}") from None
 
 
 def read_loss_file(path: str | os.PathLike[str]) -> list[tuple[int, float]]:
-    """[(step, loss), ...] in file order; ``ValueError`` naming the line if malformed."""
+    """[(step, loss), ...] in file order, from either format; ``ValueError`` naming the line
+    if malformed."""
     rows = []
     with open(path, encoding="ascii") as f:
         for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{lineno}: expected '<step> <loss>', got {line!r}")
-            rows.append((int(parts[0]), float(parts[1])))
+            if lineno == 1 and line.strip() == CSV_HEADER:
+                continue
+            rows.append(_parse(path, lineno, line))
     return rows
 
 
 def truncate_loss_file(path: str | os.PathLike[str], last_step: int) -> int:
-    """Keep the lines with step <= ``last_step`` (atomically); returns how many were kept."""
+    """Keep the lines with step <= ``last_step`` (and a CSV header), atomically; returns how
+    many steps were kept."""
     path = Path(path)
     if not path.exists():
         return 0
     with open(path, encoding="ascii") as f:
-        kept = [line for line in f if line.split() and int(line.split()[0]) <= last_step]
-    atomic_write_bytes(path, "".join(kept).encode("ascii"))
+        lines = f.readlines()
+    header = lines[:1] if lines and lines[0].strip() == CSV_HEADER else []
+    kept = [line for i, line in enumerate(lines[len(header):], len(header) + 1)
+            if line.strip() and _parse(path, i, line)[0] <= last_step]
+    atomic_write_bytes(path, "".join(header + kept).encode("ascii"))
     return len(kept)
 
 
@@ -58,13 +103,19 @@ class LossWriter:
 
     def __init__(self, path: str | os.PathLike[str] | None, *, append: bool) -> None:
         self._file: IO[str] | None = None
+        self._sep = " "
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            existing = _separator_of(Path(path)) if append else None
+            self._sep = existing or ("," if _is_csv_name(path) else " ")
             self._file = open(path, "a" if append else "w", encoding="ascii")
+            if existing is None and self._sep == ",":
+                self._file.write(CSV_HEADER + "\n")
+                self._file.flush()
 
     def write(self, step: int, loss: float) -> None:
         if self._file is not None:
-            self._file.write(format_line(step, loss))
+            self._file.write(format_line(step, loss, self._sep))
             self._file.flush()
 
     def sync(self) -> None:

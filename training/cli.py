@@ -125,7 +125,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, *,
     seeds.add_argument("--sequence-length", type=_positive_int, default=None,
                        help="tokens per sample (default: the preset's)")
     seeds.add_argument("--loss-file", type=Path, default=None,
-                       help="write '<step> <repr(loss)>' per step; byte-comparable across runs")
+                       help="write each step's loss: '<step> <repr(loss)>' lines, or a CSV with a "
+                            "'step,loss' header when FILE ends in .csv; byte-comparable across runs")
     seeds.add_argument("--load-checkpoint", action="store_true",
                        help="resume from the newest valid checkpoint in --ckpt-dir "
                             "(exit 2 if there is none, unless --allow-fresh-start)")

@@ -189,3 +189,19 @@ def test_a_skipped_corrupt_checkpoint_is_reported_once_by_the_cli(tmp_path: Path
     assert proc.stderr.count(newest.name) == 1, proc.stderr
     assert "ckptlab train: warning: skipping corrupt checkpoint" in proc.stderr, proc.stderr
     assert "resumed from step 2" in proc.stderr
+
+
+def test_a_csv_loss_file_resumes_byte_identical(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--loss-file x.csv` through a resume: the header once, cut back to the checkpoint, appended."""
+    import shutil
+
+    ck, loss = tmp_path / "ck", tmp_path / "loss_trace_pccheck.csv"
+    run = ["--checkpointer", "pccheck", "--ckpt-dir", str(ck), "--training-steps", "4", "--checkpoint-freq", "2",
+           "--keep-last", "0", "--loss-file", str(loss), "--no-progress"]
+    assert _exit_code_and_stderr(run, capsys)[0] == 0
+    uninterrupted = loss.read_bytes()
+    assert uninterrupted.startswith(b"step,loss\n1,") and uninterrupted.count(b"\n") == 5
+    shutil.rmtree(ck / "step_000000000004")  # as if killed before checkpoint 4 was durable
+    code, err = _exit_code_and_stderr([*run, "--load-checkpoint"], capsys)
+    assert code == 0 and "resumed from step 2" in err, err
+    assert loss.read_bytes() == uninterrupted

@@ -82,3 +82,52 @@ def test_truncation_leaves_no_temp_file(tmp_path: Path) -> None:
     path = _write(tmp_path / "loss.txt", [5.0, 4.0, 3.0])
     truncate_loss_file(path, 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.txt"] and path.read_text() == "1 5.0\n"
+
+
+# -- a .csv loss file is real CSV; old space-separated files still read -----------------------
+
+def test_a_csv_loss_file_is_real_csv_and_round_trips_in_pandas(tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    values = [float(v) for v in np.random.default_rng(1).random(500, dtype=np.float32) * 10]
+    values += [0.1, 1 / 3, 5e-324, 1.7976931348623157e308]
+    path = _write(tmp_path / "loss_trace_pccheck.csv", values)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "step,loss" and lines[1] == f"1,{values[0]!r}"
+    frame = pd.read_csv(path)
+    assert list(frame.columns) == ["step", "loss"]
+    assert str(frame["step"].dtype) == "int64" and str(frame["loss"].dtype) == "float64"
+    assert frame["step"].tolist() == list(range(1, len(values) + 1))
+    assert frame["loss"].tolist() == values  # bit-exact: repr round-trips through pandas' parser
+    assert read_loss_file(path) == list(enumerate(values, 1))
+
+
+def test_csv_resume_truncates_and_appends_keeping_the_header(tmp_path: Path) -> None:
+    full = _write(tmp_path / "full.csv", [5.0, 4.0, 3.0, 2.0, 1.0])
+    resumed = _write(tmp_path / "resumed.csv", [5.0, 4.0, 3.0, 99.0])  # killed after step 4
+    assert truncate_loss_file(resumed, 3) == 3
+    writer = LossWriter(resumed, append=True)
+    writer.write(4, 2.0)
+    writer.write(5, 1.0)
+    writer.close()
+    assert compare_loss_files(full, resumed) is None and full.read_bytes() == resumed.read_bytes()
+
+
+def test_old_space_separated_files_still_read_and_resume_in_their_format(tmp_path: Path) -> None:
+    old = tmp_path / "loss_trace_old.csv"  # what earlier runs wrote under a .csv name
+    old.write_text("1 5.0\n2 4.0\n3 3.5\n")
+    assert read_loss_file(old) == [(1, 5.0), (2, 4.0), (3, 3.5)]
+    assert truncate_loss_file(old, 2) == 2
+    writer = LossWriter(old, append=True)  # a resumed old run continues in the file's own format
+    writer.write(3, 3.0)
+    writer.close()
+    assert old.read_text() == "1 5.0\n2 4.0\n3 3.0\n"
+    txt = _write(tmp_path / "loss.txt", [5.0, 4.0])  # other extensions keep '<step> <loss>'
+    assert txt.read_text() == "1 5.0\n2 4.0\n"
+
+
+def test_plot_reads_csv_and_old_files(tmp_path: Path) -> None:
+    new = _write(tmp_path / "a.csv", [3.0, 2.0])
+    old = tmp_path / "b.txt"
+    old.write_text("1 3.0\n2 2.0\n")
+    out = plot_losses([new, old], tmp_path / "p.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
