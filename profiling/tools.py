@@ -228,6 +228,7 @@ def run_py_spy(cmd: Sequence[str], opts: PySpyOptions, dry_run: bool = False, ru
         print(f"{RUN_ID_ENV}={run_id} " + subprocess.list2cmdline(list(cmd)) + " &")
         print(subprocess.list2cmdline(py_spy_record_command(py_spy or "py-spy", "$!", opts)))
         return 0
+    assert py_spy is not None  # not a dry run: ToolMissing above otherwise
     check_py_spy(py_spy)
     before = _mtime(opts.output)
     command = subprocess.Popen(list(cmd), env=_child_env(run_id), preexec_fn=_let_parent_trace)
