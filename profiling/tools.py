@@ -231,7 +231,11 @@ def run_py_spy(cmd: Sequence[str], opts: PySpyOptions, dry_run: bool = False, ru
     assert py_spy is not None  # not a dry run: ToolMissing above otherwise
     check_py_spy(py_spy)
     before = _mtime(opts.output)
-    command = subprocess.Popen(list(cmd), env=_child_env(run_id), preexec_fn=_let_parent_trace)
+    try:
+        command = subprocess.Popen(list(cmd), env=_child_env(run_id), preexec_fn=_let_parent_trace)
+    except OSError as e:  # as a shell says it: 127 not found, 126 not executable
+        print(f"ckptlab profile py-spy: cannot run {cmd[0]}: {e.strerror}", file=sys.stderr)
+        return 127 if isinstance(e, FileNotFoundError) else 126
     with tempfile.TemporaryFile("w+") as log:
         try:
             spy = subprocess.Popen(py_spy_record_command(py_spy, command.pid, opts), stdin=subprocess.DEVNULL,

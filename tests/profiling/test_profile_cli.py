@@ -145,6 +145,9 @@ def test_py_spy_missing_or_unusable_is_a_clear_error(tmp_path, capsys, monkeypat
     r = run_cli(capsys, "profile", "py-spy", *cmd)
     assert r.returncode == 127 and "does not run" in r.stderr and "cannot run here" in r.stderr, r.stderr
     assert not marker.exists(), "the command is not run without a working profiler"
+    monkeypatch.setenv("PY_SPY", stand_in_py_spy(tmp_path, "samples", SAMPLES))
+    r = run_cli(capsys, "profile", "py-spy", "--", str(tmp_path / "no-such-command"))
+    assert r.returncode == 127 and "cannot run" in r.stderr and "no-such-command" in r.stderr, r.stderr
 
 
 @pytest.mark.skipif(find_py_spy() is None, reason="py-spy is not installed (the test extras install it)")
