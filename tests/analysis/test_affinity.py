@@ -72,7 +72,7 @@ def test_analyze_draws_and_refuses_what_is_not_an_experiment(affinity_results, t
     assert main(["analyze", str(affinity_results), "--plot", str(tmp_path / "a.png")]) == 0
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG" and f"figure: {tmp_path / 'a.png'}" in capsys.readouterr().out
     assert main(["analyze", str(tmp_path / "absent")]) == 2
-    assert "no such directory" in capsys.readouterr().err
+    assert "no such trace file or experiment directory" in capsys.readouterr().err
     assert main(["analyze", str(tmp_path)]) == 2
     assert "not an experiment directory (no runs.jsonl)" in capsys.readouterr().err
     broken = tmp_path / "broken"
