@@ -50,7 +50,7 @@ PART_OF = {"cpu-wait": ("runq_wait_s", "waiting for a CPU"), "blocked": ("blocke
            "on-cpu": ("on_cpu_s", "on a CPU")}
 IN_WORDS = {"late-start": "starting late", "cpu-wait": "waiting for a CPU (runnable, another thread had its core)",
             "blocked": "blocked off CPU (device, writeback or a lock)",
-            "on-cpu": "running slowly on its CPU (checksum/copy, frequency, a busy sibling core)"}
+            "on-cpu": "running on its CPU (checksum/copy, frequency, a busy sibling core)"}
 
 
 def is_straggler(finish: Sequence[float], last: int, z: float) -> bool:
@@ -92,7 +92,8 @@ def classify(gap_s: float, excess: dict[str, float | None]) -> tuple[str, str, f
     cause = max(parts, key=parts.get)
     share = parts[cause] / gap_s
     if share >= DOMINANT_SHARE:
-        return cause, f"{parts[cause] * 1e3:.1f} ms of the gap was {IN_WORDS[cause]}", share
+        return cause, (f"it spent {parts[cause] * 1e3:.1f} ms more than the other threads would have for its "
+                       f"bytes {IN_WORDS[cause]}"), share
     idle = excess["idle"] or 0.0
     if idle >= DOMINANT_SHARE * gap_s:
         return ("unknown", f"{idle * 1e3:.1f} ms of the gap was idle between its own records (outside any "
