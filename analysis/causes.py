@@ -89,7 +89,7 @@ def classify(gap_s: float, excess: dict[str, float | None]) -> tuple[str, str, f
         return ("unknown", "the scheduler counters (run_ns, wait_ns) were not measured in this trace (schema "
                 "version 1 or -1 values), so time inside its operations cannot be split; not guessed", 0.0)
     parts = {c: float(excess[c]) for c in CAUSES}
-    cause = max(parts, key=parts.get)
+    cause = max(parts, key=lambda c: parts[c])
     share = parts[cause] / gap_s
     if share >= DOMINANT_SHARE:
         return cause, (f"it spent {parts[cause] * 1e3:.1f} ms more than the other threads would have for its "
