@@ -10,6 +10,9 @@ Public API (docs/TRACE.md, docs/PROFILING.md; notebooks in analysis/notebooks)::
     totals = thread_totals(threads)                   # per writer thread over the run
     plot_timeline(table, "step20.png", step=20)       # the checkpoint of step 20 as a timeline
     summarise_experiment("runs/affinity-1")           # placements against unpinned
+    detect_stragglers(table)                          # DataFrame: straggler, gap and cause per checkpoint
+    what_if_median_speed(table)                       # ... makespan had it run at the median speed
+    trace_findings(table)["findings"]                 # the same in sentences (ckptlab analyze)
 
 Analysis reads files and never live objects: it imports ``ckptlab.profiling`` (the trace
 schema, the loss file, atomic writes) and nothing of core or training. Names resolve on first
@@ -29,6 +32,9 @@ _EXPORTS = {
     "ckptlab.analysis.chrome": ("to_chrome_trace", "export_chrome"),
     "ckptlab.analysis.affinity": ("load_experiment", "run_metrics", "compare_cells", "plot_experiment"),
     "ckptlab.analysis.losses": ("plot_losses",),
+    "ckptlab.analysis.analyzers": ("time_split", "chunk_latency", "critical_path", "migration_table",
+                                   "detect_stragglers", "what_if_median_speed"),
+    "ckptlab.analysis.findings": ("trace_findings", "experiment_findings"),
 }
 _ALIASES = {"summarise_experiment": ("ckptlab.analysis.affinity", "summarise")}
 _WHERE = {name: (module, name) for module, names in _EXPORTS.items() for name in names} | _ALIASES
@@ -37,7 +43,10 @@ __all__ = list(_WHERE)
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from ckptlab.analysis.affinity import compare_cells, load_experiment, plot_experiment, run_metrics
     from ckptlab.analysis.affinity import summarise as summarise_experiment
+    from ckptlab.analysis.analyzers import (chunk_latency, critical_path, detect_stragglers, migration_table,
+                                            time_split, what_if_median_speed)
     from ckptlab.analysis.chrome import export_chrome, to_chrome_trace
+    from ckptlab.analysis.findings import experiment_findings, trace_findings
     from ckptlab.analysis.losses import plot_losses
     from ckptlab.analysis.straggler_plot import plot_writer_report
     from ckptlab.analysis.stragglers import TIME_PARTS, migrations, thread_totals, writer_stragglers

@@ -4,7 +4,8 @@
     ckptlab trace info TRACE [--json]
     ckptlab trace plot TRACE -o timeline.png [--step N | --window A:B] [--phases P1,P2]
     ckptlab trace threads TRACE [--json] [--plot OUT.png]
-    ckptlab analyze EXPERIMENT_DIR [--json] [--plot OUT.png]
+    ckptlab analyze TRACE_OR_EXPERIMENT... [--out DIR] [--json]
+    ckptlab analyze EXPERIMENT_DIR [--json] [--plot OUT.png]   # the per-cell table
 
 ``add_trace_parser`` / ``add_analyze_parser`` register them on the ``ckptlab`` console script
 (entry points ``trace`` and ``analyze``, pyproject.toml); each leaf sets ``func`` to a
@@ -164,16 +165,56 @@ def _trace_threads(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    """One experiment directory without --out: its table, as before; else the report."""
+    if len(args.paths) == 1 and os.path.isdir(args.paths[0]) and args.out is None:
+        return _analyze_experiment_table(args, args.paths[0])
+    if args.plot is not None:
+        print("ckptlab analyze: --plot draws the table of one experiment directory; with --out the report's "
+              "figures go to DIR", file=sys.stderr)
+        return 2
+    return _analyze_report(args)
+
+
+def _analyze_report(args: argparse.Namespace) -> int:
+    from ckptlab.analysis.report import combined, load, write_report
+
+    prog = "ckptlab analyze"
+    inputs = []
+    for path in args.paths:
+        try:
+            inputs.append(load(path))
+        except (OSError, ValueError) as e:  # json.JSONDecodeError and pyarrow.ArrowInvalid are ValueErrors
+            print(f"{prog}: {e}", file=sys.stderr)
+            return 2
+    report = None
+    if args.out is not None:
+        try:
+            report = write_report(inputs, args.out)
+        except ImportError as e:
+            print(f"{prog}: the report's figures need matplotlib, seaborn and pandas ({e}); "
+                  f"pip install 'ckptlab[analysis]'", file=sys.stderr)
+            return EXIT_TOOL_MISSING
+        except OSError as e:
+            print(f"{prog}: cannot write the report to {args.out}: {e}", file=sys.stderr)
+            return 2
+    doc = combined(inputs)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    for sentence in doc["findings"]:
+        print(f"- {sentence}")
+    if report is not None:
+        print(f"report: {report}")
+    return 0
+
+
+def _analyze_experiment_table(args: argparse.Namespace, path: str) -> int:
     from ckptlab.analysis.affinity import load_experiment, plot_experiment, summarise
     from ckptlab.analysis.reports import print_affinity_summary
 
     prog = "ckptlab analyze"
-    if not os.path.isdir(args.path):
-        print(f"{prog}: {args.path}: no such directory (give an experiment directory, the --out of "
-              f"`ckptlab experiment affinity`)", file=sys.stderr)
-        return 2
     try:
-        experiment = load_experiment(args.path)
+        experiment = load_experiment(path)
     except (OSError, ValueError) as e:  # json.JSONDecodeError and pyarrow.ArrowInvalid are ValueErrors
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
@@ -232,14 +273,23 @@ def add_trace_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 
 def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """``ckptlab analyze PATH`` (entry point ``analyze`` in the ``ckptlab.commands`` group)."""
-    p = subparsers.add_parser("analyze", help="summarise results: an affinity experiment directory",
-                              description="Recompute the summary of an experiment directory (the --out of "
-                                          "`ckptlab experiment affinity`) from its runs.jsonl and traces: per "
-                                          "cell median [IQR], and each placement against unpinned. Reads only.")
-    p.add_argument("path", metavar="PATH", help="experiment directory (holds runs.jsonl, traces/, manifest.json)")
-    p.add_argument("--json", action="store_true", help="machine-readable output (the summary.json content)")
-    p.add_argument("--plot", default=None, metavar="OUT.png", help="also draw the per-cell box plots to OUT.png")
+    """``ckptlab analyze PATH... [--out DIR]`` (entry point ``analyze`` in the ``ckptlab.commands`` group)."""
+    p = subparsers.add_parser("analyze", help="findings in words: stragglers and their causes, the fastest placement",
+                              description="For traces and experiment directories (the --out of `ckptlab "
+                                          "experiment affinity`): which writer thread straggled in each checkpoint, "
+                                          "by how much and why (cpu-wait, blocked, on-cpu, late-start), the makespan "
+                                          "at the median thread's speed, and for an experiment the fastest placement "
+                                          "with its interval; --out DIR writes DIR/report.md and its figures. One "
+                                          "experiment directory without --out prints its per-cell table instead "
+                                          "(--json: summary.json's content, --plot: the box plots). Reads only.")
+    p.add_argument("paths", nargs="+", metavar="TRACE_OR_EXPERIMENT",
+                   help="trace files (.arrow) and experiment directories (hold runs.jsonl, traces/, manifest.json)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write DIR/report.md and its PNGs")
+    p.add_argument("--json", action="store_true",
+                   help="print the findings as JSON ({\"checkpoints\": [...], \"findings\": [...]}); for one "
+                        "experiment directory without --out, the summary.json content")
+    p.add_argument("--plot", default=None, metavar="OUT.png",
+                   help="one experiment directory without --out: also draw the per-cell box plots to OUT.png")
     p.set_defaults(func=_analyze)
     return p
 

@@ -72,7 +72,7 @@ def test_analyze_draws_and_refuses_what_is_not_an_experiment(affinity_results, t
     assert main(["analyze", str(affinity_results), "--plot", str(tmp_path / "a.png")]) == 0
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG" and f"figure: {tmp_path / 'a.png'}" in capsys.readouterr().out
     assert main(["analyze", str(tmp_path / "absent")]) == 2
-    assert "no such directory" in capsys.readouterr().err
+    assert "no such trace file or experiment directory" in capsys.readouterr().err
     assert main(["analyze", str(tmp_path)]) == 2
     assert "not an experiment directory (no runs.jsonl)" in capsys.readouterr().err
     broken = tmp_path / "broken"
@@ -80,3 +80,16 @@ def test_analyze_draws_and_refuses_what_is_not_an_experiment(affinity_results, t
     (broken / "traces" / "compact-t1-r0.arrow").unlink()
     assert main(["analyze", str(broken)]) == 2
     assert "compact-t1-r0.arrow is missing" in capsys.readouterr().err
+
+
+def test_the_committed_report_names_the_fastest_cell(affinity_results):
+    from ckptlab.analysis import experiment_findings
+
+    doc = experiment_findings(load_experiment(affinity_results))
+    fastest = doc["placements"]["fastest"]
+    lo, hi = fastest["ci95_ms"]
+    assert lo <= fastest["makespan_ms"] <= hi
+    assert doc["findings"][0].startswith(f"Fastest: {fastest['placement']} with {fastest['threads']} writer")
+    report = (affinity_results / "report" / "report.md").read_text()
+    assert all(f"- {f}" in report for f in doc["findings"]), \
+        "regenerate: ckptlab analyze benchmarks/results/affinity_2core_vm --out benchmarks/results/affinity_2core_vm/report"

@@ -85,3 +85,15 @@ def test_analysis_needs_no_torch(h100_trace, affinity_results):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_analyze_finds_no_straggler_and_the_committed_report_is_current(h100_trace):
+    from ckptlab.analysis import detect_stragglers, trace_findings
+
+    table = read_trace(h100_trace)
+    found = detect_stragglers(table)
+    assert found["straggler"].isna().all() and (found["gap_s"] < 0.001).all(), "balanced writers: no straggler"
+    doc = trace_findings(table, Path(h100_trace).name)
+    report = (Path(h100_trace).parent / "report" / "report.md").read_text()
+    assert doc["findings"] and all(f"- {f}" in report for f in doc["findings"]), \
+        "regenerate: ckptlab analyze benchmarks/results/h100_seed1024_trace/trace.arrow --out .../report"
