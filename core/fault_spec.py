@@ -4,7 +4,7 @@ It lives in core because production code carries the fault points: CheckpointCon
 the environment names defined here, ``ckptlab train --fault`` arms the engine through it, and
 the campaign (faults/) builds its children's environments with it. It imports no torch.
 
-    point=NAME[,ckpt=K][,step=S][,hit=N][,action=kill|eio|enospc|edquot|short|delay=MS]
+    point=NAME[,ckpt=K][,step=S][,hit=N][,action=kill|eio|enospc|edquot|short|delay=MS][,mode=once|persist]
 
 Rules are joined by ``;``. ``point`` names a fault point of the commit protocol
 (:func:`fault_points`); ``ckpt`` (engine checkpoint sequence number, 1-based) and ``step``
@@ -12,7 +12,9 @@ Rules are joined by ``;``. ``point`` names a fault point of the commit protocol
 occurrence (``hit=N`` without ``ckpt`` is "the N-th such operation of the run", SQLite
 ``ioerr`` style); ``action`` is what happens: SIGKILL of the process (default), an I/O error
 (EIO / ENOSPC / EDQUOT) returned by the next write or fsync, a short write followed by
-ENOSPC, or a delay. The engine parses the same text (csrc/fault.cpp); :func:`validate` asks it,
+ENOSPC, or a delay. ``mode=persist`` (error actions only) makes the error stay: from the
+firing pass on, every operation of :data:`ERROR_POINTS` of that writer fails with the same
+errno (a dying disk, not a one-off); the default ``mode=once`` fires once. The engine parses the same text (csrc/fault.cpp); :func:`validate` asks it,
 so the two can never disagree on what is valid.
 
 A spec reaches the engine through ``CheckpointConfig(faults=...)``, the ``CKPTLAB_FAULTS``
@@ -36,7 +38,9 @@ IO_LOG_DATA_ENV = "CKPTLAB_IO_LOG_DATA"  # "0": record operations without the wr
 
 ERROR_ACTIONS = ("eio", "enospc", "edquot", "short")
 ACTIONS = ("kill",) + ERROR_ACTIONS + ("delay=MS",)
-# Points whose error action fails a real operation (the one right after the point).
+MODES = ("once", "persist")
+# Points whose error action fails a real operation (the one right after the point); a fired
+# mode=persist rule fails every later one of these (csrc/fault.cpp fault_point_fails_operation).
 ERROR_POINTS = {
     "before_chunk_write": "pwrite of a chunk",
     "before_data_fsync": "fdatasync of a data file",
@@ -69,6 +73,7 @@ class FaultRule:
     step: int | None = None
     hit: int = 1
     action: str = "kill"
+    persist: bool = False  # mode=persist: the error stays for every later failing operation
 
     def __str__(self) -> str:
         parts = [f"point={self.point}"]
@@ -79,6 +84,8 @@ class FaultRule:
         if self.hit != 1:
             parts.append(f"hit={self.hit}")
         parts.append(f"action={self.action}")
+        if self.persist:
+            parts.append("mode=persist")
         return ",".join(parts)
 
     @property
@@ -117,6 +124,7 @@ def parse(spec: str) -> list[FaultRule]:
             step=int(fields["step"]) if "step" in fields else None,
             hit=int(fields.get("hit", 1)),
             action=action,
+            persist=fields.get("mode", "once") == "persist",
         ))
     return rules
 

@@ -264,12 +264,11 @@ std::shared_ptr<Engine::Checkpoint> Engine::begin_checkpoint(int64_t step, const
       sh.nbytes += ck->chunk_len[c];
       sh.remaining.fetch_add(1, std::memory_order_relaxed);
     }
-    // Reserve the space now: a full disk fails here, before anything is staged.
-    for (auto& sh : ck->shards) {
-      int rc = ::posix_fallocate(sh->fd.get(), 0, static_cast<off_t>(sh->nbytes));
-      if (io_log_) io_log_->fallocate(sh->path, 0, sh->nbytes, rc);
-      if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL) throw IoError("fallocate", sh->path, rc);
-    }
+    // Reserve the space now: a full disk fails here, before anything is staged. Where the
+    // file system cannot (FUSE, some NFS) the first refusal turns it off for the checkpoint:
+    // its chunk writes then allocate, and a full disk fails them instead.
+    for (auto& sh : ck->shards)
+      if (!preallocate(sh->fd.get(), sh->nbytes, sh->path, io_log_.get())) break;
   } catch (...) {
     ck->shards.clear();
     remove_tree(ck->tmp_path, io_log_.get());

@@ -76,6 +76,20 @@ void parse_action(FaultRule& r, const std::string& v) {
 
 }  // namespace
 
+bool fault_point_fails_operation(FaultPoint p) {
+  switch (p) {
+    case FaultPoint::kBeforeChunkWrite:
+    case FaultPoint::kBeforeDataFsync:
+    case FaultPoint::kBeforeManifest:
+    case FaultPoint::kBeforeManifestFsync:
+    case FaultPoint::kBeforeTmpdirFsync:
+    case FaultPoint::kBeforeRename:
+      return true;
+    default:
+      return false;
+  }
+}
+
 const char* fault_point_name(FaultPoint p) { return kFaultPointNames[static_cast<int>(p)]; }
 
 std::vector<std::string> fault_point_names() {
@@ -114,12 +128,19 @@ FaultInjector::FaultInjector(const std::string& spec) : spec_(spec) {
         rule->hit = parse_int(key, value, 1);
       } else if (key == "action") {
         parse_action(*rule, value);
+      } else if (key == "mode") {
+        if (value != "once" && value != "persist")
+          throw std::invalid_argument("fault spec: unknown mode '" + value + "' (known: once, persist)");
+        rule->persist = value == "persist";
       } else {
         throw std::invalid_argument("fault spec: unknown key '" + key +
-                                    "' (known: point, ckpt, step, hit, action)");
+                                    "' (known: point, ckpt, step, hit, action, mode)");
       }
     }
     if (!have_point) throw std::invalid_argument("fault spec: rule '" + rule_text + "' has no point=");
+    if (rule->persist && rule->action != FaultAction::kError && rule->action != FaultAction::kShortWrite)
+      throw std::invalid_argument("fault spec: rule '" + rule_text +
+                                  "': mode=persist needs an error action (eio, enospc, edquot, short)");
     rules_.push_back(std::move(rule));
   }
   armed_.store(!rules_.empty(), std::memory_order_relaxed);
@@ -128,6 +149,8 @@ FaultInjector::FaultInjector(const std::string& spec) : spec_(spec) {
 FaultEffect FaultInjector::hit(FaultPoint p, uint64_t ckpt_seq, int64_t step) {
   FaultEffect effect;
   if (!armed()) return effect;
+  // A dead disk fails the operation; the rules still count and kill or delay as armed.
+  if (fault_point_fails_operation(p)) effect.error = dead_errno_.load(std::memory_order_acquire);
   for (auto& r : rules_) {
     if (r->point != p) continue;
     if (r->ckpt >= 0 && static_cast<uint64_t>(r->ckpt) != ckpt_seq) continue;
@@ -143,12 +166,14 @@ FaultEffect FaultInjector::hit(FaultPoint p, uint64_t ckpt_seq, int64_t step) {
         break;
       case FaultAction::kError:
         effect.error = r->error;
+        effect.short_write = false;
         break;
       case FaultAction::kShortWrite:
         effect.error = r->error;
         effect.short_write = true;
         break;
     }
+    if (r->persist) dead_errno_.store(r->error, std::memory_order_release);
   }
   return effect;
 }

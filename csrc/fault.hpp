@@ -1,6 +1,8 @@
 // Named fault points of the persist/commit protocol, armed by a small spec language:
-//   point=NAME[,ckpt=K][,step=S][,hit=N][,action=kill|eio|enospc|delay=MS|short]
+//   point=NAME[,ckpt=K][,step=S][,hit=N][,action=kill|eio|enospc|edquot|short|delay=MS][,mode=once|persist]
 // several rules joined by ';'. With no rules armed, hit() is one relaxed atomic load.
+// mode=persist (error actions only): once the rule fires, every later pass of a point that
+// fails an operation (fault_point_fails_operation) fails it with the same errno: a dying disk.
 // docs/FAULTS.md lists the points; keep kFaultPointNames in sync with it.
 #pragma once
 #include <atomic>
@@ -31,6 +33,9 @@ const char* fault_point_name(FaultPoint p);
 std::vector<std::string> fault_point_names();
 // The point called `name`; std::invalid_argument naming the known points if there is none.
 FaultPoint fault_point_from_name(const std::string& name);
+// Whether an error returned at `p` fails the operation after it (docs/FAULTS.md's table;
+// core/fault_spec.py ERROR_POINTS names the same points).
+bool fault_point_fails_operation(FaultPoint p);
 
 enum class FaultAction : int { kKill, kError, kDelay, kShortWrite };
 
@@ -42,6 +47,7 @@ struct FaultRule {
   FaultAction action = FaultAction::kKill;
   int error = 0;       // errno for kError / kShortWrite
   int64_t delay_ms = 0;
+  bool persist = false;  // mode=persist: after firing, every failing point returns `error`
   std::atomic<int64_t> seen{0};
 };
 
@@ -64,6 +70,7 @@ class FaultInjector {
   std::string spec_;
   std::vector<std::unique_ptr<FaultRule>> rules_;
   std::atomic<bool> armed_{false};
+  std::atomic<int> dead_errno_{0};  // set by a fired mode=persist rule; 0 = healthy
 };
 
 }  // namespace ckptlab

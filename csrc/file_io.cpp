@@ -136,6 +136,23 @@ void fdatasync_or_throw(int fd, const std::string& path, IoLog* log) {
   if (err) throw IoError("fdatasync", path, err);
 }
 
+bool preallocation_unsupported(int err) {
+  // EINVAL: the arguments are valid (offset 0, nbytes > 0), so it can only be a file system
+  // that rejects the mode; ENOSYS: a kernel or a seccomp profile without the syscall.
+  return err == EOPNOTSUPP || err == ENOSYS || err == EINVAL;
+}
+
+bool preallocate(int fd, uint64_t nbytes, const std::string& path, IoLog* log) {
+  int err;
+  do {
+    err = ::fallocate(fd, 0, 0, static_cast<off_t>(nbytes)) != 0 ? errno : 0;
+  } while (err == EINTR);
+  if (log) log->fallocate(path, 0, nbytes, err);
+  if (err == 0) return true;
+  if (preallocation_unsupported(err)) return false;
+  throw IoError("fallocate", path, err);
+}
+
 void fsync_or_throw(int fd, const std::string& path, IoLog* log) {
   const int err = ::fsync(fd) != 0 ? errno : 0;
   if (log) log->op(IoOp::kFsync, path, err);

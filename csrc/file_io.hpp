@@ -68,6 +68,14 @@ void pwrite_all(int fd, const void* buf, uint64_t nbytes, uint64_t offset, const
 // Reads up to nbytes; returns the count read (short only at end of file).
 uint64_t pread_full(int fd, void* buf, uint64_t nbytes, uint64_t offset, const std::string& path);
 void fdatasync_or_throw(int fd, const std::string& path, IoLog* log = nullptr);
+// Reserves [0, nbytes) of the file with fallocate(2) (mode 0; retried on EINTR) so a full disk
+// fails before anything is written. Returns false, doing nothing, where the file system cannot
+// preallocate (EOPNOTSUPP, ENOSYS, EINVAL: FUSE, some NFS): unlike posix_fallocate, no
+// emulation that writes a byte per 4 KiB block. Any other error (ENOSPC, EDQUOT, EIO, ...)
+// throws. Logged with the errno fallocate returned.
+bool preallocate(int fd, uint64_t nbytes, const std::string& path, IoLog* log = nullptr);
+// The errnos with which fallocate(2) says "not on this file system" (not "no space").
+bool preallocation_unsupported(int err);
 void fsync_or_throw(int fd, const std::string& path, IoLog* log = nullptr);
 void fsync_dir(const std::string& dir, IoLog* log = nullptr);
 void rename_or_throw(const std::string& from, const std::string& to, IoLog* log = nullptr);

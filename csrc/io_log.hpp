@@ -37,7 +37,7 @@ enum class IoOp : int {
   kCreate,      // open(O_CREAT|O_EXCL): a new file
   kOpenCreate,  // open(O_CREAT) of a file that may exist (the lock file)
   kWrite,
-  kFallocate,   // posix_fallocate: the file grows to offset+nbytes
+  kFallocate,   // fallocate(2), mode 0: the file grows to offset+nbytes; with an errno (refused) nothing changed
   kFsync,
   kFdatasync,
   kFsyncDir,

@@ -11,7 +11,11 @@
 //      table, a verified read back into a fresh buffer, retention, and a flipped byte that
 //      the verified read must refuse;
 //   3. wait_all's deadline: a checkpoint held at a fault point (a delay) is still pending at
-//      a short deadline and committed without one.
+//      a short deadline and committed without one;
+//   4. preallocation: fallocate(2) reserves the size, "not supported" errnos skip it, other
+//      errors throw (tests/csrc/test_preallocation.py refuses the syscall for real);
+//   5. a dying disk (mode=persist): every checkpoint from the failing one on fails with its
+//      errno, the last good one stays committed, waits and close() return.
 // Exit status 0 when everything passed; every failure is printed.
 //
 // The individual CRC implementations (so the table path is tested on CPUs with the hardware
@@ -25,17 +29,20 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "../engine.hpp"
+#include "../fault.hpp"
 #include "../file_io.hpp"
 #include "../manifest_writer.hpp"
 #include "../reader.hpp"
@@ -479,6 +486,82 @@ void test_wait_deadline() {
   remove_all(dir);
 }
 
+void test_preallocation() {
+  using ckptlab::preallocation_unsupported;
+  CHECK(preallocation_unsupported(EOPNOTSUPP) && preallocation_unsupported(ENOSYS) &&
+            preallocation_unsupported(EINVAL),
+        "EOPNOTSUPP, ENOSYS and EINVAL mean 'no preallocation here'");
+  CHECK(!preallocation_unsupported(ENOSPC) && !preallocation_unsupported(EDQUOT) && !preallocation_unsupported(EIO) &&
+            !preallocation_unsupported(0),
+        "a full disk, a quota or an I/O error is a real failure");
+  const std::string dir = make_temp_dir();
+  const std::string path = dir + "/f";
+  try {
+    ckptlab::UniqueFd fd = ckptlab::create_file(path, false);
+    const bool reserved = ckptlab::preallocate(fd.get(), 3 * 4096 + 17, path);
+    CHECK(!reserved || ckptlab::file_size(path) == 3 * 4096 + 17, "preallocated size %" PRIu64,
+          ckptlab::file_size(path));
+    // A descriptor opened read-only: fallocate answers EBADF, a real error, which must throw.
+    ckptlab::UniqueFd ro = ckptlab::open_readonly(path);
+    bool threw = false;
+    try {
+      ckptlab::preallocate(ro.get(), 4096, path);
+    } catch (const ckptlab::IoError& e) {
+      threw = e.error() == EBADF;
+    }
+    CHECK(threw, "fallocate on a read-only descriptor (EBADF) did not throw IoError(EBADF)");
+    std::printf("preallocate: %s here; EBADF throws\n", reserved ? "reserved" : "not supported");
+  } catch (const std::exception& e) {
+    CHECK(false, "preallocation: threw %s", e.what());
+  }
+  remove_all(dir);
+}
+
+// From the 3rd chunk write on (checkpoint 2 of two-chunk checkpoints) every write fails.
+void test_dying_disk() {
+  using Clock = ckptlab::Engine::Clock;
+  bool refused = false;
+  try {
+    ckptlab::FaultInjector bad("point=before_rename,action=kill,mode=persist");
+  } catch (const std::invalid_argument&) {
+    refused = true;
+  }
+  CHECK(refused, "mode=persist with a kill action was accepted");
+  const std::string dir = make_temp_dir();
+  std::vector<uint8_t> data(100000, 0x3C);
+  ckptlab::EngineOptions opt;
+  opt.dir = dir;
+  opt.writer_threads = 2;
+  opt.chunk_bytes = 64 << 10;
+  opt.staging_bytes = 2 * opt.chunk_bytes;
+  opt.keep_last = 0;
+  opt.prefault = false;
+  opt.faults = "point=before_chunk_write,hit=3,action=eio,mode=persist";
+  try {
+    ckptlab::Engine engine(opt);
+    for (int64_t step = 1; step <= 4; ++step) {
+      engine.submit(step, "{}", {{data.data(), data.size(), 0}}, data.size(), nullptr);
+      CHECK(engine.wait_all(nullptr, Clock::now() + std::chrono::seconds(30)), "step %lld: wait_all timed out",
+            static_cast<long long>(step));
+    }
+    std::vector<int64_t> failed;
+    while (auto f = engine.take_failure()) {
+      CHECK(f->error == EIO, "step %lld failed with errno %d", static_cast<long long>(f->step), f->error);
+      failed.push_back(f->step);
+    }
+    CHECK((failed == std::vector<int64_t>{2, 3, 4}), "%zu failures, not steps 2, 3, 4", failed.size());
+    CHECK(engine.last_committed_step() == 1, "last committed step %lld", static_cast<long long>(engine.last_committed_step()));
+    engine.close();
+    std::vector<std::string> names = ckptlab::list_dir(dir);
+    std::sort(names.begin(), names.end());
+    CHECK((names == std::vector<std::string>{".ckptlab.lock", "step_000000000001"}), "%zu entries left", names.size());
+    std::printf("dying disk: steps 2-4 failed with EIO, step 1 kept, close() returned\n");
+  } catch (const std::exception& e) {
+    CHECK(false, "dying disk: engine threw %s", e.what());
+  }
+  remove_all(dir);
+}
+
 }  // namespace
 
 int main() {
@@ -498,6 +581,8 @@ int main() {
   test_engine("buffered");
   test_engine("auto");
   test_wait_deadline();
+  test_preallocation();
+  test_dying_disk();
   if (g_failures) {
     std::printf("FAILED: %d of %ld checks\n", g_failures, g_checks);
     return 1;

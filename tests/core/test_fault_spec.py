@@ -88,3 +88,34 @@ def test_environment_names_are_defined_once():
                 if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value in names:
                     copies.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert copies == [], f"define these in core/fault_spec.py only: {copies}"
+
+
+def test_persist_mode_round_trips_and_needs_an_error_action():
+    rule = fault_spec.FaultRule("before_data_fsync", hit=3, action="eio", persist=True)
+    assert str(rule) == "point=before_data_fsync,hit=3,action=eio,mode=persist"
+    assert fault_spec.parse(str(rule)) == [rule]
+    assert fault_spec.parse("point=before_rename,action=eio,mode=once") == [
+        fault_spec.FaultRule("before_rename", action="eio")]
+    for bad, word in [("point=before_rename,action=kill,mode=persist", "error action"),
+                      ("point=before_rename,mode=persist", "error action"),
+                      ("point=before_rename,action=delay=5,mode=persist", "error action"),
+                      ("point=before_rename,action=eio,mode=forever", "forever")]:
+        with pytest.raises(ValueError, match=word):
+            fault_spec.validate(bad)
+
+
+@pytest.mark.parametrize("action, first, later", [("eio", (5, False), (5, False)),
+                                                  ("short", (28, True), (28, False))])
+def test_a_persistent_error_fails_every_later_erroring_operation(action, first, later):
+    """From the firing pass on, every point of ERROR_POINTS returns the errno (a dying disk);
+    the other points never do (nothing fails there, so nothing is injected)."""
+    inj = _engine.FaultInjector(f"point=before_chunk_write,hit=2,action={action},mode=persist")
+    assert inj.hit("before_data_fsync", 1, 1) == (0, False)
+    assert inj.hit("before_chunk_write", 1, 1) == (0, False)
+    assert inj.hit("before_chunk_write", 1, 1) == first
+    for ckpt in (1, 2):
+        for point in fault_spec.fault_points():
+            want = later if point in fault_spec.ERROR_POINTS else (0, False)
+            assert inj.hit(point, ckpt, 10 * ckpt) == want, point
+    once = _engine.FaultInjector(f"point=before_chunk_write,hit=2,action={action}")
+    assert [once.hit("before_chunk_write", 1, 1) for _ in range(3)] == [(0, False), first, (0, False)]
