@@ -36,16 +36,17 @@ def _span(t: torch.Tensor) -> tuple[int, int]:
 
 
 def unique_bytes(tensors) -> int:
-    """Bytes of the spanned region of every storage, each storage counted once."""
-    spans: dict[int, tuple[int, int]] = {}
+    """Bytes of the spanned region of every storage, each storage counted once; the region
+    starts at a multiple of its largest element size from the storage's start (docs/FORMAT.md)."""
+    spans: dict[int, tuple[int, int, int]] = {}
     for t in tensors:
         lo, hi = _span(t)
         if hi == lo:
             continue
         key = t.untyped_storage().data_ptr()
-        a, b = spans.get(key, (lo, hi))
-        spans[key] = (min(a, lo), max(b, hi))
-    return sum(hi - lo for lo, hi in spans.values())
+        a, b, e = spans.get(key, (lo, hi, 1))
+        spans[key] = (min(a, lo), max(b, hi), max(e, t.element_size()))
+    return sum(hi - (base + (lo - base) // e * e) for base, (lo, hi, e) in spans.items())
 
 
 def same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -61,7 +62,8 @@ def step_dir(ckpt_dir: str, step: int) -> str:
 def gpt2(seed: int):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
-    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=1000)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=1000,
+                                      bos_token_id=0, eos_token_id=0)
     model = transformers.GPT2LMHeadModel(config).eval()
     assert model.lm_head.weight is model.transformer.wte.weight  # the tie this file is about
     return model
