@@ -286,3 +286,39 @@ def test_a_future_format_version_is_a_clear_error(ckpt_dir):
     body["format_version"] = 3
     with pytest.raises(ManifestError, match="format version 3 is not supported"):
         decode_manifest(encode_manifest(body))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_inspect_verifies_the_format1_fixture(kind):
+    from ckptlab.core import list_checkpoints
+
+    infos = list_checkpoints(os.path.join(FIXTURES, "format1", kind), verify=True)
+    assert [(i.step, i.writer, i.status) for i in infos] == [(7, kind, "ok")]
+
+
+# --- CUDA (-m gpu; skipped without a device) ---------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("kind, mode", [("pccheck", "sync"), ("pccheck", "deferred"), ("pccheck", "gpu"),
+                                        ("torchsave", "sync")])
+def test_cuda_views_are_stored_once_and_load_shared_on_the_device(kind, mode, ckpt_dir):
+    state = {k: v.cuda() if k != "w" else v for k, v in view_zoo().items()}
+    w = torch.arange(48, dtype=torch.float32, device="cuda").reshape(6, 8)
+    state.update(w=w, tied=w, wT=w.t(), rows=w[1:3], bits=w[4].view(torch.int32),
+                 bf16=torch.arange(9, device="cuda").bfloat16().reshape(3, 3).t())
+    with open_checkpointer(kind, ckpt_dir, CFG.replace(snapshot=mode)) as ck:
+        ck.save(1, state)
+        ck.barrier()
+        ck.wait()
+    got = load_latest(ckpt_dir, map_location="cuda")[1]
+    for k, v in state.items():
+        assert got[k].device.type == "cuda" and torch.equal(got[k], v), k
+    assert same_storage(got["w"], got["tied"]) and same_storage(got["w"], got["wT"])
+    assert same_storage(got["w"], got["bits"])
+    if kind == "pccheck":
+        m = read_manifest(step_dir(ckpt_dir, 1))
+        assert sum(s.nbytes for s in m.storages) == unique_bytes(state.values())
