@@ -4,7 +4,9 @@ Layout: a UTF-8 JSON body, then a 24-byte trailer
 ``magic b"CKLMAN01" | body length u64 | CRC32C(body) u32 | format version u32`` (little endian).
 The C++ engine writes the same encoding (csrc/manifest_writer.cpp); docs/FORMAT.md is the
 human description. decode_manifest() is the one parser: anything it returns is internally
-consistent (chunks tile the stream, tensors lie inside it), anything else is a ManifestError.
+consistent (chunks tile the stream, storages lie inside it, tensors inside their storage),
+anything else is a ManifestError. Format 1 (each tensor its own contiguous range) is read as
+format 2 (storages written once, tensors as views of them) with one storage per tensor.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from ckptlab import _engine
 from ckptlab.core.errors import ManifestError
 
 MANIFEST_NAME = "MANIFEST"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this ckptlab writes (the engine's kFormatVersion, csrc/manifest_writer.hpp)
+READABLE_VERSIONS = (1, 2)
 MAGIC = b"CKLMAN01"
 TRAILER = struct.Struct("<8sQII")
 WRITERS = ("pccheck", "torchsave")
@@ -51,12 +54,27 @@ class Chunk:
 
 
 @dataclass(frozen=True)
+class StorageEntry:
+    """A range of the stream holding one storage's bytes (written once, shared by views)."""
+
+    offset: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
 class TensorEntry:
+    """A tensor as a view of a storage: strides in elements, byte offset into the storage."""
+
     name: str
     dtype: str
     shape: tuple[int, ...]
-    offset: int
-    nbytes: int
+    stride: tuple[int, ...]
+    storage: int
+    byte_offset: int
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
 
 
 @dataclass(frozen=True)
@@ -72,15 +90,21 @@ class Manifest:
     meta: dict[str, Any]
     tensors: tuple[TensorEntry, ...]
     objects: tuple[int, int]  # (offset, nbytes) of the pickled skeleton in the stream
+    storages: tuple[StorageEntry, ...] = ()
+    version: int = FORMAT_VERSION
 
     def chunk_stream_offset(self, index: int) -> int:
         return index * self.chunk_bytes
 
 
 def encode_manifest(body: dict[str, Any]) -> bytes:
-    """Encode a manifest body (used by the torchsave writer and by tests)."""
+    """Encode a manifest body (used by the torchsave writer and by tests); the trailer
+    carries the body's format_version (FORMAT_VERSION when it has none)."""
     raw = (json.dumps(body, separators=(",", ":"), sort_keys=False) + "\n").encode()
-    return raw + TRAILER.pack(MAGIC, len(raw), _engine.crc32c(raw), FORMAT_VERSION)
+    version = body.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version < 1 << 32:
+        version = FORMAT_VERSION
+    return raw + TRAILER.pack(MAGIC, len(raw), _engine.crc32c(raw), version)
 
 
 def _fail(source: str, reason: str) -> ManifestError:
@@ -108,8 +132,10 @@ def decode_manifest(data: bytes, source: str = "<manifest>") -> Manifest:
         raise _fail(source, "no ckptlab manifest trailer (foreign file or torn write)")
     if body_len != len(data) - TRAILER.size:
         raise _fail(source, f"body length {body_len} does not match the file ({len(data) - TRAILER.size})")
-    if version != FORMAT_VERSION:
-        raise _fail(source, f"format version {version} is not supported (this ckptlab reads {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS:
+        readable = " and ".join(map(str, READABLE_VERSIONS))
+        newer = " (written by a newer ckptlab?)" if version > FORMAT_VERSION else ""
+        raise _fail(source, f"format version {version} is not supported{newer}; this ckptlab reads {readable}")
     body = bytes(data[:body_len])
     actual = _engine.crc32c(body)
     if actual != crc:
@@ -118,14 +144,14 @@ def decode_manifest(data: bytes, source: str = "<manifest>") -> Manifest:
         doc = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise _fail(source, f"body is not JSON: {e}") from None
-    return _validate(_dict(doc, "manifest", source), source)
+    return _validate(_dict(doc, "manifest", source), version, source)
 
 
-def _validate(doc: dict, source: str) -> Manifest:
+def _validate(doc: dict, version: int, source: str) -> Manifest:
     if doc.get("format") != "ckptlab":
         raise _fail(source, "format is not 'ckptlab'")
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise _fail(source, f"format_version {doc.get('format_version')!r} is not {FORMAT_VERSION}")
+    if doc.get("format_version") != version:
+        raise _fail(source, f"format_version {doc.get('format_version')!r} does not match the trailer's {version}")
     writer = doc.get("writer")
     if writer not in WRITERS:
         raise _fail(source, f"unknown writer {writer!r}")
@@ -181,9 +207,14 @@ def _validate(doc: dict, source: str) -> Manifest:
     _check_no_overlap(files, chunks, source)
 
     meta = _dict(doc.get("meta", {}), "meta", source)
-    tensors, objects = _validate_layout(meta, total, source) if writer == "pccheck" else ((), (0, 0))
+    tensors: tuple[TensorEntry, ...] = ()
+    storages: tuple[StorageEntry, ...] = ()
+    objects = (0, 0)
+    if writer == "pccheck":
+        layout = _validate_layout_v1 if version == 1 else _validate_layout
+        tensors, storages, objects = layout(meta, total, source)
     return Manifest(writer, step, io_mode, chunk_bytes, total, stream, tuple(files), tuple(chunks), meta,
-                    tensors, objects)
+                    tensors, objects, storages, version)
 
 
 def _check_no_overlap(files: list[FileEntry], chunks: list[Chunk], source: str) -> None:
@@ -197,8 +228,7 @@ def _check_no_overlap(files: list[FileEntry], chunks: list[Chunk], source: str) 
                 raise _fail(source, f"chunks overlap in {files[fi].name} at offset {b0}")
 
 
-def _validate_layout(meta: dict, total: int, source: str) -> tuple[tuple[TensorEntry, ...], tuple[int, int]]:
-    """The pccheck writer's meta: where each tensor and the pickled skeleton lie in the stream."""
+def _objects(meta: dict, total: int, source: str) -> tuple[int, int]:
     objects = meta.get("objects")
     if not isinstance(objects, list) or len(objects) != 2:
         raise _fail(source, "meta.objects must be [offset, nbytes]")
@@ -206,27 +236,91 @@ def _validate_layout(meta: dict, total: int, source: str) -> tuple[tuple[TensorE
     o_n = _int(objects[1], "meta.objects nbytes", source)
     if o_off + o_n > total:
         raise _fail(source, "meta.objects lies outside the stream")
+    return o_off, o_n
+
+
+def _tensor_head(t: Any, i: int, source: str) -> tuple[str, str, tuple[int, ...]]:
+    t = _dict(t, f"meta.tensors[{i}]", source)
+    name = t.get("name")
+    if not isinstance(name, str):
+        raise _fail(source, f"meta.tensors[{i}].name must be a string")
+    dtype = t.get("dtype")
+    if dtype not in DTYPE_SIZES:
+        raise _fail(source, f"tensor {name!r}: unknown dtype {dtype!r}")
+    shape = t.get("shape")
+    if not isinstance(shape, list) or len(shape) > 64:
+        raise _fail(source, f"tensor {name!r}: shape must be a list of at most 64 sizes")
+    return name, dtype, tuple(_int(d, f"tensor {name!r} shape", source) for d in shape)
+
+
+def _tensor_list(meta: dict, source: str) -> list:
     raw = meta.get("tensors")
     if not isinstance(raw, list):
         raise _fail(source, "meta.tensors must be a list")
-    tensors = []
-    for i, t in enumerate(raw):
-        t = _dict(t, f"meta.tensors[{i}]", source)
-        name = t.get("name")
-        if not isinstance(name, str):
-            raise _fail(source, f"meta.tensors[{i}].name must be a string")
-        dtype = t.get("dtype")
-        if dtype not in DTYPE_SIZES:
-            raise _fail(source, f"tensor {name!r}: unknown dtype {dtype!r}")
-        shape = t.get("shape")
-        if not isinstance(shape, list) or len(shape) > 64:
-            raise _fail(source, f"tensor {name!r}: shape must be a list of at most 64 sizes")
-        dims = tuple(_int(d, f"tensor {name!r} shape", source) for d in shape)
+    return raw
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, n = [], 1
+    for d in reversed(shape):
+        strides.append(n)
+        n *= max(d, 1)
+    return tuple(reversed(strides))
+
+
+def _validate_layout_v1(meta: dict, total: int, source: str):
+    """Format 1: every tensor its own C-contiguous range of the stream (one storage each)."""
+    objects = _objects(meta, total, source)
+    tensors, storages = [], []
+    for i, t in enumerate(_tensor_list(meta, source)):
+        name, dtype, dims = _tensor_head(t, i, source)
         off = _int(t.get("offset"), f"tensor {name!r} offset", source)
         n = _int(t.get("nbytes"), f"tensor {name!r} nbytes", source)
         if n != math.prod(dims) * DTYPE_SIZES[dtype]:
             raise _fail(source, f"tensor {name!r}: {n} bytes does not match {dtype}{list(dims)}")
         if off + n > total:
             raise _fail(source, f"tensor {name!r} lies outside the stream")
-        tensors.append(TensorEntry(name, dtype, dims, off, n))
-    return tuple(tensors), (o_off, o_n)
+        storages.append(StorageEntry(off, n))
+        tensors.append(TensorEntry(name, dtype, dims, _contiguous_strides(dims), i, 0))
+    return tuple(tensors), tuple(storages), objects
+
+
+def _validate_layout(meta: dict, total: int, source: str):
+    """Format 2: storages (each written once) and tensors as views of them."""
+    objects = _objects(meta, total, source)
+    raw_storages = meta.get("storages")
+    if not isinstance(raw_storages, list):
+        raise _fail(source, "meta.storages must be a list")
+    storages = []
+    for i, s in enumerate(raw_storages):
+        s = _dict(s, f"meta.storages[{i}]", source)
+        off = _int(s.get("offset"), f"meta.storages[{i}].offset", source)
+        n = _int(s.get("nbytes"), f"meta.storages[{i}].nbytes", source)
+        if off + n > total:
+            raise _fail(source, f"meta.storages[{i}] lies outside the stream")
+        storages.append(StorageEntry(off, n))
+    spans = sorted([(s.offset, s.offset + s.nbytes, f"meta.storages[{i}]") for i, s in enumerate(storages) if s.nbytes]
+                   + ([(objects[0], objects[0] + objects[1], "meta.objects")] if objects[1] else []))
+    for (_, a1, a), (b0, _, b) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise _fail(source, f"{a} and {b} overlap in the stream")
+    tensors = []
+    for i, t in enumerate(_tensor_list(meta, source)):
+        name, dtype, dims = _tensor_head(t, i, source)
+        stride = t.get("stride")
+        if not isinstance(stride, list) or len(stride) != len(dims):
+            raise _fail(source, f"tensor {name!r}: stride must be a list as long as its shape")
+        strides = tuple(_int(s, f"tensor {name!r} stride", source) for s in stride)
+        si = _int(t.get("storage"), f"tensor {name!r} storage", source)
+        if si >= len(storages):
+            raise _fail(source, f"tensor {name!r} names storage {si}, only {len(storages)} exist")
+        off = _int(t.get("byte_offset"), f"tensor {name!r} byte_offset", source)
+        size = DTYPE_SIZES[dtype]
+        if off % size:
+            raise _fail(source, f"tensor {name!r}: byte_offset {off} is not a multiple of its {size}-byte elements")
+        if all(dims):
+            end = off + (sum((d - 1) * s for d, s in zip(dims, strides)) + 1) * size
+            if end > storages[si].nbytes:
+                raise _fail(source, f"tensor {name!r} reaches byte {end} of storage {si} ({storages[si].nbytes} bytes)")
+        tensors.append(TensorEntry(name, dtype, dims, strides, si, off))
+    return tuple(tensors), tuple(storages), objects

@@ -26,7 +26,7 @@ from ckptlab.core.checkpointer import check_config, check_step, check_timeout
 from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.errors import CheckpointError, CheckpointWriteError
 from ckptlab.core.snapshot import Snapshotter
-from ckptlab.core.state import CapturedState, capture, check_loadable, lay_out, lift_tensors
+from ckptlab.core.state import CapturedState, capture, check_loadable, lift_tensors, plan_storages, planned_total_bytes
 from ckptlab.profiling.metadata import cpu_list_string
 from ckptlab.profiling.phases import phase, recording
 from ckptlab.profiling.sources import DrainedRecords, announce
@@ -101,11 +101,12 @@ class PCcheckCheckpointer(CheckpointerBase):
         else:
             with phase("capture", step=step):
                 skeleton, tensors = lift_tensors(state)
+                plan = plan_storages(tensors)  # before any copy: each storage is copied once
             check_loadable(skeleton, self.config.allow_pickle)
             if self._engine is None:  # sized from the layout; take() lays out the host copies
-                self._ensure_engine(lay_out(skeleton, tensors).total_bytes)
+                self._ensure_engine(planned_total_bytes(skeleton, plan))
             with phase("snapshot_enqueue", step=step):
-                self._snapshots.take(step, skeleton, tensors)
+                self._snapshots.take(step, skeleton, plan)
         self._record_stall(now() - t0)
 
     def _ensure_engine(self, total_bytes: int) -> None:
@@ -120,7 +121,7 @@ class PCcheckCheckpointer(CheckpointerBase):
         meta.update(saved_unix=time.time(), host=platform.node(), torch=torch.__version__)
         skeleton = captured.skeleton
         segments = [(_bytes_ptr(skeleton), len(skeleton), 0)]
-        segments += [(t.tensor.data_ptr(), t.nbytes, t.offset) for t in captured.tensors if t.nbytes]
+        segments += [(s.buffer.data_ptr(), s.nbytes, s.offset) for s in captured.storages if s.nbytes]
         try:
             with phase("submit", step=step, nbytes=captured.total_bytes):
                 self._engine.submit(step, json.dumps(meta, separators=(",", ":")), segments, captured.total_bytes)

@@ -21,8 +21,8 @@ from ckptlab import _engine
 from ckptlab.core.errors import (CheckpointError, CorruptCheckpointError, CorruptCheckpointWarning, ManifestError,
                                  NoCheckpointError)
 from ckptlab.core.commit import committed_step_dirs
-from ckptlab.core.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, decode_manifest
-from ckptlab.core.state import dtype_from_name, restore, unpickle_skeleton
+from ckptlab.core.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, TensorEntry, decode_manifest
+from ckptlab.core.state import restore, stored_bytes, to_device, unpickle_skeleton, views_on
 from ckptlab.profiling.phases import add_engine_records, phase, recording
 
 
@@ -111,20 +111,20 @@ def read_checkpoint(path: str, threads: int = 4, allow_pickle: tuple[str, ...] =
     m = read_manifest(path)
     if m.writer == "torchsave":
         return _read_torchsave(path, m, threads, allow_pickle)
-    tensors = []
+    storages = []  # each read once; the tensors are views of them, shared as they were saved
     ranges = []
-    for t in m.tensors:
-        dst = torch.empty(t.shape, dtype=dtype_from_name(t.dtype))
-        tensors.append(dst)
-        if t.nbytes:
-            ranges.append((t.offset, t.nbytes, dst.data_ptr()))
+    for s in m.storages:
+        dst = torch.empty(s.nbytes, dtype=torch.uint8)
+        storages.append(dst)
+        if s.nbytes:
+            ranges.append((s.offset, s.nbytes, dst.data_ptr()))
     objects = np.empty(m.objects[1], dtype=np.uint8)
     if m.objects[1]:
         ranges.append((m.objects[0], m.objects[1], objects.ctypes.data))
     ranges.sort()
     _run_reads(path, m, _read_tasks(path, m, ranges), threads)
     tree = unpickle_skeleton(objects.tobytes(), allow_pickle, source=path)
-    return m, tree, tensors
+    return m, tree, views_on(storages, list(m.tensors))
 
 
 def _read_torchsave(path: str, m: Manifest, threads: int, allow_pickle: tuple[str, ...]):
@@ -132,7 +132,12 @@ def _read_torchsave(path: str, m: Manifest, threads: int, allow_pickle: tuple[st
     _run_reads(path, m, _read_tasks(path, m, [(0, m.total_bytes, buf.ctypes.data)]), threads)
     try:
         payload = torch.load(io.BytesIO(memoryview(buf)), map_location="cpu", weights_only=True)
-        skeleton, tensors = payload["skeleton"], list(payload["tensors"])
+        skeleton = payload["skeleton"]
+        if "storages" in payload:  # format 2: byte storages and the views on them (core/torchsave.py)
+            views = [TensorEntry(*v) for v in payload["views"]]
+            tensors = views_on(list(payload["storages"]), views)
+        else:  # format 1: the tensors themselves
+            tensors = list(payload["tensors"])
     except Exception as e:
         raise CorruptCheckpointError(path, f"torch.load failed: {type(e).__name__}: {e}") from None
     return m, unpickle_skeleton(skeleton, allow_pickle, source=path), tensors
@@ -208,8 +213,8 @@ def load_latest(
             skipped.append(f"{path}: directory says step {s}, manifest says {m.step}")
             continue
         if device is not None and device.type != "cpu":
-            with phase("h2d", step=m.step, nbytes=sum(t.numel() * t.element_size() for t in tensors)):
-                tensors = [t.to(device) for t in tensors]
+            with phase("h2d", step=m.step, nbytes=stored_bytes(tensors)):
+                tensors = to_device(tensors, device)  # each storage once: ties stay ties
         with phase("restore", step=m.step):
             loaded = restore(state, tree, tensors)
         return m.step, loaded

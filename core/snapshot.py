@@ -33,20 +33,25 @@ from dataclasses import dataclass, field
 import torch
 
 from ckptlab.core.errors import SnapshotTornError
-from ckptlab.core.state import BufferCache, CapturedState, PinnedHostCache, host_copy_source, lay_out
+from ckptlab.core.state import (BufferCache, CapturedState, PinnedHostCache, Region, StoragePiece, StoragePlan,
+                                copy_pieces, host_region, lay_out)
 from ckptlab.profiling.phases import phase, record
 
 
 @dataclass
 class _Copy:
-    name: str
+    """One region's copy: each storage of the state is copied once, however many tensors use it."""
+
+    region: Region             # its pieces are the live memory, or the GPU snapshot buffer's
     dst: torch.Tensor          # host buffer the engine reads
-    src: torch.Tensor          # live tensor, or the GPU snapshot buffer
-    version: int | None        # src._version at save(); None when src is private (GPU buffer)
+    versions: list[tuple[str, torch.Tensor, int]]  # the state's tensors in it and _version at save()
 
     @property
     def nbytes(self) -> int:
-        return self.dst.numel() * self.dst.element_size()
+        return self.dst.numel()
+
+    def torn(self) -> list[str]:
+        return [name for name, t, version in self.versions if t._version != version]
 
 
 @dataclass
@@ -70,6 +75,10 @@ class PendingSnapshot:
     torn: list[str] = field(default_factory=list)  # set by barrier()
     error: BaseException | None = None
     finished: threading.Event = field(default_factory=threading.Event)   # handed over, or failed
+
+
+def _versions(region: Region) -> list[tuple[str, torch.Tensor, int]]:
+    return [(name, t, t._version) for name, t in region.members]
 
 
 class Snapshotter:
@@ -101,26 +110,26 @@ class Snapshotter:
     def gpu_bytes(self) -> int:
         return self._gpu.nbytes
 
-    def take(self, step: int, skeleton: bytes, tensors: list[tuple[str, torch.Tensor]]) -> PendingSnapshot:
-        """Start copying `tensors` off the state; returns once the copies are enqueued.
+    def take(self, step: int, skeleton: bytes, plan: StoragePlan) -> PendingSnapshot:
+        """Start copying the regions of `plan` off the state; returns once the copies are enqueued.
 
-        The previous snapshot must be settled (its buffers are reused)."""
+        The previous snapshot must be settled (its buffers, one per region name, are reused)."""
         if self._pending is not None:
             raise RuntimeError("the previous snapshot is not settled")
-        host: list[tuple[str, torch.Tensor]] = []
+        host: list[torch.Tensor] = []
         cpu_copies: list[_Copy] = []
-        by_device: dict[torch.device, list[tuple[str, torch.Tensor, torch.Tensor]]] = {}
-        for name, t in tensors:
-            if t.device.type == "cuda":
-                dst = self._pinned.buffer_for(name, t)
-                by_device.setdefault(t.device, []).append((name, t, dst))
-            elif t.device.type == "cpu":
-                dst = self._host.buffer_for(name, t)
-                cpu_copies.append(_Copy(name, dst, t, t._version))
+        by_device: dict[torch.device, list[tuple[Region, torch.Tensor]]] = {}
+        for region in plan.regions:
+            if region.device.type == "cuda":
+                dst = self._pinned.buffer_for(region)
+                by_device.setdefault(region.device, []).append((region, dst))
+            elif region.device.type == "cpu":
+                dst = self._host.buffer_for(region)
+                cpu_copies.append(_Copy(region, dst, _versions(region)))
             else:  # another accelerator: no stream API here, copied now as capture() does
-                dst = host_copy_source(t, name, None, set())
-            host.append((name, dst))
-        captured = lay_out(skeleton, host)
+                dst = host_region(region, None, set())
+            host.append(dst)
+        captured = lay_out(skeleton, plan, host)
         cuda_copies: list[_Copy] = []
         devices = {dev: self._enqueue(step, dev, items, cuda_copies) for dev, items in by_device.items()}
         p = PendingSnapshot(step, captured, cpu_copies, cuda_copies, devices)
@@ -138,35 +147,37 @@ class Snapshotter:
         while (p := self._queue.get()) is not None:
             self._finish(p)
 
-    def _enqueue(self, step: int, dev: torch.device, items: list[tuple[str, torch.Tensor, torch.Tensor]],
+    def _enqueue(self, step: int, dev: torch.device, items: list[tuple[Region, torch.Tensor]],
                  out: list[_Copy]) -> _DeviceCopies:
         current = torch.cuda.current_stream(dev)
         side = self._streams.get(dev)
         if side is None:
             side = self._streams[dev] = torch.cuda.Stream(dev)
-        sources: list[tuple[str, torch.Tensor, torch.Tensor, int | None]] = []
+        sources: list[tuple[Region, torch.Tensor, list[tuple[str, torch.Tensor, int]]]] = []
         if self.mode == "gpu":
-            with phase("snapshot", step=step, nbytes=sum(d.numel() * d.element_size() for _, _, d in items)):
+            with phase("snapshot", step=step, nbytes=sum(d.numel() for _, d in items)):
                 previous = self._last_done.get(dev)
                 if previous is not None:  # the last D2H read these buffers: let it finish first
                     current.wait_event(previous)
-                for name, t, dst in items:
-                    buf = self._gpu.buffer_for(name, t)
-                    buf.copy_(t)  # on the current stream, after the kernels that produced t
-                    sources.append((name, buf, dst, None))
+                for region, dst in items:
+                    buf = self._gpu.buffer_for(region)
+                    copy_pieces(buf, region)  # on the current stream, after the kernels that produced it
+                    private = Region(region.name, region.device, region.nbytes, [StoragePiece(buf, 0)], [])
+                    sources.append((private, dst, []))  # private: nothing can change it before the D2H
         else:
-            sources = [(name, t, dst, t._version) for name, t, dst in items]
+            sources = [(region, dst, _versions(region)) for region, dst in items]
         side.wait_stream(current)
         start = torch.cuda.Event(enable_timing=True, blocking=True)
         done = torch.cuda.Event(enable_timing=True, blocking=True)
         nbytes = 0
         with torch.cuda.stream(side):
             start.record(side)
-            for name, src, dst, version in sources:
-                src.record_stream(side)  # its memory is not reused before the side stream read it
-                dst.copy_(src.contiguous(), non_blocking=True)  # a temporary lives on the side stream
-                nbytes += dst.numel() * dst.element_size()
-                out.append(_Copy(name, dst, src, version))
+            for region, dst, versions in sources:
+                for piece in region.pieces:
+                    piece.source.record_stream(side)  # its memory is not reused before the side stream read it
+                copy_pieces(dst, region, non_blocking=True)
+                nbytes += dst.numel()
+                out.append(_Copy(region, dst, versions))
             done.record(side)
         self._last_done[dev] = done
         return _DeviceCopies(start, done, nbytes)
@@ -177,7 +188,7 @@ class Snapshotter:
             if p.cpu_copies:
                 with phase("snapshot", step=p.step, nbytes=sum(c.nbytes for c in p.cpu_copies)):
                     for c in p.cpu_copies:
-                        c.dst.copy_(c.src)
+                        copy_pieces(c.dst, c.region)
         finally:
             p.host_ready.set()
 
@@ -209,8 +220,7 @@ class Snapshotter:
         with phase("snapshot_barrier", step=p.step):
             p.host_ready.wait()
             # any change between save() and here breaks the contract, whether or not it raced
-            p.torn.extend(c.name for c in p.cpu_copies + p.cuda_copies
-                          if c.version is not None and c.src._version != c.version)
+            p.torn.extend(name for c in p.cpu_copies + p.cuda_copies for name in c.torn())
             for dev, d in p.devices.items():
                 torch.cuda.current_stream(dev).wait_event(d.done)
             p.released.set()

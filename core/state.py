@@ -36,72 +36,224 @@ class StatefulRef:
     state: Any
 
 
-@dataclass
-class CapturedTensor:
+@dataclass(frozen=True)
+class TensorView:
+    """Where a tensor of the state lies in its storage: dtype, shape, strides (in elements)
+    and the byte offset of its first element from the start of the stored region."""
+
     name: str
-    tensor: torch.Tensor  # contiguous, on the CPU, kept alive until the engine has copied it
-    offset: int
-    nbytes: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    storage: int
+    byte_offset: int
 
     @property
     def dtype_name(self) -> str:
-        return str(self.tensor.dtype).removeprefix("torch.")
+        return str(self.dtype).removeprefix("torch.")
+
+
+@dataclass
+class StoragePiece:
+    """A span of one live storage, as a 1-D uint8 tensor over it, and its place in a region."""
+
+    source: torch.Tensor
+    offset: int
+
+
+@dataclass
+class Region:
+    """Bytes of memory that tensors of the state live in, stored once however many tensors
+    (ties, views, dtype views) use them: the span of one storage's tensors, or of storages
+    that overlap in memory (``torch.from_numpy`` twice on one array)."""
+
+    name: str  # the path of its first tensor; keys the buffers a snapshot reuses across saves
+    device: torch.device
+    nbytes: int
+    pieces: list[StoragePiece]
+    members: list[tuple[str, torch.Tensor]]  # the state's tensors in it (their version counters)
+
+
+@dataclass
+class StoragePlan:
+    regions: list[Region]
+    views: list[TensorView]  # one per lifted tensor, in TensorRef order
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    """[first, last) byte address of t's elements (strides may be 0, never negative in torch)."""
+    lo = t.data_ptr()
+    if t.numel() == 0:
+        return lo, lo
+    last = sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    return lo, lo + (last + 1) * t.element_size()
+
+
+def _alias(storage: torch.UntypedStorage, device: torch.device, start: int, nbytes: int) -> torch.Tensor:
+    return torch.empty(0, dtype=torch.uint8, device=device).set_(storage, start, (nbytes,), (1,))
+
+
+@dataclass
+class _Group:
+    """The tensors of one storage, before groups that alias memory are merged."""
+
+    storage: torch.UntypedStorage
+    device: torch.device
+    base: int  # the storage's first byte address
+    lo: int
+    hi: int
+    first: int  # index of its first tensor (regions keep capture order)
+    members: list[int]
+    align: int  # largest element size among its tensors
+
+
+def plan_storages(tensors: list[tuple[str, torch.Tensor]]) -> StoragePlan:
+    """Find the memory the lifted tensors share, so each byte is copied and written once.
+
+    Tensors on one storage share the region spanning all of them (never more of the storage
+    than they reach); storages whose spans overlap in memory are merged into one region.
+    The region starts at a multiple of its largest element size from its storage's start, so
+    every view's byte offset is a multiple of its own element size (a loader can set_() it).
+    """
+    groups: dict[tuple[torch.device, int], _Group] = {}
+    empty: list[int] = []
+    spans: list[tuple[int, int]] = []
+    for i, (_, t) in enumerate(tensors):
+        lo, hi = _byte_span(t)
+        spans.append((lo, hi))
+        if hi == lo:
+            empty.append(i)
+            continue
+        storage = t.untyped_storage()
+        key = (t.device, storage.data_ptr())
+        g = groups.get(key)
+        if g is None:
+            groups[key] = _Group(storage, t.device, storage.data_ptr(), lo, hi, i, [i], t.element_size())
+        else:
+            g.lo, g.hi, g.align = min(g.lo, lo), max(g.hi, hi), max(g.align, t.element_size())
+            g.members.append(i)
+    for g in groups.values():
+        g.lo = g.base + (g.lo - g.base) // g.align * g.align
+
+    merged: list[list[_Group]] = []
+    by_device: dict[torch.device, list[_Group]] = {}
+    for g in groups.values():
+        by_device.setdefault(g.device, []).append(g)
+    for device_groups in by_device.values():
+        device_groups.sort(key=lambda g: g.lo)
+        for g in device_groups:
+            if merged and merged[-1][0].device == g.device and g.lo < max(x.hi for x in merged[-1]):
+                merged[-1].append(g)
+            else:
+                merged.append([g])
+
+    regions: list[Region] = []
+    views: list[TensorView | None] = [None] * len(tensors)
+    order = sorted(merged, key=lambda gs: min(g.first for g in gs))
+    starts = [(min(g.first for g in gs), gs) for gs in order] + [(i, None) for i in empty]
+    names: set[str] = set()
+    for first, gs in sorted(starts, key=lambda x: x[0]):
+        name = _unique_name(tensors[first][0], names)
+        index = len(regions)
+        if gs is None:  # an empty tensor: a region of no bytes of its own
+            t = tensors[first][1]
+            regions.append(Region(name, t.device, 0, [], [tensors[first]]))
+            views[first] = TensorView(tensors[first][0], t.dtype, tuple(t.shape), tuple(t.stride()), index, 0)
+            continue
+        lo, hi = min(g.lo for g in gs), max(g.hi for g in gs)
+        pieces = [StoragePiece(_alias(g.storage, g.device, g.lo - g.base, g.hi - g.lo), g.lo - lo) for g in gs]
+        members = sorted(i for g in gs for i in g.members)
+        regions.append(Region(name, gs[0].device, hi - lo, pieces, [tensors[i] for i in members]))
+        for i in members:
+            t_name, t = tensors[i]
+            offset = spans[i][0] - lo
+            if offset % t.element_size():
+                raise CheckpointError(f"tensor {t_name!r} lies at byte {offset} of memory it shares with "
+                                      f"{tensors[members[0]][0]!r}, not a multiple of its element size")
+            views[i] = TensorView(t_name, t.dtype, tuple(t.shape), tuple(t.stride()), index, offset)
+    assert all(v is not None for v in views)
+    return StoragePlan(regions, views)  # type: ignore[arg-type]
+
+
+def _unique_name(name: str, taken: set[str]) -> str:
+    """Paths can collide ("a/b" as one key or nested); buffer keys must not."""
+    candidate, k = name, 1
+    while candidate in taken:
+        candidate, k = f"{name}#{k}", k + 1
+    taken.add(candidate)
+    return candidate
+
+
+@dataclass
+class CapturedStorage:
+    buffer: torch.Tensor  # 1-D uint8 on the CPU, kept alive until the engine has copied it
+    offset: int           # in the byte stream
+
+    @property
+    def nbytes(self) -> int:
+        return self.buffer.numel()
 
 
 @dataclass
 class CapturedState:
     skeleton: bytes
-    tensors: list[CapturedTensor]
+    storages: list[CapturedStorage]
+    views: list[TensorView]
     total_bytes: int
 
     def layout_meta(self) -> dict[str, Any]:
+        """The manifest's meta for this layout (format version 2, docs/FORMAT.md)."""
         return {
             "objects": [0, len(self.skeleton)],
+            "storages": [{"offset": s.offset, "nbytes": s.nbytes} for s in self.storages],
             "tensors": [
-                {"name": t.name, "dtype": t.dtype_name, "shape": list(t.tensor.shape), "offset": t.offset,
-                 "nbytes": t.nbytes}
-                for t in self.tensors
+                {"name": v.name, "dtype": v.dtype_name, "shape": list(v.shape), "stride": list(v.stride),
+                 "storage": v.storage, "byte_offset": v.byte_offset}
+                for v in self.views
             ],
         }
 
+    def host_tensors(self) -> list[torch.Tensor]:
+        """The state's tensors as views of the captured host buffers (sharing as they did)."""
+        return views_on([s.buffer for s in self.storages], self.views)
 
-def _is_stateful(obj: Any) -> bool:
-    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
-
-
-class BufferCache:
-    """Copies of tensors kept across saves, one buffer per tensor name, reused while shape
-    and dtype stay the same (allocation, above all of pinned memory, is slow)."""
-
-    def __init__(self, device: str | torch.device | None = "cpu", pinned: bool = False) -> None:
-        self._device = None if device is None else torch.device(device)  # None: the tensor's
-        self._pinned = pinned
-        self._buffers: dict[str, torch.Tensor] = {}
-
-    def buffer_for(self, name: str, t: torch.Tensor) -> torch.Tensor:
-        device = self._device or t.device
-        buf = self._buffers.get(name)
-        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or buf.device != device:
-            buf = torch.empty(t.shape, dtype=t.dtype, device=device, pin_memory=self._pinned)
-            self._buffers[name] = buf
-        return buf
-
-    @property
-    def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+    def standalone_buffers(self) -> list[torch.Tensor]:
+        """The buffers, each a copy where it is a window into a larger live storage, so that
+        torch.save (which writes whole storages) writes the region and nothing more."""
+        return [b if b.storage_offset() == 0 and b.untyped_storage().nbytes() == b.numel() else b.clone()
+                for b in (s.buffer for s in self.storages)]
 
 
-class PinnedHostCache(BufferCache):
-    """Page-locked host copies of device tensors, kept across saves.
+def views_on(buffers: list[torch.Tensor], views: list[Any]) -> list[torch.Tensor]:
+    """Tensors over 1-D uint8 `buffers`; each view has dtype, shape, stride, storage and
+    byte_offset (a TensorView or a manifest entry; dtype a torch.dtype or its name)."""
+    out = []
+    for v in views:
+        dtype = v.dtype if isinstance(v.dtype, torch.dtype) else dtype_from_name(v.dtype)
+        buf = buffers[v.storage]
+        start = buf.storage_offset() + v.byte_offset
+        out.append(torch.empty(0, dtype=dtype, device=buf.device)
+                   .set_(buf.untyped_storage(), start // dtype.itemsize, v.shape, v.stride))
+    return out
 
-    A device-to-host copy into pinned memory runs at the link's speed (55 GB/s on an H100
-    versus 14 GB/s pageable, docs/BACKGROUND.md §4); allocating pinned memory is slow, so buffers are
-    allocated at the first save and reused while name, shape and dtype stay the same. The
-    engine copies them into staging before save() returns, so the next save may reuse them.
-    """
 
-    def __init__(self) -> None:
-        super().__init__("cpu", pinned=True)
+def to_device(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Move tensors to `device`, each storage once, keeping which tensors share one."""
+    moved: dict[int, torch.UntypedStorage] = {}
+    out = []
+    for t in tensors:
+        storage = t.untyped_storage()
+        key = storage.data_ptr() if storage.nbytes() else -1 - len(out)
+        if key not in moved:
+            moved[key] = _alias(storage, t.device, 0, storage.nbytes()).to(device).untyped_storage()
+        out.append(torch.empty(0, dtype=t.dtype, device=device).set_(moved[key], t.storage_offset(), t.shape,
+                                                                        t.stride()))
+    return out
+
+
+def stored_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the distinct storages under `tensors`."""
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
 
 
 def _normalized(t: torch.Tensor, name: str) -> torch.Tensor:
@@ -118,17 +270,67 @@ def _normalized(t: torch.Tensor, name: str) -> torch.Tensor:
     return t
 
 
-def host_copy_source(t: torch.Tensor, name: str, cache: PinnedHostCache | None, pending: set) -> torch.Tensor:
-    if t.device.type == "cuda" and cache is not None:
-        # Enqueued on the current stream, after the kernels that produced t; synced in capture().
-        dst = cache.buffer_for(name, t)
-        dst.copy_(t.contiguous(), non_blocking=True)
-        pending.add(t.device)
+def _is_stateful(obj: Any) -> bool:
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+
+
+class BufferCache:
+    """Byte buffers kept across saves, one per region name, reused while the size and
+    device stay the same (allocation, above all of pinned memory, is slow)."""
+
+    def __init__(self, device: str | torch.device | None = "cpu", pinned: bool = False) -> None:
+        self._device = None if device is None else torch.device(device)  # None: the region's
+        self._pinned = pinned
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def buffer_for(self, region: Region) -> torch.Tensor:
+        device = self._device or region.device
+        buf = self._buffers.get(region.name)
+        if buf is None or buf.numel() != region.nbytes or buf.device != device:
+            buf = torch.empty(region.nbytes, dtype=torch.uint8, device=device, pin_memory=self._pinned)
+            self._buffers[region.name] = buf
+        return buf
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() for b in self._buffers.values())
+
+
+class PinnedHostCache(BufferCache):
+    """Page-locked host copies of device memory, kept across saves.
+
+    A device-to-host copy into pinned memory runs at the link's speed (55 GB/s on an H100
+    versus 14 GB/s pageable, docs/BACKGROUND.md §4); allocating pinned memory is slow, so buffers are
+    allocated at the first save and reused while region name and size stay the same. The
+    engine copies them into staging before save() returns, so the next save may reuse them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("cpu", pinned=True)
+
+
+def copy_pieces(dst: torch.Tensor, region: Region, non_blocking: bool = False) -> None:
+    for p in region.pieces:
+        dst[p.offset:p.offset + p.source.numel()].copy_(p.source, non_blocking=non_blocking)
+
+
+def host_region(region: Region, cache: PinnedHostCache | None, pending: set) -> torch.Tensor:
+    """The region's bytes on the host: live memory itself for one CPU storage (the engine
+    copies it before save() returns), else a copy (CUDA ones queued; synced in capture())."""
+    if region.device.type == "cpu" and len(region.pieces) == 1:
+        return region.pieces[0].source
+    if region.device.type == "cuda" and cache is not None:
+        dst = cache.buffer_for(region)  # enqueued on the current stream, after the producing kernels
+        copy_pieces(dst, region, non_blocking=True)
+        pending.add(region.device)
         return dst
-    if t.device.type != "cpu":
-        with phase("d2h", nbytes=t.numel() * t.element_size()):
-            t = t.to("cpu")
-    return t.contiguous()
+    dst = torch.empty(region.nbytes, dtype=torch.uint8)
+    if region.device.type == "cpu":
+        copy_pieces(dst, region)
+    else:
+        with phase("d2h", nbytes=region.nbytes):
+            copy_pieces(dst, region)
+    return dst
 
 
 def lift_tensors(state: Mapping[str, Any]) -> tuple[bytes, list[tuple[str, torch.Tensor]]]:
@@ -160,32 +362,43 @@ def lift_tensors(state: Mapping[str, Any]) -> tuple[bytes, list[tuple[str, torch
     return skeleton, tensors
 
 
-def lay_out(skeleton: bytes, host_tensors: list[tuple[str, torch.Tensor]]) -> CapturedState:
-    """Place the skeleton and the (contiguous, host) tensors in one byte stream."""
+def _offsets(skeleton: bytes, sizes: list[int]) -> tuple[list[int], int]:
+    offsets = []
     offset = len(skeleton)
-    captured = []
-    for name, t in host_tensors:
+    for n in sizes:
         offset = (offset + TENSOR_ALIGN - 1) // TENSOR_ALIGN * TENSOR_ALIGN
-        nbytes = t.numel() * t.element_size()
-        captured.append(CapturedTensor(name, t, offset, nbytes))
-        offset += nbytes
-    return CapturedState(skeleton, captured, offset)
+        offsets.append(offset)
+        offset += n
+    return offsets, offset
+
+
+def planned_total_bytes(skeleton: bytes, plan: StoragePlan) -> int:
+    """The stream size lay_out() will give `plan` (to size staging before the copies exist)."""
+    return _offsets(skeleton, [r.nbytes for r in plan.regions])[1]
+
+
+def lay_out(skeleton: bytes, plan: StoragePlan, buffers: list[torch.Tensor]) -> CapturedState:
+    """Place the skeleton and each region's host buffer (1-D uint8) in one byte stream."""
+    offsets, total = _offsets(skeleton, [b.numel() for b in buffers])
+    return CapturedState(skeleton, [CapturedStorage(b, o) for b, o in zip(buffers, offsets)], plan.views, total)
 
 
 def capture(state: Mapping[str, Any], host_cache: PinnedHostCache | None = None) -> CapturedState:
-    """Lift the tensors out of `state` and pickle the rest. Never mutates `state`.
+    """Lift the tensors out of `state`, find the storage they share, pickle the rest. Never
+    mutates `state`.
 
-    CUDA tensors are copied to the host (into `host_cache`'s pinned buffers when given) and
-    the copies are complete when this returns.
+    CUDA memory is copied to the host (into `host_cache`'s pinned buffers when given), each
+    region once, and the copies are complete when this returns.
     """
     skeleton, tensors = lift_tensors(state)
+    plan = plan_storages(tensors)
     pending_devices: set = set()
-    host = [(name, host_copy_source(t, name, host_cache, pending_devices)) for name, t in tensors]
+    host = [host_region(r, host_cache, pending_devices) for r in plan.regions]
     if pending_devices:
-        with phase("d2h", nbytes=sum(t.numel() * t.element_size() for _, t in host if t.is_pinned())):
+        with phase("d2h", nbytes=sum(b.numel() for b in host if b.is_pinned())):
             for device in pending_devices:  # the non-blocking copies were queued above
                 torch.cuda.current_stream(device).synchronize()
-    return lay_out(skeleton, host)
+    return lay_out(skeleton, plan, host)
 
 
 # --- loading -------------------------------------------------------------------------------

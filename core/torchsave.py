@@ -35,9 +35,12 @@ PAYLOAD_NAME = "state.pt"
 
 
 def serialize(captured: CapturedState) -> memoryview:
-    """The bytes of state.pt for a captured state, as save() writes them."""
+    """The bytes of state.pt for a captured state, as save() writes them (format 2: each
+    storage once as bytes, and the views on it; torch.save refuses two dtypes on one storage,
+    so the views are described, not pickled as tensors)."""
     buf = io.BytesIO()
-    torch.save({"skeleton": captured.skeleton, "tensors": [t.tensor for t in captured.tensors]}, buf)
+    views = [[v.name, v.dtype_name, list(v.shape), list(v.stride), v.storage, v.byte_offset] for v in captured.views]
+    torch.save({"skeleton": captured.skeleton, "storages": captured.standalone_buffers(), "views": views}, buf)
     return buf.getbuffer()
 
 

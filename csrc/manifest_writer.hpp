@@ -9,7 +9,7 @@
 
 namespace ckptlab {
 
-constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFormatVersion = 2;  // 2: storages written once, tensors as views (docs/FORMAT.md)
 constexpr char kManifestMagic[9] = "CKLMAN01";
 constexpr size_t kManifestTrailerBytes = 24;
 constexpr const char* kManifestName = "MANIFEST";

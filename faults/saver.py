@@ -42,13 +42,14 @@ def segments_for(plan: dict[str, Any], layout: list[TensorSpec], seed: int, step
     keep = [skeleton]
     segments = [(skeleton.ctypes.data, skeleton.nbytes, 0)]
     by_name = {f"model/{t.name}": t for t in layout}  # capture() names tensors by their path
-    for entry in plan["meta"]["tensors"]:
+    storages = plan["meta"]["storages"]
+    for entry in plan["meta"]["tensors"]:  # one storage each: the templates share no memory
         t = by_name[entry["name"]]
         if not t.nbytes:
             continue
         arr = np.frombuffer(tensor_bytes(seed, step, t.name, t.nbytes), dtype=np.uint8)
         keep.append(arr)
-        segments.append((arr.ctypes.data, arr.nbytes, entry["offset"]))
+        segments.append((arr.ctypes.data, arr.nbytes, storages[entry["storage"]]["offset"] + entry["byte_offset"]))
     return json.dumps(plan["meta"], separators=(",", ":")), segments, keep
 
 

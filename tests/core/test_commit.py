@@ -197,7 +197,7 @@ def test_python_and_engine_retention_keep_the_same_checkpoints(tmp_path):
                        keep_last=2, prefault=False)
     import numpy as np
     data = np.zeros(1000, np.uint8)
-    e.submit(10, '{"objects":[0,0],"tensors":[]}', [(data.ctypes.data, data.nbytes, 0)], data.nbytes)
+    e.submit(10, '{"objects":[0,0],"storages":[],"tensors":[]}', [(data.ctypes.data, data.nbytes, 0)], data.nbytes)
     assert e.wait(timeout=30)
     e.close()
     kept = {who: sorted(n for n in os.listdir(r) if n != commit.LOCK_NAME) for who, r in roots.items()}

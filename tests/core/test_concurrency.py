@@ -44,7 +44,7 @@ def test_unordered_commit_mutation_changes_the_order(ckpt_dir):
 
     from ckptlab import _engine
 
-    meta = '{"objects":[0,0],"tensors":[]}'
+    meta = '{"objects":[0,0],"storages":[],"tensors":[]}'
     e = _engine.Engine(ckpt_dir, chunk_bytes=64 * 1024, staging_bytes=1 << 20, writer_threads=4, max_inflight=2,
                        keep_last=0, faults=SLOW_FIRST, unsafe=["unordered_commit"], prefault=False)
     bufs = [np.full(256 * 1024, s, dtype=np.uint8) for s in (1, 2)]

@@ -65,7 +65,7 @@ def test_direct_io_probe_answers(tmp_path):
     assert ok or reason
 
 
-EMPTY_LAYOUT = '{"objects":[0,0],"tensors":[]}'  # the meta a pccheck manifest must carry
+EMPTY_LAYOUT = '{"objects":[0,0],"storages":[],"tensors":[]}'  # the meta a pccheck manifest must carry
 
 
 def _submit(engine, step, arr):
