@@ -22,7 +22,8 @@ from ckptlab import _engine
 from ckptlab.core.errors import CheckpointError, CorruptCheckpointError, ManifestError, NoCheckpointError
 from ckptlab.core.commit import committed_step_dirs
 from ckptlab.core.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, decode_manifest
-from ckptlab.core.state import dtype_from_name, restore, unpickle_skeleton
+from ckptlab.core.restore import restore
+from ckptlab.core.state import dtype_from_name, unpickle_skeleton
 from ckptlab.profiling.phases import add_engine_records, phase, recording
 
 log = logging.getLogger("ckptlab")
