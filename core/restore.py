@@ -17,6 +17,7 @@ saying what may be partly restored.
 from __future__ import annotations
 
 import copy
+from collections import defaultdict
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,9 +146,13 @@ def _settings(group: Mapping[str, Any]) -> set[str]:
     return {k for k in group if k not in ("params", "param_names")}
 
 
-def _check_optimizer(opt: torch.optim.Optimizer, saved: Any, tensors: list[torch.Tensor], path: str) -> None:
+def check_optimizer(opt: torch.optim.Optimizer, saved: Any, tensors: list[torch.Tensor], path: str,
+                    params_by_name: Mapping[str, torch.Tensor] | None = None) -> None:
     """What torch's Optimizer.load_state_dict would raise on, and what it would load silently
-    but wrongly (another optimizer's settings, per-parameter state of other shapes)."""
+    but wrongly (another optimizer's settings, per-parameter state of other shapes).
+
+    `saved` is torch's state dict (parameters by position) or DCP's (by name: pass
+    `params_by_name`, the module's parameters, so that state is compared as DCP maps it)."""
     name = type(opt).__name__
     if not (isinstance(saved, Mapping) and isinstance(saved.get("param_groups"), (list, tuple))
             and isinstance(saved.get("state"), Mapping)):
@@ -172,7 +177,9 @@ def _check_optimizer(opt: torch.optim.Optimizer, saved: Any, tensors: list[torch
                 f"(settings only the checkpoint has: {sorted(theirs - mine)}, only the {name} has: "
                 f"{sorted(mine - theirs)})")
         for j, (pid, param) in enumerate(zip(sg["params"], group["params"])):
-            id_to_param[pid] = (param, f"{where}/params/{j}")
+            if params_by_name is not None and pid in params_by_name:
+                param = params_by_name[pid]
+            id_to_param[pid] = (param, f"{where}/params/{j}" if params_by_name is None else f"{path}/state/{pid}")
     for pid, pstate in saved["state"].items():
         if pid not in id_to_param or not isinstance(pstate, Mapping):
             continue
@@ -225,13 +232,18 @@ def _check_scheduler(sched: Any, saved: Any, tensors: list[torch.Tensor], path: 
     _check_tree(current, saved, tensors, path)
 
 
-def _optimizer_snapshot(opt: torch.optim.Optimizer) -> Callable[[], None]:
-    # Optimizer.load_state_dict builds a new state and new groups and swaps them in (the old
-    # ones are not mutated), so holding the old ones is a free snapshot.
-    state, groups = opt.state, opt.param_groups
+def optimizer_snapshot(opt: torch.optim.Optimizer) -> Callable[[], None]:
+    """A snapshot of an optimizer that costs no tensor copies, and its undo.
+
+    Optimizer.load_state_dict builds a new state and new groups and swaps them in, so the old
+    ones survive it; shallow copies of their dicts also survive DCP's set_optimizer_state_dict,
+    which first fills a fresh optimizer's state (a step at lr 0) and sets lrs in place."""
+    state = {p: dict(s) for p, s in opt.state.items()}
+    groups = [dict(g) for g in opt.param_groups]
 
     def undo() -> None:
-        opt.state, opt.param_groups = state, groups
+        opt.state = defaultdict(dict, state)
+        opt.param_groups = groups
     return undo
 
 
@@ -246,8 +258,8 @@ def _plan_stateful(plan: RestorePlan, target: Any, saved: Any, tensors: list[tor
         _check_module(target, saved, tensors, label)
         rank, snapshot = TENSORS, None
     elif isinstance(target, torch.optim.Optimizer):
-        _check_optimizer(target, saved, tensors, label)
-        rank, snapshot = OPTIMIZER, lambda: _optimizer_snapshot(target)
+        check_optimizer(target, saved, tensors, label)
+        rank, snapshot = OPTIMIZER, lambda: optimizer_snapshot(target)
     else:
         if _is_scheduler(target):
             _check_scheduler(target, saved, tensors, label)
@@ -296,9 +308,7 @@ def _plan(plan: RestorePlan, target: Any, loaded: Any, tensors: list[torch.Tenso
         return True
     if isinstance(loaded, Mapping) and isinstance(target, Mapping):
         for k, v in loaded.items():
-            sub = f"{path}/{k}" if path else str(k)
-            if not (k in target and _plan(plan, target[k], v, tensors, sub)) and isinstance(target, MutableMapping):
-                _set_entry(plan, target, k, v, tensors, sub)
+            plan_entry(plan, target, k, v, tensors, f"{path}/{k}" if path else str(k))
         for k, v in target.items():
             if k not in loaded and _holds_live(v):
                 raise CheckpointMismatchError(
@@ -339,6 +349,14 @@ class _WholeList:
 
     def __setitem__(self, key: int, value: list) -> None:
         self._items[:] = value
+
+
+def plan_entry(plan: RestorePlan, target: Mapping[str, Any], key: Any, loaded: Any, tensors: list[torch.Tensor],
+               path: str) -> None:
+    """Check and plan one entry of a mapping: restored in place, or replaced by the loaded
+    value (where the mapping can take it; the returned state has it either way)."""
+    if not (key in target and _plan(plan, target[key], loaded, tensors, path)) and isinstance(target, MutableMapping):
+        _set_entry(plan, target, key, loaded, tensors, path)
 
 
 def plan_restore(target: Mapping[str, Any], tree: Any, tensors: list[torch.Tensor]) -> RestorePlan:

@@ -284,3 +284,74 @@ def test_list_of_another_length_is_refused_naming_it(tmp_path, kind):
     m2, o2, _ = hf_run(seed=1, steps=1)
     assert_refused_unchanged(kind, tmp_path, {"model": m2, "optim": o2, "extra": {"bufs": [torch.zeros(2)] * 2}},
                              match=r"extra/bufs.*3.*2")
+
+
+# --- a load_state_dict that raises after every check passed ----------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_optimizer_failing_after_the_checks_is_rolled_back_with_what_came_before(tmp_path, kind):
+    """torch's Optimizer.load_state_dict swaps its new state in before its post hooks run: a
+    hook that raises (or an out-of-memory moving state to the device) finds the optimizer
+    already changed; the scheduler and sampler loaded before it are rolled back too."""
+    model, opt, sched = hf_run()
+    sampler = PickySampler(seed=1)
+    sampler.index = 17
+    save(kind, tmp_path, {"model": model, "optim": opt, "sched": sched, "data": sampler})
+    m2, o2, s2 = hf_run(seed=3, steps=1)
+    sampler2 = PickySampler(seed=1)
+
+    def refuse(optimizer: torch.optim.Optimizer) -> None:
+        assert optimizer.state_dict()["state"][0]["step"] == 2  # the checkpoint's state is in
+        raise RuntimeError("CUDA out of memory (simulated)")
+    o2.register_load_state_dict_post_hook(refuse)
+    before = fingerprint(m2, o2, s2, sampler2)
+    with pytest.raises(RuntimeError, match="simulated") as err:
+        load(kind, tmp_path, {"model": m2, "optim": o2, "sched": s2, "data": sampler2})
+    assert "rolled back" in "\n".join(getattr(err.value, "__notes__", []))
+    assert fingerprint(m2, o2, s2, sampler2) == before
+    train(m2, o2, s2, 1)  # the rolled-back optimizer still trains
+
+
+@pytest.mark.parametrize("kind", ["pccheck", "torchsave"])
+def test_a_module_failing_after_the_checks_says_what_may_be_partly_restored(tmp_path, kind):
+    """Modules and tensors are restored last and are not undoable (no second copy of the
+    model): a failure there is a CheckpointError naming them; what came before is rolled back."""
+    from ckptlab.core import CheckpointError
+
+    model, opt, sched = hf_run()
+    save(kind, tmp_path, {"model": model, "optim": opt, "sched": sched})
+    m2, o2, s2 = hf_run(seed=3, steps=1)
+
+    def refuse(module: torch.nn.Module, keys: Any) -> None:
+        raise RuntimeError("a hook that refuses")
+    m2.register_load_state_dict_post_hook(refuse)
+    before = fingerprint(o2, s2)
+    with pytest.raises(CheckpointError, match=r"may be partly restored: model; rolled back: optim, sched"):
+        load(kind, tmp_path, {"model": m2, "optim": o2, "sched": s2})
+    assert fingerprint(o2, s2) == before
+
+
+# --- plain values in lists and tuples --------------------------------------------------------
+
+
+def test_plain_lists_take_the_checkpoints_values_in_place_and_plain_tuples_are_replaced(tmp_path):
+    save("torchsave", tmp_path, {"extra": {"losses": [1.0, 2.0, 3.0], "rng": (3, (1, 2), None)},
+                                  "pair": (torch.ones(2), 9)})
+    losses = [0.5]
+    pair = (torch.zeros(2), 4)
+    target = {"extra": {"losses": losses, "rng": (0, (0,), 1.5)}, "pair": pair}
+    _, loaded = load("torchsave", tmp_path, target)
+    assert target["extra"]["losses"] is losses and losses == [1.0, 2.0, 3.0]
+    assert target["extra"]["rng"] == (3, (1, 2), None)  # a plain value: replaced as before
+    assert target["pair"] is pair and pair[1] == 4 and torch.equal(pair[0], torch.ones(2))  # kept, tensor in place
+    assert loaded["pair"][1] == 9  # the checkpoint's leaf is in the returned state
+
+
+@pytest.mark.parametrize("kind", ["pccheck", "torchsave"])
+def test_an_object_the_checkpoint_lacks_is_refused(tmp_path, kind):
+    model, opt, sched = hf_run()
+    save(kind, tmp_path, {"model": model, "optim": opt})
+    m2, o2, s2 = hf_run(seed=3, steps=1)
+    assert_refused_unchanged(kind, tmp_path, {"model": m2, "optim": o2, "sched": s2},
+                             match=r"'sched': the target holds LambdaLR the checkpoint does not have")
