@@ -54,9 +54,9 @@ class RestorePlan:
         """Run every step; on a failure roll back what can be, then raise (module docstring)."""
         done: list[str] = []
         for step in sorted(self.steps, key=lambda s: s.rank):
-            if step.snapshot is not None:
-                self._undo.append((step.path, step.snapshot()))
             try:
+                if step.snapshot is not None:
+                    self._undo.append((step.path, step.snapshot()))
                 step.apply()
             except BaseException as exc:
                 rolled_back = self.undo()
@@ -78,7 +78,11 @@ class RestorePlan:
         rolled_back = []
         while self._undo:
             path, undo = self._undo.pop()
-            undo()
+            try:
+                undo()
+            except Exception as exc:  # keep undoing the others; say which one stays changed
+                rolled_back.append(f"not {path} (its rollback raised {exc!r})")
+                continue
             rolled_back.append(path)
         return rolled_back
 
