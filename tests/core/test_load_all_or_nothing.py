@@ -15,7 +15,10 @@ from ckptlab.core import CheckpointConfig, CheckpointMismatchError, open_checkpo
 
 transformers = pytest.importorskip("transformers")
 
-KINDS = ["pccheck", "torchsave", "dcp"]
+# pccheck and torchsave share one load path (core/recovery.py), dcp has its own: the default
+# run covers both paths, -m slow adds pccheck (its engine-written checkpoints)
+KINDS = [pytest.param("pccheck", marks=pytest.mark.slow), "torchsave", "dcp"]
+FORMAT_KINDS = [pytest.param("pccheck", marks=pytest.mark.slow), "torchsave"]
 CONFIG = CheckpointConfig(max_inflight=1, writer_threads=1, chunk_bytes=64 * 1024, staging_bytes=16 << 20,
                           keep_last=0, io_mode="buffered")
 
@@ -137,8 +140,10 @@ def test_group_with_other_parameter_count_is_refused_naming_it(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("other", ["SGD", "Adagrad"])
-@pytest.mark.parametrize("fresh", [True, False], ids=["fresh", "stepped"])
+@pytest.mark.parametrize("other, fresh", [("SGD", True), ("Adagrad", False),
+                                          pytest.param("SGD", False, marks=pytest.mark.slow),
+                                          pytest.param("Adagrad", True, marks=pytest.mark.slow)],
+                         ids=["SGD-fresh", "Adagrad-stepped", "SGD-stepped", "Adagrad-fresh"])
 def test_adamw_checkpoint_into_another_optimizer_is_refused(tmp_path, kind, other, fresh):
     model, opt, sched = hf_run()
     save(kind, tmp_path, {"model": model, "optim": opt})
@@ -149,7 +154,7 @@ def test_adamw_checkpoint_into_another_optimizer_is_refused(tmp_path, kind, othe
     assert_refused_unchanged(kind, tmp_path, {"model": m2, "optim": o2}, match=r"another optimizer")
 
 
-@pytest.mark.parametrize("kind", ["pccheck", "torchsave"])
+@pytest.mark.parametrize("kind", FORMAT_KINDS)
 def test_per_parameter_state_of_another_shape_is_refused(tmp_path, kind):
     """Same group sizes, other parameters in them: AdamW's moments would not fit."""
     model = gpt2()
@@ -215,7 +220,7 @@ def test_scheduler_of_another_class_is_refused_unchanged(tmp_path, kind):
                              match=r"sched.*another scheduler")
 
 
-@pytest.mark.parametrize("kind", ["pccheck", "torchsave"])
+@pytest.mark.parametrize("kind", FORMAT_KINDS)
 def test_lambda_scheduler_over_other_group_count_is_refused(tmp_path, kind):
     """The checkpoint's scheduler drove two groups; loading it alone (optimizer not in the
     state) into a one-group scheduler would leave lr lists that do not fit."""
@@ -262,7 +267,7 @@ def test_a_refusing_user_object_leaves_everything_unchanged(tmp_path, kind):
 # --- tensors in lists and tuples ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["pccheck", "torchsave"])
+@pytest.mark.parametrize("kind", FORMAT_KINDS)
 def test_tensors_in_lists_and_tuples_are_restored_in_place(tmp_path, kind):
     bufs = [torch.arange(4.0), torch.ones(2, 3)]
     pair = (torch.full((3,), 7), 5)
@@ -277,7 +282,7 @@ def test_tensors_in_lists_and_tuples_are_restored_in_place(tmp_path, kind):
     assert torch.equal(new_pair[0], pair[0]) and inner.tolist() == [1, 2]
 
 
-@pytest.mark.parametrize("kind", ["pccheck", "torchsave"])
+@pytest.mark.parametrize("kind", FORMAT_KINDS)
 def test_list_of_another_length_is_refused_naming_it(tmp_path, kind):
     model, opt, _ = hf_run(steps=1)
     save(kind, tmp_path, {"model": model, "optim": opt, "extra": {"bufs": [torch.ones(2)] * 3}})
@@ -313,7 +318,7 @@ def test_an_optimizer_failing_after_the_checks_is_rolled_back_with_what_came_bef
     train(m2, o2, s2, 1)  # the rolled-back optimizer still trains
 
 
-@pytest.mark.parametrize("kind", ["pccheck", "torchsave"])
+@pytest.mark.parametrize("kind", FORMAT_KINDS)
 def test_a_module_failing_after_the_checks_says_what_may_be_partly_restored(tmp_path, kind):
     """Modules and tensors are restored last and are not undoable (no second copy of the
     model): a failure there is a CheckpointError naming them; what came before is rolled back."""
@@ -348,7 +353,7 @@ def test_plain_lists_take_the_checkpoints_values_in_place_and_plain_tuples_are_r
     assert loaded["pair"][1] == 9  # the checkpoint's leaf is in the returned state
 
 
-@pytest.mark.parametrize("kind", ["pccheck", "torchsave"])
+@pytest.mark.parametrize("kind", FORMAT_KINDS)
 def test_an_object_the_checkpoint_lacks_is_refused(tmp_path, kind):
     model, opt, sched = hf_run()
     save(kind, tmp_path, {"model": model, "optim": opt})
