@@ -42,6 +42,8 @@ from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.durable import makedirs_durable, write_file_durable
 from ckptlab.core.errors import CheckpointError, CheckpointMismatchError, CorruptCheckpointWarning, NoCheckpointError
 from ckptlab.core.recovery import CheckpointInfo
+from ckptlab.core.restore import OPTIMIZER, TENSORS, RestorePlan, check_optimizer, optimizer_snapshot, plan_entry
+from ckptlab.core.state import StatefulRef
 from ckptlab.core.writer_io import CheckpointIO, WriterIO
 from ckptlab.profiling.phases import phase
 
@@ -248,49 +250,49 @@ class DcpCheckpointer:
         objects, in place.
 
         A checkpoint that fails to read is reported and skipped for the next older one; a
-        shape/dtype mismatch is not (every older one would mismatch too). Tensors land on
-        the devices of the objects they are loaded into; ``map_location`` is unused.
+        shape/dtype mismatch is not (every older one would mismatch too). The model and
+        optimizer state is read into fresh host tensors and checked before any object changes
+        (host memory for one copy, as the ckptlab format's load needs); the objects get it on
+        their own devices, the returned state holds the host copies; ``map_location`` is unused.
         """
         self._check_open()
-        state = dict(state or {})
+        state = state if state is not None else {}
         failures = []
         candidates = [(s, p) for s, p in self._committed() if step is None or s == step]
         for s, path in reversed(candidates):
-            try:
-                with phase("load", step=s):  # as core's load: one checkpoint read and restored
-                    return s, self._load_from(path, state)
-            except CheckpointMismatchError:
-                raise
-            except Exception as exc:  # corrupt or unreadable: fall back, loudly
-                warnings.warn(CorruptCheckpointWarning(path, s, f"unreadable DCP checkpoint: {exc!r}"), stacklevel=2)
-                failures.append(f"{path}: {exc!r}")
+            with phase("load", step=s):  # as core's load: one checkpoint read and restored
+                try:
+                    saved, side = self._read(path, state)
+                except CheckpointMismatchError:
+                    raise
+                except Exception as exc:  # corrupt or unreadable: fall back, loudly
+                    warnings.warn(CorruptCheckpointWarning(path, s, f"unreadable DCP checkpoint: {exc!r}"), stacklevel=2)
+                    failures.append(f"{path}: {exc!r}")
+                    continue
+                _restore(state, saved, side)
+                return s, {**side, **saved}
         detail = f" (unreadable: {'; '.join(failures)})" if failures else ""
         what = f"step {step}" if step is not None else "DCP checkpoint"
         raise NoCheckpointError(f"no valid {what} in {self.directory}{detail}")
 
-    def _load_from(self, path: str, state: dict[str, Any]) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    def _read(self, path: str, state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The checkpoint's model and optimizer state dicts, read into fresh tensors, and its
+        side file; refuses one whose model or entries do not fit `state`. Changes nothing."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        template = _tensor_template(state)
-        metadata = self._dcp.FileSystemReader(path).read_metadata()
-        _check_shapes(metadata.state_dict_metadata, template, state, path)
-        self._dcp.load(template, storage_reader=self._dcp.FileSystemReader(path), checkpoint_id=path,
-                       **_kwargs_supported(self._dcp.load, no_dist=self._no_dist))
-        module = _the_module(state)
-        for key, value in state.items():
-            if isinstance(value, nn.Module):
-                set_model_state_dict(value, template[key])
-            elif isinstance(value, torch.optim.Optimizer):
-                set_optimizer_state_dict(module, value, template[key])
+        reader = self._dcp.FileSystemReader(path)
+        metadata = reader.read_metadata()
+        models = {k: get_model_state_dict(v) for k, v in state.items() if isinstance(v, nn.Module)}
+        _check_shapes(metadata.state_dict_metadata, models, state, path)
         side = torch.load(os.path.join(path, SIDE_FILE), map_location="cpu", weights_only=True)
-        for key, value in state.items():
-            if key in template:
-                continue
-            if key not in side:
+        live = [k for k, v in state.items() if isinstance(v, (nn.Module, torch.optim.Optimizer))]
+        for key in state:
+            if key not in live and key not in side:
                 raise CheckpointMismatchError(f"entry {key!r} is missing from checkpoint {path}")
-            if hasattr(value, "load_state_dict"):
-                value.load_state_dict(side[key])
-        return {**side, **template}
+        saved = _saved_template(metadata, live, path)
+        self._dcp.load(saved, storage_reader=reader, checkpoint_id=path,
+                       **_kwargs_supported(self._dcp.load, no_dist=self._no_dist))
+        return saved, side
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -321,6 +323,61 @@ def _the_module(state: Mapping[str, Any]) -> nn.Module | None:
     if len(modules) > 1:
         raise ValueError("the DCP adapter handles one nn.Module per checkpoint")
     return modules[0] if modules else None
+
+
+def _restore(state: Mapping[str, Any], saved: dict[str, Any], side: dict[str, Any]) -> None:
+    """Check the optimizers and the side file's entries against `state`, then restore every
+    entry all or nothing (core/restore.py): side entries, optimizers, models, in that order."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    module = _the_module(state)
+    # not strict: a parameter that never had a gradient has no state, a load torch's own
+    # Optimizer.load_state_dict (and so the ckptlab format) accepts; check_optimizer checks the rest
+    loose = StateDictOptions(strict=False)
+    plan = RestorePlan()
+    for key, value in state.items():
+        if isinstance(value, nn.Module):
+            plan.add(key, TENSORS, lambda m=value, sd=saved[key]: set_model_state_dict(m, sd))
+        elif isinstance(value, torch.optim.Optimizer):
+            if module is None:
+                raise ValueError("an optimizer needs its nn.Module in the same checkpoint")
+            check_optimizer(value, saved.get(key), [], key, dict(module.named_parameters()))
+            plan.add(key, OPTIMIZER, lambda o=value, sd=saved[key]: set_optimizer_state_dict(module, o, sd, options=loose),
+                     lambda o=value: optimizer_snapshot(o))
+        else:
+            loaded = StatefulRef(side[key]) if hasattr(value, "load_state_dict") else side[key]
+            plan_entry(plan, state, key, loaded, [], key)
+    plan.apply()
+
+
+def _saved_template(metadata: Any, keys: list[str], path: str) -> dict[str, Any]:
+    """The nested state dicts of the entries `keys` as saved, with fresh tensors of the saved
+    shapes for DCP to read into (so nothing live changes before every check has passed);
+    DCP replaces the None of each non-tensor leaf by its value."""
+    paths = getattr(metadata, "planner_data", None)
+    if not isinstance(paths, dict):
+        raise CheckpointError(f"DCP checkpoint {path} has no planner data (not written by dcp.save)")
+    nested: dict[Any, Any] = {}
+    for flat, where in paths.items():
+        if not where or where[0] not in keys:
+            continue
+        meta = metadata.state_dict_metadata.get(flat)
+        node = nested
+        for part in where[:-1]:
+            node = node.setdefault(part, {})
+        node[where[-1]] = torch.empty(tuple(meta.size), dtype=meta.properties.dtype) if hasattr(meta, "size") else None
+    return _lists_restored(nested)
+
+
+def _lists_restored(node: Any) -> Any:
+    """DCP flattens lists under integer keys (param_groups.0.lr): make them lists again."""
+    if not isinstance(node, dict):
+        return node
+    items = {k: _lists_restored(v) for k, v in node.items()}
+    if items and all(isinstance(k, int) for k in items) and sorted(items) == list(range(len(items))):
+        return [items[i] for i in range(len(items))]
+    return items
 
 
 def _tensor_template(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,8 @@ from ckptlab.core.errors import (CheckpointError, CorruptCheckpointError, Corrup
                                  NoCheckpointError)
 from ckptlab.core.commit import committed_step_dirs
 from ckptlab.core.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, TensorEntry, decode_manifest
-from ckptlab.core.state import restore, stored_bytes, to_device, unpickle_skeleton, views_on
+from ckptlab.core.restore import restore
+from ckptlab.core.state import stored_bytes, to_device, unpickle_skeleton, views_on
 from ckptlab.profiling.phases import add_engine_records, phase, recording
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ckptlab.core.errors import CheckpointError, CheckpointMismatchError, UnsafePickleError
+from ckptlab.core.errors import CheckpointError, UnsafePickleError
 from ckptlab.profiling.phases import phase
 
 TENSOR_ALIGN = 64
@@ -464,72 +464,6 @@ def materialize(tree: Any, tensors: list[torch.Tensor]) -> Any:
     if isinstance(tree, tuple):
         return tuple(materialize(v, tensors) for v in tree)
     return tree
-
-
-def _describe(t: torch.Tensor) -> str:
-    return f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}"
-
-
-def _check_fits(target: Any, loaded: Any, tensors: list[torch.Tensor], path: str) -> None:
-    """Raise CheckpointMismatchError (naming the tensor) before anything is modified."""
-    if isinstance(loaded, StatefulRef):
-        if not _is_stateful(target):
-            return
-        current = target.state_dict()
-        saved = loaded.state
-        if isinstance(target, torch.nn.Module) and isinstance(saved, Mapping):
-            missing = [k for k in current if k not in saved]
-            unexpected = [k for k in saved if k not in current]
-            if missing or unexpected:
-                raise CheckpointMismatchError(
-                    f"{path or 'state'}: model keys differ from the checkpoint "
-                    f"(missing in checkpoint: {missing[:5]}, unexpected in checkpoint: {unexpected[:5]})"
-                )
-        _check_fits(current, saved, tensors, path)
-        return
-    if isinstance(loaded, TensorRef):
-        if isinstance(target, torch.Tensor):
-            src = tensors[loaded.index]
-            if src.shape != target.shape or src.dtype != target.dtype:
-                raise CheckpointMismatchError(
-                    f"tensor {path!r}: checkpoint has {_describe(src)}, the target is {_describe(target)}"
-                )
-        return
-    if isinstance(loaded, Mapping) and isinstance(target, Mapping):
-        for k, v in loaded.items():
-            if k in target:
-                _check_fits(target[k], v, tensors, f"{path}/{k}" if path else str(k))
-        return
-    if isinstance(loaded, (list, tuple)) and isinstance(target, (list, tuple)) and len(loaded) == len(target):
-        for i, (t, v) in enumerate(zip(target, loaded)):
-            _check_fits(t, v, tensors, f"{path}/{i}")
-
-
-def _restore(target: Any, loaded: Any, tensors: list[torch.Tensor]) -> Any:
-    if isinstance(loaded, StatefulRef) and _is_stateful(target):
-        target.load_state_dict(materialize(loaded.state, tensors))
-        return target
-    if isinstance(loaded, TensorRef) and isinstance(target, torch.Tensor):
-        with torch.no_grad():
-            target.copy_(tensors[loaded.index])
-        return target
-    if isinstance(loaded, Mapping) and isinstance(target, dict):
-        for k, v in loaded.items():
-            target[k] = _restore(target[k], v, tensors) if k in target else materialize(v, tensors)
-        return target
-    return materialize(loaded, tensors)
-
-
-def restore(target: Mapping[str, Any] | None, tree: Any, tensors: list[torch.Tensor]) -> dict[str, Any]:
-    """Load `tree` into live objects of `target` (in place), or just build it when None.
-
-    Checks every shape/dtype first, so a mismatch raises before anything is modified.
-    Returns the plain loaded state (state dicts instead of objects).
-    """
-    if target is not None:
-        _check_fits(target, tree, tensors, "")
-        _restore(target, tree, tensors)
-    return materialize(tree, tensors)
 
 
 def dtype_from_name(name: str) -> torch.dtype:
