@@ -53,7 +53,7 @@ def test_mounted_takes_everything_down_even_when_the_body_fails(tmp_path):
         with loopfs.mounted("ext4", str(tmp_path), "data=writeback") as mnt:
             seen["mnt"], seen["image"] = mnt, os.path.join(os.path.dirname(mnt), "image")
             assert os.path.ismount(mnt) and seen["image"] in _attached(seen["image"])
-            with open(os.path.join(mnt, "f"), "w") as f:  # busy: a file still open inside
+            with open(os.path.join(mnt, "f"), "w") as f:  # a file open inside when the trial fails
                 f.write("x")
                 raise RuntimeError("trial failed")
     assert not os.path.ismount(seen["mnt"]) and _attached(seen["image"]) == ""
