@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.ckptlab-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-all test-slow test-cpp test-arm64 demo validate campaign bench bench-cpu affinity clean
+.PHONY: setup test test-all test-slow test-cpp test-arm64 demo validate campaign campaign-full bench bench-cpu affinity clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -94,8 +94,15 @@ validate: setup
 	$(PY) -m ckptlab.training.validate --checkpointer pccheck --steps 150 --freq 50 --kill-after 50 --out runs/validate-pccheck
 	$(PY) -m ckptlab.training.validate --checkpointer torchsave --steps 150 --freq 50 --kill-after 50 --out runs/validate-torchsave
 
+# make campaign: every tier, a few minutes; campaign-full: over 10,000 trials, every cell of
+# its coverage table (tier x writer x fault point x action), under 40 min on 2 cores. Both
+# print that table and record it in OUT/summary.json. As root they include realfs (ext4/xfs
+# on loop devices); otherwise it is skipped with the reason.
 campaign: setup
 	$(PY) -m ckptlab.faults.campaign --out runs/campaign
+
+campaign-full: setup
+	$(PY) -m ckptlab.faults.campaign --full --out runs/campaign-full
 
 bench-cpu: setup
 	$(PY) benchmarks/bench_cpu.py --size-mb 1024 --out benchmarks/results

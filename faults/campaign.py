@@ -7,7 +7,11 @@ oracle (faults/oracle.py). Writes one row per trial to ``OUT/results.parquet``, 
 log, I/O log, crash states) under ``OUT/violations/``, prints a table, and exits non-zero on
 any violation or harness error. Every trial is reproducible from the printed seed and id:
 
-    ckptlab campaign --seed S --trial points:17 [--short] [--unsafe M]
+    ckptlab campaign --seed S --trial points:17 [--short | --full] [--unsafe M]
+
+Three sizes: ``--short`` (seconds, what ``make test`` runs), the default (``make campaign``, a
+few minutes) and ``--full`` (``make campaign-full``: over 10,000 trials). The summary counts the
+trials in each coverage cell (tier x writer x fault point x action, faults/coverage.py).
 """
 from __future__ import annotations
 
@@ -24,19 +28,22 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ckptlab.faults import coverage
 from ckptlab.faults import tiers as T
 from ckptlab.faults.tiers import enospc
 from ckptlab.faults.tiers.common import Context, row, unsupported
 
 DEFAULT_OUT = "campaign-results"
-# Trials per tier: (short, full); exhaustive tiers ignore --trials.
-SCALE = {"random": (8, 300), "powerloss": (1, 16), "bitrot": (60, 660), "enospc": (1, 12), "training": (0, 6)}
+# Trials per tier: (short, default, full); exhaustive tiers (points, ioerr) ignore them and --trials.
+SCALE = {"random": (8, 300, 2000), "powerloss": (1, 16, 60), "bitrot": (60, 660, 7600), "enospc": (1, 12, 60),
+         "realfs": (3, 36, 1000), "training": (0, 6, 12)}
 
 
 @dataclass
 class Options:
     tiers: tuple[str, ...] = T.TIERS
     short: bool = False
+    full: bool = False
     trials: int | None = None
     seed: int = 1
     jobs: int = 0
@@ -56,6 +63,8 @@ class Result:
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     out: str = ""
+    coverage: dict = field(default_factory=dict)   # cell -> trials run in it
+    expected: dict = field(default_factory=dict)   # cell -> None | why it is empty by design
 
     @property
     def violations(self) -> int:
@@ -93,12 +102,12 @@ def trial_count(tier: str, opts: Options) -> int:
     """Trials of a randomized tier; 0 for an exhaustive one (it enumerates its whole space)."""
     if tier not in SCALE:
         return 0
-    short, full = SCALE[tier]
+    short, default, full = SCALE[tier]
     if opts.trials is None:
-        return short if opts.short else full
+        return short if opts.short else full if opts.full else default
     n = opts.trials
     return {"random": n, "bitrot": 2 * n, "powerloss": max(1, n // 30), "enospc": max(2, n // 30),
-            "training": max(1, n // 50)}[tier]
+            "realfs": max(3, n // 10), "training": max(1, n // 50)}[tier]
 
 
 def generate(opts: Options) -> tuple[list[dict], dict[str, str]]:
@@ -112,6 +121,7 @@ def generate(opts: Options) -> tuple[list[dict], dict[str, str]]:
         if not ok:
             skipped[tier] = why
             continue
+        skipped |= {f"{tier} ({part})": why for part, why in T.REGISTRY[tier].parts_skipped().items()}
         trials += T.REGISTRY[tier].generate(opts.seed, trial_count(tier, opts), opts.short)
     if opts.trial:
         wanted = set(opts.trial)
@@ -119,7 +129,7 @@ def generate(opts: Options) -> tuple[list[dict], dict[str, str]]:
         missing = wanted - {t["id"] for t in trials}
         if missing:
             raise ValueError(f"no such trial(s) {sorted(missing)} for --seed {opts.seed}"
-                             f"{' --short' if opts.short else ''} and tiers {','.join(opts.tiers)}")
+                             f"{' --short' if opts.short else ' --full' if opts.full else ''} and tiers {','.join(opts.tiers)}")
     return trials, skipped
 
 
@@ -127,6 +137,8 @@ def repro(trial: dict, opts: Options) -> str:
     parts = ["ckptlab campaign", f"--seed {opts.seed}", f"--tiers {trial['tier']}", f"--trial {trial['id']}"]
     if opts.short:
         parts.append("--short")
+    if opts.full:
+        parts.append("--full")
     parts += [f"--unsafe {u}" for u in opts.unsafe]
     return " ".join(parts)
 
@@ -165,7 +177,8 @@ def run_one(trial: dict, ctx: Context | None = None) -> tuple[dict, str | None]:
 
 
 def _weight(trial: dict) -> int:
-    return {"training": 0, "enospc": 1, "powerloss": 2, "random": 3, "points": 4, "ioerr": 5}.get(trial["tier"], 6)
+    return {"training": 0, "enospc": 1, "powerloss": 2, "realfs": 3, "random": 4, "points": 5,
+            "ioerr": 6}.get(trial["tier"], 7)
 
 
 def run(opts: Options) -> Result:
@@ -226,11 +239,28 @@ def run(opts: Options) -> Result:
         if own_work and not opts.keep_work:
             shutil.rmtree(work, ignore_errors=True)
     result.seconds = time.monotonic() - t_start
+    ran = {r["trial"] for r in result.rows if r["outcome"] != "skipped"}
+    result.coverage = dict(coverage.count(t for t in trials if t["id"] in ran))
+    result.expected = expected_cells(opts, trials)
     for r in result.rows:
         r["repro"] = repro({"tier": r["tier"], "id": r["trial"]}, opts)
     result.rows.sort(key=lambda r: (T.TIERS.index(r["tier"]), int(r["trial"].split(":")[1])))
     _write(result, opts)
     return result
+
+
+def expected_cells(opts: Options, trials: list[dict]) -> dict:
+    """The coverage grid of the tiers that ran (realfs: of the file systems it ran on)."""
+    ran = {t["tier"] for t in trials}
+    variants = sorted({coverage.tier_label(t) for t in trials if t["tier"] == "realfs"})
+    return coverage.expected([t for t in opts.tiers if t in ran], variants)
+
+
+def coverage_rows(result: Result) -> list[dict]:
+    """One row per cell of the grid (and any cell outside it a trial reached)."""
+    cells = dict.fromkeys(list(result.expected) + sorted(set(result.coverage) - set(result.expected)))
+    return [{"tier": c[0], "writer": c[1], "point": c[2], "action": c[3], "trials": result.coverage.get(c, 0),
+             "empty_by_design": result.expected.get(c)} for c in cells]
 
 
 def _progress(total: int, opts: Options):
@@ -244,10 +274,10 @@ def _progress(total: int, opts: Options):
 
 
 def _write(result: Result, opts: Options) -> None:
-    summary = {"seed": opts.seed, "short": opts.short, "tiers": list(opts.tiers), "unsafe": list(opts.unsafe),
+    summary = {"seed": opts.seed, "short": opts.short, "full": opts.full, "tiers": list(opts.tiers), "unsafe": list(opts.unsafe),
                "seconds": round(result.seconds, 2), "trials": len(result.rows), "violations": result.violations,
                "errors": result.errors, "skipped": result.skipped, "by_tier": result.by_tier(),
-               "torchsave_by_tier": result.by_tier("torchsave")}
+               "torchsave_by_tier": result.by_tier("torchsave"), "coverage": coverage_rows(result)}
     with open(os.path.join(opts.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     try:
@@ -264,7 +294,8 @@ def _write(result: Result, opts: Options) -> None:
                         ("fired", pa.bool_()), ("loaded_step", pa.int64()), ("acked_step", pa.int64()),
                         ("detail", pa.string()), ("seconds", pa.float64()), ("params", pa.string()),
                         ("repro", pa.string())],
-                       metadata={"campaign": json.dumps({k: v for k, v in summary.items() if "by_tier" not in k})})
+                       metadata={"campaign": json.dumps({k: v for k, v in summary.items()
+                                                          if "by_tier" not in k and k != "coverage"})})
     table = pa.Table.from_pylist([{c: r.get(c) for c in cols} for r in result.rows], schema=schema)
     tmp = os.path.join(opts.out, ".results.parquet.tmp")
     pq.write_table(table, tmp)
@@ -277,7 +308,7 @@ def print_summary(result: Result, opts: Options, file=None) -> None:
     from rich.text import Text
 
     console = Console(file=file or sys.stdout, width=120)
-    title = f"crash-consistency campaign (seed {opts.seed}{', short' if opts.short else ''}"
+    title = f"crash-consistency campaign (seed {opts.seed}{', short' if opts.short else ', full' if opts.full else ''}"
     title += f", unsafe: {','.join(opts.unsafe)})" if opts.unsafe else ")"
     table = Table(title=title)
     for col, just in (("tier", "left"), ("trials", "right"), ("crashed/failed", "right"), ("checks", "right"),
@@ -302,12 +333,17 @@ def print_summary(result: Result, opts: Options, file=None) -> None:
         add(tier, tiers[tier])
         if tier in torchsave:  # the torchsave writer's share of the row above
             add("  of which torchsave", torchsave[tier])
+        for part, why in result.skipped.items():
+            if part.startswith(f"{tier} ("):
+                table.add_row(f"  {part}", "0", "-", "-", "-", f"[yellow]skipped: {why}[/yellow]", "-")
     total_checks = sum(t["checks"] for t in tiers.values())
     style = "red" if result.exit_code else "green"
     table.add_row("[b]total[/b]", str(len(result.rows)), "", str(total_checks),
                   f"[{style}][b]{result.violations}[/b][/{style}]", f"{result.errors} errors" if result.errors else "",
                   f"{result.seconds:.1f}s wall")
     console.print(table)
+    if result.expected and not opts.trial:  # (a few chosen trials: the table would be all "missing")
+        console.print(coverage_table(result))
     bad = [r for r in result.rows if r["violations"] or r["outcome"] == "error"]
     for r in bad[:10]:
         console.print(Text.assemble((r["outcome"].upper(), "bold red"),
@@ -318,6 +354,33 @@ def print_summary(result: Result, opts: Options, file=None) -> None:
     console.print(f"results: {os.path.join(opts.out, 'results.parquet')}"
                   + (f"; violating trials kept in {os.path.join(opts.out, 'violations')}" if bad else ""),
                   markup=False, highlight=False)
+
+
+def coverage_table(result: Result):
+    """Coverage per (tier, writer, action): fault points with trials, out of those expected;
+    trials per covered cell; cells empty by design (why: summary.json "coverage")."""
+    from rich.table import Table
+
+    table = Table(title="coverage: tier x writer x action over fault points (cells: summary.json \"coverage\")")
+    for col in ("tier", "writer", "action", "points covered", "trials/cell", "empty by design", "missing"):
+        table.add_column(col, justify="left" if col in ("tier", "writer", "action", "missing") else "right")
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for c in coverage_rows(result):
+        groups.setdefault((c["tier"], c["writer"], c["action"]), []).append(c)
+    for (tier, writer, action), cs in groups.items():
+        wanted = [c for c in cs if c["empty_by_design"] is None]
+        hit = [c["trials"] for c in wanted if c["trials"]]
+        missing = [c["point"] for c in wanted if not c["trials"]]
+        by_design = [c for c in cs if c["empty_by_design"] is not None]
+        if not wanted and not any(c["trials"] for c in cs):
+            table.add_row(tier, writer, action, "-", "-", f"all {len(cs)}", "", style="dim")
+            continue
+        table.add_row(tier, writer, action, f"{len(hit)}/{len(wanted)}",
+                      f"{min(hit)}-{max(hit)}" if hit else "0", str(len(by_design)) if by_design else "",
+                      f"[red]{', '.join(missing)}[/red]" if missing else "")
+    reasons = sorted({c["empty_by_design"] for c in coverage_rows(result) if c["empty_by_design"]})
+    table.caption = "empty by design: " + "; ".join(reasons) if reasons else None
+    return table
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -342,7 +405,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--tiers", type=_tiers, action="append", default=None, metavar="LIST",
                    help=f"comma-separated tiers ({', '.join(T.TIERS)}; default all)")
-    p.add_argument("--short", action="store_true", help="the quick version (seconds; what `make test` runs)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--short", action="store_true", help="the quick version (seconds; what `make test` runs)")
+    size.add_argument("--full", action="store_true",
+                      help="the long version (over 10,000 trials; what `make campaign-full` runs)")
     p.add_argument("--trials", type=int, default=None, metavar="N",
                    help="trials of each randomized tier (random, bitrot x2, powerloss N/30 recordings, ...); "
                         "the exhaustive tiers (points, ioerr) always run their whole space")
@@ -362,7 +428,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> Options:
     tiers = tuple(dict.fromkeys(t for group in (args.tiers or [list(T.TIERS)]) for t in group))
-    return Options(tiers=tiers, short=args.short, trials=args.trials, seed=args.seed, jobs=args.jobs, out=args.out,
+    return Options(tiers=tiers, short=args.short, full=args.full, trials=args.trials, seed=args.seed, jobs=args.jobs, out=args.out,
                    unsafe=tuple(args.unsafe), trial=tuple(args.trial), max_violations=args.max_violations,
                    work_dir=args.work_dir, keep_work=args.keep_work, progress=args.progress)
 
@@ -378,7 +444,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                 print(f"# {tier} skipped: {why}")
             return 0
         print(f"ckptlab campaign: seed {opts.seed}, tiers {','.join(opts.tiers)}"
-              + (", short" if opts.short else "") + (f", unsafe {','.join(opts.unsafe)}" if opts.unsafe else ""),
+              + (", short" if opts.short else ", full" if opts.full else "") + (f", unsafe {','.join(opts.unsafe)}" if opts.unsafe else ""),
               flush=True)
         result = run(opts)
     except ValueError as e:

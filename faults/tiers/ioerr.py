@@ -1,8 +1,8 @@
 """The ``ioerr`` tier: the N-th occurrence of each failing operation (chunk write, data
 fdatasync, MANIFEST write and fsync, temp-directory fsync, rename) returns EIO / ENOSPC /
 EDQUOT or a short write, SQLite ``ioerr`` style, for every N of a run; one more save follows.
-The torchsave writer (its child imports torch: fewer trials) gets each in its second
-checkpoint and a short last chunk; its save() must raise the injected errno.
+The torchsave writer (its child imports torch: fewer trials) gets each errno at each point
+in its second checkpoint and a short last chunk; its save() must raise the injected errno.
 
 Persistent trials (``mode=persist``, a dying disk): from the first failing operation of
 checkpoint K on, every write, fsync and rename fails. The checkpoint that hit it and every
@@ -60,7 +60,7 @@ def generate(seed: int, count: int, short: bool) -> list[dict]:
     # a short write of the run's last chunk.
     ts = torchsave_point_setup()
     cases = [(p, a, 2) for p, a in SHORT_TORCHSAVE] if short else \
-        [(p, actions[i % len(actions)], ts.point_count(p, 1) + 1) for i, p in enumerate(ERROR_POINTS)]
+        [(p, a, ts.point_count(p, 1) + 1) for p in ERROR_POINTS for a in actions]
     if not short:
         cases.append(("before_chunk_write", "short", _total(ts, "before_chunk_write")))
     for point, action, h in cases:

@@ -1,7 +1,8 @@
 """The ``points`` tier: SIGKILL at every named fault point x checkpoint {1, 2, last} x
 occurrence {first, last}, on three engine shapes and the torchsave shape; commit-order
 scenarios (a slow checkpoint 2 overtaken by 3; engine only: torchsave saves synchronously);
-consecutive crashes (crash, recover, crash in the first save after recovery).
+consecutive crashes (crash, recover, crash in the first save after recovery); a short delay at
+every point (engine and torchsave: the run must still succeed).
 """
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import random
 
 from ckptlab.core.fault_spec import fault_points
 from ckptlab.faults.tiers.common import (
-    MiB, POINT_SETUPS, Context, Setup, checked, crash_checks, numbered, point_setup, row, run_saver, session, setup_of,
-    torchsave_point_setup, trial_seed,
+    MiB, POINT_SETUPS, Context, Setup, checked, crash_checks, failed_row, numbered, point_setup, row, run_saver, session, setup_of,
+    torchsave_point_setup, trial_seed, verdict,
 )
 
 # --short: a few torchsave kills (each child imports torch: ~2 s)
 SHORT_TORCHSAVE_POINTS = ("before_rename", "during_gc")
 TORCHSAVE_DOUBLES = 2
+DELAY_MS = 30
 
 
 def _kills(shape: Setup, points: list[str], short: bool, **extra: object) -> list[dict]:
@@ -33,6 +35,16 @@ def _kills(shape: Setup, points: list[str], short: bool, **extra: object) -> lis
                 continue
             for hit in ([1] if short else sorted({1, count})):
                 trials.append({"kind": "kill", **extra, "point": point, "ckpt": ck, "hit": hit})
+    return trials
+
+
+def _delays(shape: Setup, **extra: object) -> list[dict]:
+    """A DELAY_MS sleep at each point's first occurrence in checkpoint 2 (or the last that passes it)."""
+    trials = []
+    for point in fault_points():
+        ck = 2 if shape.point_count(point, 2) else len(shape.steps)
+        if shape.point_count(point, ck):
+            trials.append({"kind": "delay", **extra, "point": point, "ckpt": ck, "hit": 1})
     return trials
 
 
@@ -54,11 +66,14 @@ def generate(seed: int, count: int, short: bool) -> list[dict]:
         for _ in range(12):
             trials.append({"kind": "double", "setup": rng.randrange(len(POINT_SETUPS)),
                            "first": [rng.choice(points), rng.randint(1, 3)], "second": rng.choice(points)})
-    # The torchsave writer: the same kills at every point it passes, after the engine's trials
-    # (their ids stay put), and consecutive crashes.
+    if not short:  # a delay at every point: the run must still succeed as a whole
+        trials += _delays(point_setup(0), setup=0)
+    # The torchsave writer: the same kills (and delays) at every point it passes, after the
+    # engine's trials (their ids stay put), and consecutive crashes.
     ts = {"setup": "torchsave", "writer": "torchsave"}
     trials += _kills(torchsave_point_setup(), list(SHORT_TORCHSAVE_POINTS) if short else fault_points(), short, **ts)
     if not short:
+        trials += _delays(torchsave_point_setup(), **ts)
         rng = random.Random(trial_seed(seed, "points-torchsave", 0))
         for _ in range(TORCHSAVE_DOUBLES):
             trials.append({"kind": "double", **ts, "first": [rng.choice(fault_points()), rng.randint(1, 3)],
@@ -77,9 +92,13 @@ def run(trial: dict, ctx: Context, tdir: str) -> dict:
         faults = "point=before_data_fsync,ckpt=2,action=delay=300"
         if p["kill"]:
             faults += ";point=after_commit,ckpt=3,action=kill"
+    elif p["kind"] == "delay":
+        faults = f"point={p['point']},ckpt={p['ckpt']},hit={p['hit']},action=delay={DELAY_MS}"
     else:
         faults = f"point={p['point']},ckpt={p['ckpt']},hit={p['hit']},action=kill"
     child = run_saver(ctx, tdir, setup, session(setup, ctx, faults=faults))
+    if p["kind"] == "delay":
+        return _delayed(trial, setup, child)
     must_die = p["kind"] == "kill" or p["kill"]
     return checked(trial, setup, child, fired=child.sigkilled if must_die else True)
 
@@ -100,3 +119,14 @@ def _double(trial: dict, ctx: Context, tdir: str, setup: Setup) -> dict:
     second = p["second"] if setup.point_count(p["second"], 1) else "before_rename"
     child = run_saver(ctx, tdir, setup, session(setup, ctx, steps=steps, faults=f"point={second},ckpt=1,action=kill"))
     return checked(trial, setup, child, fired=first.sigkilled and child.sigkilled)
+
+
+def _delayed(trial: dict, setup: Setup, child) -> dict:
+    """A delay is no fault: the run must exit cleanly with every step acknowledged."""
+    if child.rc != 0:
+        return failed_row(trial, child, "a delay at a fault point failed the run")
+    hist, v, d = crash_checks(setup, child)
+    missing = [s for s in setup.steps if s not in hist.acked]
+    if missing:
+        v.append(f"a {DELAY_MS} ms delay at {trial['p']['point']} and steps {missing} were never acknowledged")
+    return verdict(trial, True, v, hist, d)

@@ -1,0 +1,116 @@
+"""What a campaign covers: each trial's cells (tier, writer, fault point, action), and the
+grid each tier should fill, with the cells that are empty by design and why.
+
+    cells(trial)               the cells one trial exercises
+    count(trials)              trials per cell
+    expected(tiers, variants)  {cell: None (must be covered) | why it is empty by design}
+
+A tier tests its own actions at every point it can: ``points`` kills and delays at every fault
+point, ``ioerr`` every error action at every erroring point, ``realfs`` both on each file
+system; the other tiers have no named points (a random time, every crash state, a committed
+checkpoint, a full disk), so their "point" is that, in parentheses.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from ckptlab.core.fault_spec import ERROR_ACTIONS, ERROR_POINTS, fault_points
+from ckptlab.faults.damage import KINDS as DAMAGE
+from ckptlab.faults.tiers import training
+
+Cell = tuple[str, str, str, str]  # tier, writer, point, action
+RANDOM_TIME, CRASH_STATES, COMMITTED, FULL_DISK, STEP = (
+    "(random time)", "(every crash state)", "(committed checkpoint)", "(full disk)", "(a training step)")
+WRITERS = ("pccheck", "torchsave")
+
+
+def tier_label(trial: dict) -> str:
+    """The tier as the coverage table names it: realfs per file system and mount variant."""
+    p = trial["p"]
+    return f"realfs {p['fs']} {p['mount']}".strip() if trial["tier"] == "realfs" else trial["tier"]
+
+
+def _point_cells(p: dict) -> list[tuple[str, str]]:
+    kind = p.get("kind", "ioerr" if "action" in p else "kill")
+    if "action" in p:
+        return [(p["point"], p["action"])]
+    if kind in ("kill", "delay"):
+        return [(p["point"], kind)]
+    if kind == "order":
+        return [("before_data_fsync", "delay")] + ([("after_commit", "kill")] if p["kill"] else [])
+    if kind == "double":
+        return [(p["first"][0], "kill"), (p["second"], "kill")]
+    if kind == "enospc":
+        return [(FULL_DISK, "enospc")]
+    raise ValueError(f"no coverage cells for trial kind {kind!r}")
+
+
+def cells(trial: dict) -> list[Cell]:
+    tier, p = trial["tier"], trial["p"]
+    writer = p.get("writer", "pccheck")
+    if tier in ("points", "ioerr", "realfs"):
+        pairs = _point_cells(p)
+    elif tier == "random":
+        pairs = [(RANDOM_TIME, "kill")]
+    elif tier == "powerloss":
+        pairs = [(CRASH_STATES, "power cut")]
+    elif tier == "bitrot":
+        pairs = [(COMMITTED, p["kind"])]
+    elif tier == "enospc":
+        pairs = [(FULL_DISK, "enospc")]
+    elif tier == "training":
+        pairs = [_training_cell(p["kind"], p["arg"])]
+    else:
+        raise ValueError(f"no coverage cells for tier {tier!r}")
+    label = tier_label(trial)
+    return [(label, writer, point, action) for point, action in pairs]
+
+
+def _training_cell(kind: str, arg: object) -> tuple[str, str]:
+    if kind == "point":
+        return str(arg).split(",")[0], "kill"
+    return (STEP, "fail") if kind == "step" else (RANDOM_TIME, "kill")
+
+
+def count(trials: Iterable[dict]) -> Counter[Cell]:
+    return Counter(c for t in trials for c in cells(t))
+
+
+def _error_cell_why(point: str, action: str) -> str | None:
+    if point not in ERROR_POINTS:
+        return "nothing fails at this point (no operation follows it)"
+    if action == "short" and point != "before_chunk_write":
+        return "a short write needs a write (only before_chunk_write)"
+    return None
+
+
+def expected(tiers: Iterable[str], realfs_variants: Iterable[str] = ()) -> dict[Cell, str | None]:
+    """The grid of ``tiers`` (``realfs_variants``: the file-system labels realfs runs here)."""
+    grid: dict[Cell, str | None] = {}
+    points = fault_points()
+    engine_only = "engine only: the torchsave child is crashed by points, random, ioerr and powerloss"
+    for tier in tiers:
+        if tier == "points":
+            grid |= {(tier, w, pt, a): None for w in WRITERS for pt in points for a in ("kill", "delay")}
+        elif tier == "ioerr":
+            grid |= {(tier, w, pt, a): _error_cell_why(pt, a) for w in WRITERS for pt in points for a in ERROR_ACTIONS}
+        elif tier == "realfs":
+            for label in realfs_variants:
+                for w in WRITERS:
+                    grid |= {(label, w, pt, "kill"): None for pt in points}
+                    grid |= {(label, w, pt, a): _error_cell_why(pt, a) for pt in points for a in ERROR_ACTIONS}
+                    grid[(label, w, FULL_DISK, "enospc")] = None
+        elif tier in ("random", "powerloss"):
+            action = "kill" if tier == "random" else "power cut"
+            grid |= {(tier, w, RANDOM_TIME if tier == "random" else CRASH_STATES, action): None for w in WRITERS}
+        elif tier == "bitrot":
+            grid |= {(tier, "pccheck", COMMITTED, k): None for k in DAMAGE}
+            grid |= {(tier, "torchsave", COMMITTED, k): engine_only + " (damage detection is the loader's, "
+                     "tested for every writer in tests/core)" for k in DAMAGE}
+        elif tier == "enospc":
+            grid[(tier, "pccheck", FULL_DISK, "enospc")] = None
+            grid[(tier, "torchsave", FULL_DISK, "enospc")] = engine_only + " (realfs fills a disk under torchsave)"
+        elif tier == "training":
+            grid |= {(tier, "pccheck", *_training_cell(k, a)): None for k, a in training.KINDS}
+    return grid
