@@ -17,12 +17,13 @@ from collections.abc import Iterable
 
 from ckptlab.core.fault_spec import ERROR_ACTIONS, ERROR_POINTS, fault_points
 from ckptlab.faults.damage import KINDS as DAMAGE
-from ckptlab.faults.tiers import training
+from ckptlab.faults.tiers import ioerr, training
 
 Cell = tuple[str, str, str, str]  # tier, writer, point, action
 RANDOM_TIME, CRASH_STATES, COMMITTED, FULL_DISK, STEP = (
     "(random time)", "(every crash state)", "(committed checkpoint)", "(full disk)", "(a training step)")
 WRITERS = ("pccheck", "torchsave")
+DYING = "dying disk"  # an error action with mode=persist: every failing operation from then on
 
 
 def tier_label(trial: dict) -> str:
@@ -33,6 +34,8 @@ def tier_label(trial: dict) -> str:
 
 def _point_cells(p: dict) -> list[tuple[str, str]]:
     kind = p.get("kind", "ioerr" if "action" in p else "kill")
+    if p.get("persist"):
+        return [(p["point"], DYING)]
     if "action" in p:
         return [(p["point"], p["action"])]
     if kind in ("kill", "delay"):
@@ -95,11 +98,17 @@ def expected(tiers: Iterable[str], realfs_variants: Iterable[str] = ()) -> dict[
             grid |= {(tier, w, pt, a): None for w in WRITERS for pt in points for a in ("kill", "delay")}
         elif tier == "ioerr":
             grid |= {(tier, w, pt, a): _error_cell_why(pt, a) for w in WRITERS for pt in points for a in ERROR_ACTIONS}
+            grid |= {(tier, "pccheck", pt, DYING): _error_cell_why(pt, "eio") for pt in points}
+            torchsave_dying = {pt for pt, _, _ in ioerr.PERSIST_TORCHSAVE}
+            grid |= {(tier, "torchsave", pt, DYING): _error_cell_why(pt, "eio") or (
+                None if pt in torchsave_dying else "two dying-disk trials for torchsave here (its child imports "
+                "torch); realfs and tests/core/test_dying_disk.py fail every point under it") for pt in points}
         elif tier == "realfs":
             for label in realfs_variants:
                 for w in WRITERS:
                     grid |= {(label, w, pt, "kill"): None for pt in points}
                     grid |= {(label, w, pt, a): _error_cell_why(pt, a) for pt in points for a in ERROR_ACTIONS}
+                    grid |= {(label, w, pt, DYING): _error_cell_why(pt, "eio") for pt in points}
                     grid[(label, w, FULL_DISK, "enospc")] = None
         elif tier in ("random", "powerloss"):
             action = "kill" if tier == "random" else "power cut"

@@ -30,9 +30,13 @@ SHORT_TORCHSAVE = [("before_chunk_write", "short")]
 # torchsave (its point setup). Setup 0 overlaps two checkpoints: a disk that dies in the
 # writes of checkpoint 2 also fails checkpoint 1 (still fsyncing), so the writers' points die
 # in checkpoint 3 (1 is acknowledged before 3 is staged), the committer's in checkpoint 2.
-PERSIST_ENGINE = [(0, p, 3 if p in ("before_chunk_write", "before_data_fsync") else 2, ("eio", "enospc", "edquot")[i % 3])
-                  for i, p in enumerate(ERROR_POINTS)] + [(1, "before_chunk_write", 3, "short")]
-PERSIST_SHORT = [(0, "before_data_fsync", 3, "eio")]
+def persist_ckpt(point: str) -> int:
+    """The checkpoint of setup 0 in which a persistent error at ``point`` starts."""
+    return 3 if point in ("before_chunk_write", "before_data_fsync") else 2
+
+
+PERSIST_ENGINE = [(0, p, persist_ckpt(p), ("eio", "enospc", "edquot")[i % 3]) for i, p in enumerate(ERROR_POINTS)] + [(1, "before_chunk_write", 3, "short")]
+PERSIST_SHORT = [(0, "before_data_fsync", persist_ckpt("before_data_fsync"), "eio")]
 PERSIST_TORCHSAVE = [("before_chunk_write", 2, "eio"), ("before_manifest_fsync", 3, "edquot")]
 
 

@@ -5,6 +5,8 @@ writers:
 
     kill    SIGKILL at a fault point (the ``points`` tier's trial, run on the image)
     ioerr   a one-off injected error at an erroring point (the ``ioerr`` tier's trial)
+    dying   a dying disk (``mode=persist``): from a failing operation on, every write, fsync
+            and rename fails (the ``ioerr`` tier's persistent trial)
     enospc  a real full disk: a ballast file leaves room for less than the next checkpoint,
             so the kernel fails it (torchsave: in the middle of writing state.pt; the engine
             reserves its data files first, so there: at fallocate); then the space is freed
@@ -36,7 +38,7 @@ from ckptlab.faults.tiers.common import (
 # only our own fsyncs order anything); xfs's defaults. No ``-o sync``: it makes every write
 # synchronous and so would hide a missing fsync instead of exposing it.
 VARIANTS: tuple[tuple[str, str], ...] = (("ext4", "data=ordered"), ("ext4", "data=writeback"), ("xfs", ""))
-KINDS = ("enospc", "kill", "ioerr")
+KINDS = ("enospc", "kill", "ioerr", "dying")
 WRITERS = ("pccheck", "torchsave")
 # Free space left by the ballast, in checkpoints: the 1st, 2nd or 3rd save finds the disk full
 # (keep_last=2, one save in flight: at most 3 checkpoints on disk at once).
@@ -78,6 +80,11 @@ def _cases(fs: str, options: str, writer: str, kind: str) -> list[dict]:
                 if action != "short" or point == "before_chunk_write":
                     out.append(base | {"setup": shape_ref, "point": point, "hit": shape.point_count(point, 1) + 1,
                                        "action": action})
+    elif kind == "dying":  # each erroring point, as the ioerr tier's persistent trials choose the checkpoint
+        for i, point in enumerate(ERROR_POINTS):
+            ck = ioerr.persist_ckpt(point) if writer == "pccheck" else 2
+            out.append(base | {"setup": shape_ref, "point": point, "ckpt": ck, "action": ERROR_ACTIONS[i % 3],
+                               "persist": True})
     else:
         rng = random.Random(f"realfs-enospc-{writer}")
         for free in FREE_CKPTS:
@@ -117,8 +124,9 @@ def run(trial: dict, ctx: Context, tdir: str) -> dict:
 
 
 # Trials of other tiers run as they are, with their directory on the image. A further kind of
-# trial (e.g. a persistent I/O error) is one more entry here and in KINDS, and its cases in _cases.
-ON_IMAGE: dict[str, Callable[[dict, Context, str], dict]] = {"kill": points.run, "ioerr": ioerr.run}
+# trial is one more entry here and in KINDS, and its cases in _cases.
+ON_IMAGE: dict[str, Callable[[dict, Context, str], dict]] = {"kill": points.run, "ioerr": ioerr.run,
+                                                             "dying": ioerr.run}
 
 
 def _ballast(mnt: str, leave: int) -> tuple[str, int]:
