@@ -32,7 +32,7 @@ SECCOMP_RET_ERRNO = 0x00050000
 ARCHES = {"x86_64": (0xC000003E, 285), "aarch64": (0xC00000B7, 47)}
 SKIP = 3
 
-EMPTY_LAYOUT = '{"objects":[0,0],"tensors":[]}'  # the meta a pccheck manifest must carry
+EMPTY_LAYOUT = '{"objects":[0,0],"storages":[],"tensors":[]}'  # the meta a pccheck manifest must carry
 
 
 def _insn(code: int, jt: int, jf: int, k: int) -> bytes:

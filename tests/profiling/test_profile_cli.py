@@ -108,7 +108,17 @@ if sys.argv[1:] == ["--version"]:
     print("py-spy 0.0-stand-in"); sys.exit(0)
 args = sys.argv[1:]
 pid = int(args[args.index("--pid") + 1])
-while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z":
+
+
+def alive(pid):
+    try:  # the target may be reaped between any two reads
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+while alive(pid):
     time.sleep(0.005)
 open(args[args.index("--output") + 1], "w").write('{"$schema": "stand-in speedscope"}')
 """
