@@ -347,9 +347,11 @@ void Engine::write_chunk(const WriteTask& t, TraceRing* ring) {
       ScopedPhase p(&tracer_, ring, Phase::kChecksum, ck.id, ck.step, t.chunk, offset, len);
       ck.crcs[t.chunk] = crc32c(0, data, len);
     }
-    FaultEffect fe = fault(FaultPoint::kBeforeChunkWrite, ck);
     {
+      // The point fires inside the write record: a delay there is time in the write, as a slow
+      // device's would be (off CPU, not runnable), and an injected error is the write's.
       ScopedPhase p(&tracer_, ring, Phase::kWrite, ck.id, ck.step, t.chunk, offset, len);
+      FaultEffect fe = fault(FaultPoint::kBeforeChunkWrite, ck);
       if (fe.error && !fe.short_write) throw IoError("write", sh.path, fe.error);
       // A short write accepts an aligned prefix, then fails like a device that filled up.
       const int64_t accept = fe.short_write ? static_cast<int64_t>(len / 2 / kIoAlign * kIoAlign) : -1;
@@ -367,8 +369,8 @@ void Engine::finish_chunk(const std::shared_ptr<Checkpoint>& ck, uint32_t chunk,
   // This thread wrote the file's last chunk: make the file durable from the fd that wrote it.
   if (!ck->failed.load(std::memory_order_acquire)) {
     try {
-      FaultEffect fe = fault(FaultPoint::kBeforeDataFsync, *ck);
       ScopedPhase p(&tracer_, ring, Phase::kFsync, ck->id, ck->step, -1, 0, sh.nbytes);
+      FaultEffect fe = fault(FaultPoint::kBeforeDataFsync, *ck);  // inside the record, as before_chunk_write
       if (fe.error) throw IoError("fdatasync", sh.path, fe.error);
       if (!opt_.unsafe_skip_data_fsync) fdatasync_or_throw(sh.fd.get(), sh.path, io_log_.get());
     } catch (const IoError& e) {

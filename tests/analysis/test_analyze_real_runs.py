@@ -1,8 +1,8 @@
 """`ckptlab analyze` on real runs of this machine where the straggler's cause is induced:
 one writer thread moved onto a CPU that a spinning process also uses, the other writer on a
-CPU of its own (cause `cpu-wait`). The `blocked` induction needs the engine's `delay` fault
-to run inside the write record (today it runs between the checksum and write records, so it
-shows as idle time): not here (see docs/TRACE.md, "Straggler causes").
+CPU of its own (cause `cpu-wait`); and one chunk write of a checkpoint slowed with the engine's
+`delay` fault, which sleeps inside the write record as a slow device would keep the thread
+off CPU and not runnable (cause `blocked`).
 
 The moved writer also gets nice 19 (lowering one's own priority needs no privilege): at nice
 0 against one spinner it would get half the CPU in time slices longer than a chunk, and
@@ -118,3 +118,57 @@ def test_induced_cpu_wait_is_named_by_the_command(tmp_path):
     assert r.returncode == 0, r.stderr
     _check(json.loads(r.stdout)["checkpoints"], run.victim, at_least=0.6)
     assert run.victim in (out / "report.md").read_text()
+
+
+DELAY_MS = 150
+DELAYED = (3, 5)  # engine checkpoint numbers (1 is the warm-up) whose first chunk write sleeps
+
+
+def slowed_write_run(out_dir: str, saves: int = 4, mib: int = 16, chunk_mib: int = 4) -> tuple[str, dict[int, str]]:
+    """A pccheck run with 2 writer threads where the first chunk write of the checkpoints in
+    DELAYED sleeps DELAY_MS inside its write record; (trace, {step: the thread that slept})."""
+    import numpy as np
+    import torch
+
+    from ckptlab.analysis.tables import column
+    from ckptlab.core import CheckpointConfig, open_checkpointer
+    from ckptlab.profiling import phase, start_trace
+    from ckptlab.profiling.schema import read_trace
+
+    faults = ";".join(f"point=before_chunk_write,ckpt={k},action=delay={DELAY_MS}" for k in DELAYED)
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    root = tempfile.mkdtemp(prefix="ckptlab-slowed-", dir=shm)
+    try:
+        cfg = CheckpointConfig(writer_threads=2, chunk_bytes=chunk_mib << 20, trace=True, faults=faults)
+        ck = open_checkpointer("pccheck", os.path.join(root, "ckpt"), cfg)
+        session = start_trace(os.path.join(out_dir, "slowed.arrow"), ck, config={"test": "slowed write"})
+        state = {"w": torch.randn(mib << 18, generator=torch.Generator().manual_seed(2))}
+        for step in range(1, saves + 2):
+            with phase("save", step=step):
+                ck.save(step, state)
+            ck.wait()
+        ck.close()
+        path = session.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    table = read_trace(path)
+    phase_col, ckpt = column(table, "phase"), column(table, "ckpt_id").astype(np.int64)
+    dur = (column(table, "t_end_ns").astype(np.int64) - column(table, "t_begin_ns").astype(np.int64)) / 1e6
+    slept = {}
+    for k in DELAYED:
+        i = np.flatnonzero((phase_col == "write") & (ckpt == k) & (dur >= DELAY_MS))
+        assert len(i) == 1, f"checkpoint {k}: {len(i)} writes of >= {DELAY_MS} ms (the delay runs inside one)"
+        slept[int(column(table, "step")[i[0]])] = str(column(table, "thread_name")[i[0]])
+    return path, slept
+
+
+def test_a_slowed_write_is_named_blocked(tmp_path, capsys):
+    from ckptlab.analysis.cli import main
+
+    trace, slept = slowed_write_run(str(tmp_path))
+    assert main(["analyze", trace, "--json"]) == 0
+    by_step = {c["step"]: c for c in json.loads(capsys.readouterr().out)["checkpoints"]}
+    for step, thread in slept.items():
+        c = by_step[step]
+        assert (c["straggler"], c["cause"]) == (thread, "blocked"), c
+        assert c["gap_s"] >= 0.8 * DELAY_MS / 1e3, c
