@@ -21,10 +21,12 @@ import numpy as np
 import torch
 
 from ckptlab import _engine
+from ckptlab.core import commit
 from ckptlab.core.base import CheckpointerBase, now
 from ckptlab.core.checkpointer import check_config, check_step, check_timeout
 from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.errors import CheckpointError, CheckpointWriteError
+from ckptlab.core.recovery import CheckpointInfo
 from ckptlab.core.snapshot import Snapshotter
 from ckptlab.core.state import CapturedState, capture, check_loadable, lift_tensors, plan_storages, planned_total_bytes
 from ckptlab.profiling.metadata import cpu_list_string
@@ -50,6 +52,7 @@ class PCcheckCheckpointer(CheckpointerBase):
         except ValueError as e:
             raise ValueError(f"bad fault spec {self._faults!r}: {e}") from None
         self._engine: _engine.Engine | None = None
+        self._recovered = False  # _recover_before_reading ran (or the engine did)
         self._snapshots = None
         if config.snapshot != "sync":  # the config guarantees pinned_host_copies for these modes
             assert self._host_cache is not None
@@ -70,6 +73,34 @@ class PCcheckCheckpointer(CheckpointerBase):
     @property
     def engine(self) -> _engine.Engine | None:
         return self._engine
+
+    def _recover_before_reading(self) -> None:
+        """Repair what a crash left before the first read, as the engine does when it opens
+        (core/commit.py, "Recovery"): the engine opens only at the first save, and without
+        this a ``.step_N.replaced-`` copy (the only copy of step N after a crash between commit
+        steps 4 and 5) would be invisible to latest()/load(), which would fall back to an
+        older step. A directory another writer holds is read as it is: that writer repaired it
+        when it opened."""
+        if self._engine is not None or self._recovered or not os.path.isdir(self.directory):
+            return
+        self._recovered = True
+        try:
+            lock = commit.DirectoryLock(self.directory)
+        except RuntimeError:
+            return
+        try:
+            commit.recover(self.directory)
+        finally:
+            lock.release()
+
+    def latest(self) -> CheckpointInfo | None:
+        self._recover_before_reading()
+        return super().latest()
+
+    def load(self, state: Mapping[str, Any] | None = None, map_location: str | torch.device | None = None,
+             step: int | None = None) -> tuple[int, dict[str, Any]]:
+        self._recover_before_reading()
+        return super().load(state, map_location, step)
 
     def _raise_failure(self) -> None:
         if self._engine is None:
