@@ -22,8 +22,8 @@ spent more than its peers (the other writer threads, medians over them):
 - ``cpu-wait``, ``blocked``, ``on-cpu``: its run-queue wait, blocked time and on-CPU time
   beyond what the peers spent *for the same bytes* (its bytes times the peers' median seconds
   per byte; a thread that merely took more chunks is not slow);
-- ``idle``: its time between its own records beyond the peers' median (outside any record,
-  e.g. the engine's ``delay`` fault, which runs between a chunk's checksum and write records).
+- ``idle``: its time between its own records beyond the peers' median (outside any record:
+  waiting for the next chunk, a wake-up).
 
 The cause is the largest of the first four when it accounts for at least ``DOMINANT_SHARE``
 (half) of the gap: the parts roughly add up to the gap, so no other part can then be as
