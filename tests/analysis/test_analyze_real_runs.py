@@ -99,6 +99,8 @@ def _check(checkpoints: list[dict], victim: str, *, at_least: float) -> None:
     assert named.most_common(1)[0][0] == (victim, "cpu-wait"), named
 
 
+@pytest.mark.slow  # timing-dependent: a starved writer may get no chunk at all (then no straggler to name);
+# the default suite keeps the deterministic real run (a slowed write, below) and the planted traces
 def test_induced_cpu_wait_is_named(tmp_path, capsys):
     from ckptlab.analysis.cli import main
 
