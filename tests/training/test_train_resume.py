@@ -64,7 +64,9 @@ def test_bf16_resume_is_bit_exact_too(tmp_path: Path, reference_losses) -> None:
     assert filecmp.cmp(reference, loss, shallow=False)
 
 
-@pytest.mark.parametrize("kind", ["pccheck", "dcp"])  # torchsave loads as pccheck does
+# torchsave loads as pccheck does; dcp under -m slow: its refusal of another model shape is
+# tests/core/test_dcp.py's, of another optimizer or scheduler tests/core/test_load_all_or_nothing.py's
+@pytest.mark.parametrize("kind", ["pccheck", pytest.param("dcp", marks=pytest.mark.slow)])
 def test_checkpoint_of_another_model_shape_is_refused(tmp_path: Path, kind: str) -> None:
     skip_without_core(kind)
     common = ["--checkpointer", kind, "--training-steps", "4", "--checkpoint-freq", "4",
