@@ -197,3 +197,18 @@ def test_commit_protocol_points_fail_that_checkpoint_only(tmp_path: Path, async_
               if line.split("\t")[5] == "point"}
     assert points == {"point=" + p for p in ("before_tmpdir_fsync", "before_rename", "after_rename", "after_commit",
                                              "before_gc")}
+
+
+def test_a_load_is_one_load_record_with_its_step(tmp_path: Path) -> None:
+    """As core's load (docs/TRACE.md): one `load` record per checkpoint read, with its step;
+    saving records none (the training loop's subprocess variant is under -m slow)."""
+    from ckptlab.profiling import read_trace, start_trace
+
+    ck = open_checkpointer("dcp", tmp_path / "ck", CheckpointConfig())
+    with start_trace(tmp_path / "t.arrow", ck):
+        ck.save(2, _state())
+        ck.wait()
+        ck.load(state=_state(seed=1))
+    ck.close()
+    df = read_trace(tmp_path / "t.arrow").to_pandas()
+    assert df[df.phase.astype(str) == "load"].step.tolist() == [2]  # the save recorded none

@@ -177,7 +177,9 @@ def test_dcp_async_back_pressure_is_a_wait_inside_save(tmp_path: Path, monkeypat
     assert waits[0]["t_end_ns"] <= capture2["t_begin_ns"]
 
 
-@pytest.mark.parametrize("kind", ["pccheck", pytest.param("torchsave", marks=pytest.mark.slow), "dcp"])  # torchsave loads as pccheck
+# torchsave loads as pccheck; dcp under -m slow (its load record in process: tests/core/test_dcp.py)
+@pytest.mark.parametrize("kind", ["pccheck", pytest.param("torchsave", marks=pytest.mark.slow),
+                                  pytest.param("dcp", marks=pytest.mark.slow)])
 def test_only_a_resumed_run_records_a_load(tmp_path, kind: str) -> None:
     """`load` is the checkpointer's reading of one checkpoint: none in a fresh run, one with the
     checkpoint's step in a resumed run."""
