@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ckptlab.core.errors import CheckpointError, CheckpointMismatchError
-from ckptlab.core.state import StatefulRef, TensorRef, _is_stateful, materialize
+from ckptlab.core.state import StatefulRef, TensorRef, _is_stateful, dtype_name, materialize
 
 # apply order: what can be undone first, what cannot last
 SMALL, OPTIMIZER, TENSORS = 0, 1, 2
@@ -88,7 +88,7 @@ class RestorePlan:
 
 
 def _describe(t: torch.Tensor) -> str:
-    return f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}"
+    return f"{dtype_name(t.dtype)}{list(t.shape)}"
 
 
 def _leaf_tensor(loaded: Any, tensors: list[torch.Tensor]) -> torch.Tensor | None:

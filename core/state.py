@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ckptlab.core.errors import CheckpointError, UnsafePickleError
+from ckptlab.core.manifest import TensorEntry
 from ckptlab.profiling.phases import phase
 
 TENSOR_ALIGN = 64
@@ -34,23 +35,6 @@ class StatefulRef:
     """An object that was saved through its state_dict(); load calls load_state_dict()."""
 
     state: Any
-
-
-@dataclass(frozen=True)
-class TensorView:
-    """Where a tensor of the state lies in its storage: dtype, shape, strides (in elements)
-    and the byte offset of its first element from the start of the stored region."""
-
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-    storage: int
-    byte_offset: int
-
-    @property
-    def dtype_name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
 
 
 @dataclass
@@ -77,7 +61,7 @@ class Region:
 @dataclass
 class StoragePlan:
     regions: list[Region]
-    views: list[TensorView]  # one per lifted tensor, in TensorRef order
+    views: list[TensorEntry]  # one per lifted tensor, in TensorRef order
 
 
 def _byte_span(t: torch.Tensor) -> tuple[int, int]:
@@ -148,7 +132,7 @@ def plan_storages(tensors: list[tuple[str, torch.Tensor]]) -> StoragePlan:
                 merged.append([g])
 
     regions: list[Region] = []
-    views: list[TensorView | None] = [None] * len(tensors)
+    views: list[TensorEntry | None] = [None] * len(tensors)
     order = sorted(merged, key=lambda gs: min(g.first for g in gs))
     starts = [(min(g.first for g in gs), gs) for gs in order] + [(i, None) for i in empty]
     names: set[str] = set()
@@ -158,7 +142,8 @@ def plan_storages(tensors: list[tuple[str, torch.Tensor]]) -> StoragePlan:
         if gs is None:  # an empty tensor: a region of no bytes of its own
             t = tensors[first][1]
             regions.append(Region(name, t.device, 0, [], [tensors[first]]))
-            views[first] = TensorView(tensors[first][0], t.dtype, tuple(t.shape), tuple(t.stride()), index, 0)
+            views[first] = TensorEntry(tensors[first][0], dtype_name(t.dtype), tuple(t.shape), tuple(t.stride()),
+                                       index, 0)
             continue
         lo, hi = min(g.lo for g in gs), max(g.hi for g in gs)
         pieces = [StoragePiece(_alias(g.storage, g.device, g.lo - g.base, g.hi - g.lo), g.lo - lo) for g in gs]
@@ -170,7 +155,7 @@ def plan_storages(tensors: list[tuple[str, torch.Tensor]]) -> StoragePlan:
             if offset % t.element_size():
                 raise CheckpointError(f"tensor {t_name!r} lies at byte {offset} of memory it shares with "
                                       f"{tensors[members[0]][0]!r}, not a multiple of its element size")
-            views[i] = TensorView(t_name, t.dtype, tuple(t.shape), tuple(t.stride()), index, offset)
+            views[i] = TensorEntry(t_name, dtype_name(t.dtype), tuple(t.shape), tuple(t.stride()), index, offset)
     assert all(v is not None for v in views)
     return StoragePlan(regions, views)  # type: ignore[arg-type]
 
@@ -198,7 +183,7 @@ class CapturedStorage:
 class CapturedState:
     skeleton: bytes
     storages: list[CapturedStorage]
-    views: list[TensorView]
+    views: list[TensorEntry]
     total_bytes: int
 
     def layout_meta(self) -> dict[str, Any]:
@@ -207,7 +192,7 @@ class CapturedState:
             "objects": [0, len(self.skeleton)],
             "storages": [{"offset": s.offset, "nbytes": s.nbytes} for s in self.storages],
             "tensors": [
-                {"name": v.name, "dtype": v.dtype_name, "shape": list(v.shape), "stride": list(v.stride),
+                {"name": v.name, "dtype": v.dtype, "shape": list(v.shape), "stride": list(v.stride),
                  "storage": v.storage, "byte_offset": v.byte_offset}
                 for v in self.views
             ],
@@ -224,12 +209,11 @@ class CapturedState:
                 for b in (s.buffer for s in self.storages)]
 
 
-def views_on(buffers: list[torch.Tensor], views: list[Any]) -> list[torch.Tensor]:
-    """Tensors over 1-D uint8 `buffers`; each view has dtype, shape, stride, storage and
-    byte_offset (a TensorView or a manifest entry; dtype a torch.dtype or its name)."""
+def views_on(buffers: list[torch.Tensor], views: list[TensorEntry]) -> list[torch.Tensor]:
+    """Tensors over 1-D uint8 `buffers`, one per view (captured, or read from a manifest)."""
     out = []
     for v in views:
-        dtype = v.dtype if isinstance(v.dtype, torch.dtype) else dtype_from_name(v.dtype)
+        dtype = dtype_from_name(v.dtype)
         buf = buffers[v.storage]
         start = buf.storage_offset() + v.byte_offset
         out.append(torch.empty(0, dtype=dtype, device=buf.device)
@@ -464,6 +448,11 @@ def materialize(tree: Any, tensors: list[torch.Tensor]) -> Any:
     if isinstance(tree, tuple):
         return tuple(materialize(v, tensors) for v in tree)
     return tree
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The name the manifest stores ("float32"); :func:`dtype_from_name` reads it back."""
+    return str(dtype).removeprefix("torch.")
 
 
 def dtype_from_name(name: str) -> torch.dtype:

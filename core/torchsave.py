@@ -39,7 +39,7 @@ def serialize(captured: CapturedState) -> memoryview:
     storage once as bytes, and the views on it; torch.save refuses two dtypes on one storage,
     so the views are described, not pickled as tensors)."""
     buf = io.BytesIO()
-    views = [[v.name, v.dtype_name, list(v.shape), list(v.stride), v.storage, v.byte_offset] for v in captured.views]
+    views = [[v.name, v.dtype, list(v.shape), list(v.stride), v.storage, v.byte_offset] for v in captured.views]
     torch.save({"skeleton": captured.skeleton, "storages": captured.standalone_buffers(), "views": views}, buf)
     return buf.getbuffer()
 
