@@ -39,6 +39,16 @@ def _writer_tids() -> list[int]:
     return sorted(tids)
 
 
+def _save_each(ck, state, steps) -> None:
+    """Each step saved inside a `save` phase, as the training loop records it, and waited for."""
+    from ckptlab.profiling import phase
+
+    for step in steps:
+        with phase("save", step=step):
+            ck.save(step, state)
+        ck.wait()
+
+
 def induced_cpu_wait(saves: int, mib: int, out_dir: str, chunk_mib: int = 4) -> InducedRun:
     """A pccheck run, 2 writer threads (``chunk_mib`` MiB chunks, a ``mib`` MiB state) and ``saves`` traced
     saves after a warm-up save; before them one writer is moved onto a CPU where a spinning
@@ -46,7 +56,7 @@ def induced_cpu_wait(saves: int, mib: int, out_dir: str, chunk_mib: int = 4) -> 
     import torch
 
     from ckptlab.core import CheckpointConfig, open_checkpointer
-    from ckptlab.profiling import phase, start_trace
+    from ckptlab.profiling import start_trace
 
     allowed = sorted(os.sched_getaffinity(0))
     if sys.platform != "linux" or len(allowed) < 2 or not os.path.isdir("/proc/self/task"):
@@ -62,18 +72,13 @@ def induced_cpu_wait(saves: int, mib: int, out_dir: str, chunk_mib: int = 4) -> 
         ck = open_checkpointer("pccheck", os.path.join(root, "ckpt"), cfg)
         session = start_trace(os.path.join(out_dir, "induced.arrow"), ck, config={"test": "induced cpu-wait"})
         state = {"w": torch.randn(mib << 18, generator=torch.Generator().manual_seed(1))}
-        with phase("save", step=1):
-            ck.save(1, state)  # warm-up: starts the engine and its writer threads
-        ck.wait()
+        _save_each(ck, state, [1])  # warm-up: starts the engine and its writer threads
         victim_tid = _writer_tids()[-1]
         os.sched_setaffinity(victim_tid, {busy})
         os.setpriority(os.PRIO_PROCESS, victim_tid, 19)
         spinner = subprocess.Popen([sys.executable, "-c", SPIN % busy], stdout=subprocess.PIPE, text=True)
         assert spinner.stdout.readline() == "ready\n"
-        for step in range(2, saves + 2):
-            with phase("save", step=step):
-                ck.save(step, state)
-            ck.wait()
+        _save_each(ck, state, range(2, saves + 2))
         ck.close()
         path = session.close()
     finally:
@@ -134,7 +139,7 @@ def slowed_write_run(out_dir: str, saves: int = 4, mib: int = 16, chunk_mib: int
 
     from ckptlab.analysis.tables import column
     from ckptlab.core import CheckpointConfig, open_checkpointer
-    from ckptlab.profiling import phase, start_trace
+    from ckptlab.profiling import start_trace
     from ckptlab.profiling.schema import read_trace
 
     faults = ";".join(f"point=before_chunk_write,ckpt={k},action=delay={DELAY_MS}" for k in DELAYED)
@@ -145,10 +150,7 @@ def slowed_write_run(out_dir: str, saves: int = 4, mib: int = 16, chunk_mib: int
         ck = open_checkpointer("pccheck", os.path.join(root, "ckpt"), cfg)
         session = start_trace(os.path.join(out_dir, "slowed.arrow"), ck, config={"test": "slowed write"})
         state = {"w": torch.randn(mib << 18, generator=torch.Generator().manual_seed(2))}
-        for step in range(1, saves + 2):
-            with phase("save", step=step):
-                ck.save(step, state)
-            ck.wait()
+        _save_each(ck, state, range(1, saves + 2))
         ck.close()
         path = session.close()
     finally:
