@@ -452,19 +452,25 @@ void test_engine(const std::string& io_mode) {
   remove_all(dir);
 }
 
+// The engine of the fault-driven tests: 64 KiB chunks, two of them staged, no prefault.
+ckptlab::EngineOptions small_engine(const std::string& dir, int writer_threads, const std::string& faults) {
+  ckptlab::EngineOptions opt;
+  opt.dir = dir;
+  opt.writer_threads = writer_threads;
+  opt.chunk_bytes = 64 << 10;
+  opt.staging_bytes = 2 * opt.chunk_bytes;
+  opt.prefault = false;
+  opt.faults = faults;
+  return opt;
+}
+
 // A checkpoint held 400 ms at a fault point: a 50 ms deadline passes with it pending, a wait
 // without a deadline returns once it is committed.
 void test_wait_deadline() {
   using Clock = ckptlab::Engine::Clock;
   const std::string dir = make_temp_dir();
   std::vector<uint8_t> data(100000, 0x5A);
-  ckptlab::EngineOptions opt;
-  opt.dir = dir;
-  opt.writer_threads = 1;
-  opt.chunk_bytes = 64 << 10;
-  opt.staging_bytes = 2 * opt.chunk_bytes;
-  opt.prefault = false;
-  opt.faults = "point=before_rename,action=delay=400";
+  const ckptlab::EngineOptions opt = small_engine(dir, 1, "point=before_rename,action=delay=400");
   try {
     ckptlab::Engine engine(opt);
     engine.submit(1, "{}", {{data.data(), data.size(), 0}}, data.size(), nullptr);
@@ -529,14 +535,8 @@ void test_dying_disk() {
   CHECK(refused, "mode=persist with a kill action was accepted");
   const std::string dir = make_temp_dir();
   std::vector<uint8_t> data(100000, 0x3C);
-  ckptlab::EngineOptions opt;
-  opt.dir = dir;
-  opt.writer_threads = 2;
-  opt.chunk_bytes = 64 << 10;
-  opt.staging_bytes = 2 * opt.chunk_bytes;
+  ckptlab::EngineOptions opt = small_engine(dir, 2, "point=before_chunk_write,hit=3,action=eio,mode=persist");
   opt.keep_last = 0;
-  opt.prefault = false;
-  opt.faults = "point=before_chunk_write,hit=3,action=eio,mode=persist";
   try {
     ckptlab::Engine engine(opt);
     for (int64_t step = 1; step <= 4; ++step) {
