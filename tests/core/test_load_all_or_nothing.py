@@ -249,13 +249,18 @@ class PickySampler:
             raise ValueError(f"sampler state is for seed {state['seed']}, not {self.seed}")
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_refusing_user_object_leaves_everything_unchanged(tmp_path, kind):
+def saved_run_with_sampler(kind, tmp_path):
+    """A checkpoint of a stepped run and its PickySampler (seed 1, index 17); a fresh run to load it into."""
     model, opt, sched = hf_run()
     sampler = PickySampler(seed=1)
     sampler.index = 17
     save(kind, tmp_path, {"model": model, "optim": opt, "sched": sched, "data": sampler})
-    m2, o2, s2 = hf_run(seed=3, steps=1)
+    return hf_run(seed=3, steps=1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_refusing_user_object_leaves_everything_unchanged(tmp_path, kind):
+    m2, o2, s2 = saved_run_with_sampler(kind, tmp_path)
     sampler2 = PickySampler(seed=2)
     before = fingerprint(m2, o2, s2, sampler2)
     with pytest.raises(ValueError, match="sampler state is for seed 1") as err:
@@ -299,11 +304,7 @@ def test_an_optimizer_failing_after_the_checks_is_rolled_back_with_what_came_bef
     """torch's Optimizer.load_state_dict swaps its new state in before its post hooks run: a
     hook that raises (or an out-of-memory moving state to the device) finds the optimizer
     already changed; the scheduler and sampler loaded before it are rolled back too."""
-    model, opt, sched = hf_run()
-    sampler = PickySampler(seed=1)
-    sampler.index = 17
-    save(kind, tmp_path, {"model": model, "optim": opt, "sched": sched, "data": sampler})
-    m2, o2, s2 = hf_run(seed=3, steps=1)
+    m2, o2, s2 = saved_run_with_sampler(kind, tmp_path)
     sampler2 = PickySampler(seed=1)
 
     def refuse(optimizer: torch.optim.Optimizer) -> None:
