@@ -2,11 +2,13 @@
 than leaving them unpinned, and by how much (the driver: ``ckptlab experiment affinity``).
 
 An experiment directory holds ``manifest.json`` (the spec and the machine), ``runs.jsonl`` (one
-line per run: its cell, placement, thread count, CPUs and trace file) and ``traces/*.arrow``.
+line per run: its cell, placement, thread count, I/O mode, CPUs and trace file) and
+``traces/*.arrow``. Directories from before I/O mode was an axis have no ``io_mode`` in their
+runs: theirs is the spec's single ``io_mode`` (``auto`` when absent).
 ``summarise(out_dir)`` recomputes every run's figures from its trace (``run_metrics``: median
 makespan and straggler ratio of the measured checkpoints, and the writers' migrations,
 preemptions, run-queue wait and blocked time), then per cell the quartiles of each figure,
-and for each pinned cell against the unpinned cell of the same thread count:
+and for each pinned cell against the unpinned cell of the same thread count and I/O mode:
 
 - the ratio of median makespans (< 1: faster than unpinned) with a 95 % percentile-bootstrap
   interval (resampling runs within each cell);
@@ -87,6 +89,17 @@ def mann_whitney_p(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
 
 
+def io_mode_of(run: dict[str, Any]) -> str:
+    """A run's I/O mode (``auto`` for runs recorded before it was an axis)."""
+    return run.get("io_mode") or "auto"
+
+
+def io_mode_order(runs: Sequence[dict[str, Any]], io_modes: Sequence[str] = ()) -> list[str]:
+    """The I/O modes of ``runs``: the spec's order first, then any other as they appear."""
+    present = {io_mode_of(r) for r in runs}
+    return [m for m in dict.fromkeys([*io_modes, *(io_mode_of(r) for r in runs)]) if m in present]
+
+
 def placement_order(runs: Sequence[dict[str, Any]], placements: Sequence[str] = ()) -> list[str]:
     """The placements of ``runs`` in display order: the baseline first, then ``placements``'
     order (the experiment's spec), then any other in order of appearance."""
@@ -95,20 +108,25 @@ def placement_order(runs: Sequence[dict[str, Any]], placements: Sequence[str] = 
     return [p for p in seen if p in present]
 
 
-def compare_cells(runs: Sequence[dict[str, Any]], *, seed: int = 0, placements: Sequence[str] = ()) -> dict[str, Any]:
+def compare_cells(runs: Sequence[dict[str, Any]], *, seed: int = 0, placements: Sequence[str] = (),
+                  io_modes: Sequence[str] = ()) -> dict[str, Any]:
     """Per cell: quartiles of every metric, and makespan against the unpinned cell of the same
-    thread count (ratio of medians < 1 = faster than unpinned)."""
+    thread count and I/O mode (ratio of medians < 1 = faster than unpinned). Cells are ordered
+    by thread count, placement (``placement_order``), then I/O mode (``io_mode_order``)."""
     by: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         by.setdefault(r["cell"], []).append(r)
     order = placement_order(runs, placements)
+    modes = io_mode_order(runs, io_modes)
+    baselines = {(rs[0]["threads"], io_mode_of(rs[0])): rs for rs in by.values() if rs[0]["placement"] == BASELINE}
     cells = []
-    for name, rs in sorted(by.items(), key=lambda kv: (kv[1][0]["threads"], order.index(kv[1][0]["placement"]))):
-        row = {"cell": name, "threads": rs[0]["threads"], "placement": rs[0]["placement"],
+    for name, rs in sorted(by.items(), key=lambda kv: (kv[1][0]["threads"], order.index(kv[1][0]["placement"]),
+                                                       modes.index(io_mode_of(kv[1][0])))):
+        row = {"cell": name, "threads": rs[0]["threads"], "placement": rs[0]["placement"], "io_mode": io_mode_of(rs[0]),
                "writer_cpus": rs[0]["writer_cpus"], "training_cpus": rs[0]["training_cpus"], "runs": len(rs)}
         for m in METRICS:
             row[m] = quartiles([r[m] for r in rs])
-        base = by.get(f"{BASELINE}-t{row['threads']}")
+        base = baselines.get((row["threads"], row["io_mode"]))
         row["vs_unpinned"] = None
         if base is not None and row["placement"] != BASELINE:
             a = np.array([r["makespan_ms"] for r in rs])
@@ -132,6 +150,11 @@ class Experiment:
     def spec(self) -> dict[str, Any]:
         return self.manifest.get("spec", {})
 
+    @property
+    def io_modes(self) -> list[str]:
+        """The spec's I/O modes (an older spec's single ``io_mode``)."""
+        return list(self.spec.get("io_modes") or [self.spec.get("io_mode", "auto")])
+
 
 def load_experiment(out_dir: str | os.PathLike) -> Experiment:
     """The experiment in ``out_dir``, every run's figures recomputed from its trace (so a
@@ -145,11 +168,13 @@ def load_experiment(out_dir: str | os.PathLike) -> Experiment:
         raise FileNotFoundError(f"{out}: not an experiment directory (no runs.jsonl)")
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    old_mode = manifest.get("spec", {}).get("io_mode", "auto")
     runs = []
     for lineno, line in enumerate(runs_path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         run = json.loads(line)
+        run.setdefault("io_mode", old_mode)
         trace = out / run["trace"]
         if not trace.is_file():
             raise FileNotFoundError(f"{runs_path}:{lineno}: trace {trace} is missing")
@@ -172,7 +197,8 @@ def summarise(experiment: str | os.PathLike | Experiment) -> dict[str, Any]:
     summary.json without its ``figure`` entry. Per cell quartiles and the comparison with
     unpinned, the experiment's spec and the cells it skipped."""
     exp = _experiment(experiment)
-    summary = compare_cells(exp.runs, seed=int(exp.spec.get("seed", 0)), placements=exp.spec.get("placements", ()))
+    summary = compare_cells(exp.runs, seed=int(exp.spec.get("seed", 0)), placements=exp.spec.get("placements", ()),
+                            io_modes=exp.io_modes)
     return summary | {"skipped": exp.manifest.get("skipped", []), "spec": exp.spec}
 
 
@@ -205,6 +231,10 @@ def plot_runs(runs: Sequence[dict[str, Any]], out: str | os.PathLike, title: str
 
     df = pd.DataFrame(list(runs))
     order = placement_order(runs, placements)
+    modes = io_mode_order(runs)
+    if len(modes) > 1:  # one box group per placement and I/O mode
+        df["placement"] = [f"{p}\n{io_mode_of(r)}" for p, r in zip(df["placement"], runs, strict=True)]
+        order = [f"{p}\n{m}" for p in order for m in modes if f"{p}\n{m}" in set(df["placement"])]
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     panels = (("makespan_ms", "checkpoint makespan (ms, median of a run)"),
               ("straggler_ratio", "straggler ratio (last / median finish)"),

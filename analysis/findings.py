@@ -2,7 +2,8 @@
 ``report.md``, from the analyzers (``analyzers``, ``affinity``).
 
 ``trace_findings(table)`` and ``experiment_findings(experiment)`` return
-``{"checkpoints": [...], "findings": [...]}`` (plus ``"placements"`` for an experiment): the
+``{"checkpoints": [...], "findings": [...]}`` (plus ``"placements"`` for an experiment, whose
+``io_modes`` is None with one I/O mode, else the fastest and each mode's best cell): the
 ``--json`` document. Each checkpoint row has ``step``, ``makespan_s``, ``straggler`` (a thread
 name or None), ``cause``, ``cause_why``, ``gap_s`` (its finish minus the median thread's),
 ``what_if_makespan_s`` and the rest of ``detect_stragglers``' and ``what_if_median_speed``'s
@@ -102,7 +103,7 @@ def placement_sentences(summary: dict[str, Any], runs: list[dict[str, Any]], see
     values = np.array([r["makespan_ms"] for r in runs if r["cell"] == best["cell"]])
     lo, hi = bootstrap_median_ci(values, seed=seed)
     fastest = {"cell": best["cell"], "placement": best["placement"], "threads": best["threads"],
-               "makespan_ms": best["makespan_ms"]["median"], "ci95_ms": [lo, hi], "runs": best["runs"],
+               "io_mode": best.get("io_mode", "auto"), "makespan_ms": best["makespan_ms"]["median"], "ci95_ms": [lo, hi], "runs": best["runs"],
                "vs_unpinned": best["vs_unpinned"]}
     s = (f"Fastest: {best['placement']} with {best['threads']} writer thread{'s' if best['threads'] > 1 else ''} "
          f"(cell {best['cell']}, writers on CPUs {best['writer_cpus'] or 'any'}): median makespan "
@@ -123,6 +124,32 @@ def placement_sentences(summary: dict[str, Any], runs: list[dict[str, Any]], see
     return out, fastest
 
 
+def io_mode_sentences(summary: dict[str, Any]) -> tuple[list[str], dict[str, Any] | None]:
+    """With more than one I/O mode: which was fastest, by each mode's best cell and by the
+    median over the cells both modes share (the same thread count and placement)."""
+    cells = [c for c in summary["cells"] if c["makespan_ms"]["median"] is not None]
+    modes = list(dict.fromkeys(c.get("io_mode", "auto") for c in cells))
+    if len(modes) < 2:
+        return [], None
+    best = {m: min((c for c in cells if c.get("io_mode", "auto") == m), key=lambda c: c["makespan_ms"]["median"])
+            for m in modes}
+    ranked = sorted(modes, key=lambda m: best[m]["makespan_ms"]["median"])
+    key = {m: {(c["threads"], c["placement"]): c["makespan_ms"]["median"] for c in cells
+               if c.get("io_mode", "auto") == m} for m in modes}
+    fastest, runner = ranked[0], ranked[1]
+    shared = sorted(set(key[fastest]) & set(key[runner]))
+    s = (f"Fastest I/O mode: {fastest} (its best cell {best[fastest]['cell']}, median makespan "
+         f"{best[fastest]['makespan_ms']['median']:.1f} ms; " + "; ".join(
+             f"{m}: best cell {best[m]['cell']} {best[m]['makespan_ms']['median']:.1f} ms" for m in ranked[1:]) + ").")
+    ratios = [key[fastest][k] / key[runner][k] for k in shared if key[runner][k] > 0]
+    if ratios:
+        wins = sum(r < 1 for r in ratios)
+        s += (f" Cell by cell (same threads and placement), {fastest} against {runner}: median ratio of makespans "
+              f"{float(np.median(ratios)):.2f}, faster in {wins} of {len(ratios)} cells.")
+    return [s], {"fastest": fastest, "best_cells": {m: best[m]["cell"] for m in ranked},
+                 "best_makespan_ms": {m: best[m]["makespan_ms"]["median"] for m in ranked}}
+
+
 def experiment_findings(experiment: affinity.Experiment) -> dict[str, Any]:
     """Placement findings and the stragglers of every run's measured checkpoints."""
     from ckptlab.profiling.schema import read_trace
@@ -130,6 +157,8 @@ def experiment_findings(experiment: affinity.Experiment) -> dict[str, Any]:
     seed = int(experiment.spec.get("seed", 0))
     summary = affinity.summarise(experiment)
     placement, fastest = placement_sentences(summary, experiment.runs, seed)
+    io_sentences, io_modes = io_mode_sentences(summary)
+    placement += io_sentences
     rows = []
     for run in experiment.runs:
         table = read_trace(f"{experiment.directory}/{run['trace']}")
@@ -147,4 +176,5 @@ def experiment_findings(experiment: affinity.Experiment) -> dict[str, Any]:
         findings.append(f"Cell {cell}: stragglers in {sum(counts.values())} of {total} checkpoints ("
                         + ", ".join(f"{c} {n}" for c, n in counts.most_common()) + ").")
     return {"checkpoints": rows, "findings": findings, "placements": {"fastest": fastest, "cells": summary["cells"],
-                                                                      "skipped": summary["skipped"]}}
+                                                                      "skipped": summary["skipped"],
+                                                                      "io_modes": io_modes}}

@@ -32,6 +32,34 @@ def test_summary_compares_each_cell_with_unpinned():
     assert compact["blocked_ms"]["median"] is None                       # not measured stays unknown
 
 
+def test_each_io_mode_is_compared_with_its_own_unpinned_cell():
+    def mode(runs, io):
+        return [r | {"io_mode": io} for r in runs]
+
+    runs = (mode(_runs("unpinned-t1-direct", "unpinned", 1, [10, 10, 10]), "direct")
+            + mode(_runs("compact-t1-direct", "compact", 1, [5, 5, 5]), "direct")
+            + mode(_runs("unpinned-t1-buffered", "unpinned", 1, [20, 20, 20]), "buffered")
+            + mode(_runs("compact-t1-buffered", "compact", 1, [30, 30, 30]), "buffered"))
+    cells = compare_cells(runs, io_modes=["direct", "buffered"])["cells"]
+    assert [(c["cell"], c["io_mode"]) for c in cells] == [
+        ("unpinned-t1-direct", "direct"), ("unpinned-t1-buffered", "buffered"),
+        ("compact-t1-direct", "direct"), ("compact-t1-buffered", "buffered")]
+    assert cells[2]["vs_unpinned"]["makespan_ratio"] == pytest.approx(0.5)
+    assert cells[3]["vs_unpinned"]["makespan_ratio"] == pytest.approx(1.5)
+    from ckptlab.analysis.findings import io_mode_sentences
+    sentences, io = io_mode_sentences({"cells": cells})
+    assert io == {"fastest": "direct", "best_cells": {"direct": "compact-t1-direct", "buffered": "unpinned-t1-buffered"},
+                  "best_makespan_ms": {"direct": 5.0, "buffered": 20.0}}
+    assert sentences[0].endswith("direct against buffered: median ratio of makespans 0.33, faster in 2 of 2 cells.")
+    assert io_mode_sentences({"cells": cells[:1]}) == ([], None), "one I/O mode: nothing to say"
+
+
+def test_runs_recorded_before_io_mode_was_an_axis_are_auto(affinity_results):
+    exp = load_experiment(affinity_results)
+    assert exp.io_modes == ["auto"] and {r["io_mode"] for r in exp.runs} == {"auto"}
+    assert all("io_mode" not in line for line in (affinity_results / "runs.jsonl").read_text().splitlines()[:1])
+
+
 def test_bootstrap_interval_of_equal_samples_is_tight():
     a = np.array([3.0, 3.0, 3.0])
     assert bootstrap_ratio_ci(a, a) == (1.0, 1.0)

@@ -49,12 +49,25 @@ def test_plan_skips_what_cannot_be_placed(tmp_path):
     assert [s["cell"] for s in skipped] == ["disjoint-t2"]
 
 
+def test_io_mode_is_an_axis_of_the_plan(tmp_path):
+    spec = ExperimentSpec(str(tmp_path), str(tmp_path / "o"), threads=(1,), placements=("unpinned", "compact"),
+                          io_modes=("auto", "buffered"), cpus=(0,))
+    cells, skipped = plan(spec)
+    assert [(c.name, c.io_mode) for c in cells] == [("unpinned-t1", "auto"), ("unpinned-t1-buffered", "buffered"),
+                                                    ("compact-t1", "auto"), ("compact-t1-buffered", "buffered")]
+    assert skipped == [] and "io buffered" in cells[1].describe()
+
+
 def test_bad_flags_are_refused_before_anything_runs(tmp_path, capsys):
     base = ["experiment", "affinity", "--dir", str(tmp_path / "ck"), "--out", str(tmp_path / "o")]
     assert main(base + ["--placements", "compact,diagonal"]) == 2
     assert "unknown placement(s) ['diagonal']" in capsys.readouterr().err
     assert main(base + ["--repeats", "0"]) == 2
     assert "repeats must be >= 1" in capsys.readouterr().err
+    assert main(base + ["--io-modes", "direct,fast"]) == 2
+    assert "io-modes must be distinct values of auto, direct, buffered, got ['direct', 'fast']" in capsys.readouterr().err
+    assert main(base + ["--io-modes", "direct,direct"]) == 2
+    assert "io-modes must be distinct" in capsys.readouterr().err
     bad = max(os.sched_getaffinity(0)) + 1
     assert main(base + ["--cpus", str(bad)]) == 2
     assert f"cpus: CPU {bad} not available to this process" in capsys.readouterr().err
@@ -72,11 +85,16 @@ def test_dry_run_lists_the_cells(tmp_path, capsys):
     assert "skipping disjoint-t1" in captured.err and not (tmp_path / "o").exists()
 
 
+SMALL = dict(threads=(1,), placements=("unpinned", "disjoint", "numa-local"), io_modes=("direct", "buffered"))
+
+
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
-    """A small real experiment: 1 writer, every placement this machine allows, 2 runs each."""
+    """A small real experiment: 1 writer, three placements (numa-local from this machine's
+    sysfs), O_DIRECT and buffered, 2 runs each."""
     root = tmp_path_factory.mktemp("affinity")
     argv = ["experiment", "affinity", "--dir", str(root / "ck"), "--out", str(root / "out"), "--threads", "1",
+            "--placements", ",".join(SMALL["placements"]), "--io-modes", ",".join(SMALL["io_modes"]),
             "--repeats", "2", "--saves", "2", "--size-mb", "4", "--chunk-mb", "1", "--load-procs", "1"]
     assert main(argv) == 0
     return root / "out", argv
@@ -84,15 +102,24 @@ def experiment(tmp_path_factory):
 
 def test_experiment_writes_every_result(experiment):
     out, _ = experiment
-    cells, _ = plan(ExperimentSpec("x", "y", threads=(1,)))
+    cells, _ = plan(ExperimentSpec(str(out.parent / "ck"), "y", **SMALL))
+    assert {c.io_mode for c in cells} == {"direct", "buffered"} and "numa-local-t1-direct" in [c.name for c in cells]
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert sorted((r["cell"], r["repeat"]) for r in runs) == sorted((c.name, i) for c in cells for i in range(2))
+    for r in runs:
+        assert r["cell"].endswith("-" + r["io_mode"]) and r["io_mode_used"] == r["io_mode"]
+        assert bool(r["placement_note"]) == (r["placement"] == "numa-local" and len(os.sched_getaffinity(0)) <= 2)
     summary = json.loads((out / "summary.json").read_text())
     assert [c["cell"] for c in summary["cells"]] == [c.name for c in cells] and summary["runs"] == len(runs)
     assert summary["figure"] == "affinity.png" and (out / "affinity.png").read_bytes()[:4] == b"\x89PNG"
+    assert [c["io_mode"] for c in summary["cells"]] == [c.io_mode for c in cells]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["spec"]["threads"] == [1] and manifest["machine"]["cpus_allowed"]
+    assert manifest["spec"]["io_modes"] == ["direct", "buffered"]
     assert manifest["mount"]["mount_point"]
+    topo = manifest["topology"]
+    assert topo["root"] == "/" and topo["nodes"] and topo["storage"]["directory"] == str(out.parent / "ck")
+    assert "numa_node" in topo["storage"] and "irq_cpus" in topo["storage"]
     for r in runs:
         assert r["checkpoints"] == 2 and r["bytes"] >= 4 << 20 and r["makespan_ms"] > 0
         assert r["runq_wait_ms"] is not None and r["ctx_invol"] is not None
@@ -109,12 +136,25 @@ def test_analyze_re_summarises_to_the_same_summary(experiment, tmp_path, capsys)
     assert (tmp_path / "again.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_report_says_which_io_mode_was_fastest(experiment, tmp_path, capsys):
+    out, _ = experiment
+    assert analysis_main(["analyze", str(out), "--out", str(tmp_path / "report"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    io = doc["placements"][str(out)]["io_modes"]
+    assert io["fastest"] in ("direct", "buffered") and set(io["best_cells"]) == {"direct", "buffered"}
+    sentence = next(f for f in doc["findings"] if f.startswith("Fastest I/O mode: "))
+    assert sentence.startswith(f"Fastest I/O mode: {io['fastest']} (its best cell {io['best_cells'][io['fastest']]}")
+    assert "faster in" in sentence and f"- {sentence}" in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_each_run_ran_where_its_cell_says(experiment):
     out, _ = experiment
     for line in (out / "runs.jsonl").read_text().splitlines():
         run = json.loads(line)
         table = read_trace(out / run["trace"])
-        assert trace_metadata(table)["affinity_policy"].startswith(f"experiment cell {run['placement']}:")
+        meta = trace_metadata(table)
+        assert meta["affinity_policy"].startswith(f"experiment cell {run['placement']}:")
+        assert meta["config"]["checkpointers"][0]["config"]["io_mode"] == run["io_mode"]
         df = table.to_pandas()
         name = df.thread_name.astype(str)
         writer_cpus = set(df.cpu_begin[name.str.startswith("ckptlab-writer")])

@@ -1,6 +1,7 @@
 """``ckptlab experiment affinity``: run the writer-placement matrix, then print its summary.
 
-    ckptlab experiment affinity --dir DIR --out OUT [--threads 1,2,4] [--placements ...] [--repeats N] ...
+    ckptlab experiment affinity --dir DIR --out OUT [--threads 1,2,4] [--placements ...]
+        [--io-modes direct,buffered] [--repeats N] ...
 
 Entry point ``experiment`` (group ``ckptlab.commands``, pyproject.toml). The summary at the end
 is ``ckptlab analyze OUT``'s, which re-summarises the directory later without running anything.
@@ -35,7 +36,8 @@ def _affinity(args: argparse.Namespace) -> int:
         spec = ExperimentSpec(directory=args.dir, out=args.out, threads=args.threads,
                               placements=tuple(p.strip() for p in args.placements.split(",") if p.strip()),
                               repeats=args.repeats, saves=args.saves, size_mb=args.size_mb, chunk_mb=args.chunk_mb,
-                              load_procs=args.load_procs, io_mode=args.io_mode, seed=args.seed)
+                              load_procs=args.load_procs, seed=args.seed,
+                              io_modes=tuple(m.strip() for m in args.io_modes.split(",") if m.strip()))
         if args.cpus:
             spec.cpus = parse_cpu_list(args.cpus, "--cpus")
         spec.validate()
@@ -81,7 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_int_list, default=(1, 2, 4), metavar="N1,N2",
                    help="writer-thread counts (default 1,2,4)")
     p.add_argument("--placements", default="unpinned,compact,spread,disjoint", metavar="P1,P2",
-                   help="placements (default all: unpinned,compact,spread,disjoint)")
+                   help="placements (default unpinned,compact,spread,disjoint; also numa-local, "
+                        "numa-local-noirq, numa-remote, from sysfs: docs/PROFILING.md)")
     p.add_argument("--cpus", default=None, metavar="LIST",
                    help="CPUs the placements use, e.g. 0-15 (default: every CPU this process may use)")
     p.add_argument("--repeats", type=int, default=5, help="runs per cell (default 5)")
@@ -90,7 +93,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-mb", type=int, default=16, help="engine chunk size in MiB (default 16)")
     p.add_argument("--load-procs", type=int, default=0,
                    help="CPU-bound processes standing in for training threads (default 0)")
-    p.add_argument("--io-mode", default="auto", help="engine I/O mode: auto, direct, buffered (default auto)")
+    p.add_argument("--io-modes", "--io-mode", dest="io_modes", default="auto", metavar="M1,M2",
+                   help="engine I/O modes, an axis of the matrix: auto, direct (O_DIRECT), buffered (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the run order, state and bootstrap (default 0)")
     p.add_argument("--dry-run", action="store_true", help="print the cells and exit")
 
@@ -102,8 +106,9 @@ def add_experiment_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
     esub = exp.add_subparsers(dest="experiment_command", metavar="EXPERIMENT")
     esub.required = True
     p = esub.add_parser("affinity", help="writer-thread count x CPU placement, repeated, compared with unpinned",
-                        description="For each writer-thread count and placement (unpinned, compact, spread, "
-                                    "disjoint from the load), save checkpoints with a traced pccheck engine, "
+                        description="For each writer-thread count, placement (unpinned, compact, spread, "
+                                    "disjoint from the load, numa-local, numa-local-noirq, numa-remote) and I/O "
+                                    "mode, save checkpoints with a traced pccheck engine, "
                                     "repeatedly, in random order; report makespan, stragglers, CPU wait and "
                                     "migrations per cell against unpinned (docs/PROFILING.md).")
     add_arguments(p)
