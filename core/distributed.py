@@ -395,20 +395,21 @@ class DistributedCheckpointer:
         return None
 
     def _retain(self, committed: int) -> None:
-        """After ``committed`` is acknowledged everywhere: older steps beyond keep_last go,
-        record first (rank 0), then each rank's own parts, including parts of steps that were
-        never globally committed. Best effort: a failed cleanup never affects the commit."""
+        """After ``committed`` is acknowledged everywhere: globally committed steps older than
+        the newest ``keep_last`` go, record first (rank 0), then each rank's own parts, with
+        the parts of older steps that never became globally committed. Best effort: a failed
+        cleanup never affects the commit."""
         keep_last = self.config.keep_last
-        kept = set(self._committed[-keep_last:]) if keep_last > 0 else set(self._committed)
         try:
-            if self.rank == 0 and keep_last > 0:
-                for s, _ in gc.recorded_steps(self.directory):
-                    if s < committed and s not in kept:
+            records = [s for s, _ in gc.recorded_steps(self.directory) if s <= committed]
+            kept = set(records[-keep_last:]) if keep_last > 0 else set(records)
+            if self.rank == 0:
+                for s in records:
+                    if s not in kept:
                         gc.delete_record(self.directory, s)
-            records = {s for s, _ in gc.recorded_steps(self.directory)}
             rank_dir = os.path.join(self.directory, gc.rank_dir_name(self.rank))
             for s, _ in committed_step_dirs(rank_dir):
-                if s < committed and s not in kept and (keep_last > 0 or s not in records):
+                if s < committed and s not in kept:
                     gc.delete_part(rank_dir, s)
         except OSError:
             pass

@@ -23,8 +23,8 @@ KiB = 1024
 
 
 def config(**changes) -> CheckpointConfig:
-    return CheckpointConfig(writer_threads=1, chunk_bytes=64 * KiB, reader_threads=1, keep_last=0,
-                            coordination_timeout_s=changes.pop("coordination_timeout_s", 20.0), **changes)
+    base = dict(writer_threads=1, chunk_bytes=64 * KiB, reader_threads=1, keep_last=0, coordination_timeout_s=20.0)
+    return CheckpointConfig(**(base | changes))
 
 
 def make_training(seed: int = 0):
@@ -133,6 +133,16 @@ def main_world_main(rank: int, world: int, init_file: str, directory: str, out: 
         r["load_after_corruption"] = step
         r["corruption_warnings"] = [str(w.message) for w in caught if issubclass(w.category, CorruptCheckpointWarning)]
         r["loaded_data_after_corruption"] = loaded["data"]
+
+    # retention: keep_last globally committed steps; older records, their parts and parts of
+    # steps never committed (4, 5) go
+    with open_checkpointer("pccheck", directory, config(keep_last=2)) as ck:
+        for step in (30, 31):
+            ck.save(step, state_of(model, opt, step))
+        ck.wait()
+    r["params31"] = [p.detach().tolist() for p in model.module.parameters()]
+    r["records_after_retention"] = sorted(os.listdir(os.path.join(directory, "global")))
+    r["parts_after_retention"] = sorted(os.listdir(os.path.join(directory, f"rank_{rank:05d}")))
 
     # a rank that never calls save: a clear error within the timeout on the others, no hang
     with open_checkpointer("pccheck", directory, config(coordination_timeout_s=3.0)) as ck:

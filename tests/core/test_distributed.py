@@ -71,6 +71,13 @@ def test_corrupt_part_on_one_rank_makes_all_fall_back(main_world):
     assert [r["loaded_data_after_corruption"]["position"] for r in ranks] == [20, 21]
 
 
+def test_retention_keeps_the_newest_globally_committed_steps(main_world):
+    _, ranks = main_world
+    for r in ranks:
+        assert r["records_after_retention"] == ["step_000000000030.json", "step_000000000031.json"]
+        assert r["parts_after_retention"] == [".ckptlab.lock", "step_000000000030", "step_000000000031"]
+
+
 def test_rank_that_never_saves_is_a_clear_error_not_a_hang(main_world):
     _, ranks = main_world
     error = ranks[0]["absent_error"]
@@ -82,12 +89,10 @@ def test_rank_that_never_saves_is_a_clear_error_not_a_hang(main_world):
 def test_one_process_loads_a_two_rank_checkpoint(main_world):
     directory, ranks = main_world
     with pytest.raises(CheckpointError, match="saved by 2 ranks.*runs on 1.*per_rank_of"):
-        load_global(directory, step=2)
-    step, loaded = load_global(directory, per_rank_of=1, step=2)
-    assert step == 2 and loaded["data"] == {"rank": 1, "position": 21}
-    with pytest.warns(Warning, match="rank_00001"):
-        step, loaded = load_global(directory, per_rank_of=0)
-    assert step == 2  # step 3's part on rank 1 is corrupt (the world scenario flipped it)
+        load_global(directory)
+    step, loaded = load_global(directory, per_rank_of=1)
+    assert step == 31 and loaded["data"] == {"rank": 1, "position": 311}
+    assert [p.tolist() for p in loaded["model"].values()] == [p for p in ranks[1]["params31"]]
 
 
 def test_world_of_one_keeps_the_plain_kind(tmp_path):
@@ -110,9 +115,9 @@ def test_three_ranks_under_torchrun_load_a_two_rank_checkpoint(main_world, tmp_p
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = results(out, "torchrun", 3)
     for r in ranks:
-        assert r["world"] == 3 and r["step"] == 2
+        assert r["world"] == 3 and r["step"] == 31
         assert "saved by 2 ranks" in r["without_per_rank_of"] and "runs on 3" in r["without_per_rank_of"]
-        assert r["data"] == {"rank": 0, "position": 20}
+        assert r["data"] == {"rank": 0, "position": 310}
     assert ranks[0]["params"] == ranks[1]["params"] == ranks[2]["params"]
 
 
