@@ -354,11 +354,12 @@ class DistributedCheckpointer:
             dist.monitored_barrier(group=self._group, timeout=self._timeout, wait_all_ranks=True)
             dist.all_gather_object(gathered, (step, identity, problem), group=self._group)
         except Exception as e:  # a rank died or never arrived: this group is unusable now
-            last = self._committed[-1] if self._committed else None
+            kept = (f"the last globally committed step ({self._committed[-1]}) is kept" if self._committed
+                    else "the previous globally committed step is kept")
             self._broken = CheckpointError(
                 f"checkpoint of step {step} failed on rank {self.rank}: the ranks did not all arrive within "
                 f"{self._timeout.total_seconds():g} s (CheckpointConfig.coordination_timeout_s): "
-                f"{type(e).__name__}: {e}; the last globally committed step ({last}) is kept; this checkpointer "
+                f"{type(e).__name__}: {e}; {kept}; this checkpointer "
                 f"coordinates no more steps (restart the job)")
             return _Outcome(step, self._broken)
         steps = [g[0] for g in gathered]
