@@ -17,6 +17,7 @@ _EXPORTS = {
     "ckptlab.core.errors": ("CheckpointError", "CheckpointMismatchError", "CheckpointWriteError",
                             "CorruptCheckpointError", "CorruptCheckpointWarning", "ManifestError", "NoCheckpointError",
                             "SnapshotTornError", "UnsafePickleError"),
+    "ckptlab.core.distributed": ("load_global", "per_rank"),
     "ckptlab.core.recovery": ("CheckpointInfo", "list_checkpoints", "load_latest", "verify_checkpoint"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
                                      CorruptCheckpointError, CorruptCheckpointWarning, ManifestError,
                                      NoCheckpointError,
                                      SnapshotTornError, UnsafePickleError)
+    from ckptlab.core.distributed import load_global, per_rank
     from ckptlab.core.recovery import CheckpointInfo, list_checkpoints, load_latest, verify_checkpoint
 
 

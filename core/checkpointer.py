@@ -128,10 +128,35 @@ def check_timeout(timeout: float | None) -> None:
         raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
 
 
-def open_checkpointer(kind: str, directory: str | os.PathLike, config: CheckpointConfig | None = None) -> Checkpointer:
-    """Open a checkpointer of ``kind`` (one of KINDS) writing into ``directory``."""
+def _distributed_initialized() -> bool:
+    """Whether torch.distributed is in use here (without importing torch if it is not)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized()
+
+
+def open_checkpointer(kind: str, directory: str | os.PathLike, config: CheckpointConfig | None = None,
+                      process_group: Any = None) -> Checkpointer:
+    """Open a checkpointer of ``kind`` (one of KINDS) writing into ``directory``.
+
+    With torch.distributed initialized (or ``process_group`` given) and more than one rank,
+    every rank calls this and gets one logical multi-rank checkpointer over ``kind``
+    (core/distributed.py, docs/DISTRIBUTED.md); a world of one is the plain kind."""
     config = config or CheckpointConfig()
     if not isinstance(config, CheckpointConfig):
         raise TypeError(f"config must be a CheckpointConfig, got {type(config).__name__}")
+    if process_group is not None or _distributed_initialized():
+        from ckptlab.core.distributed import DistributedCheckpointer, world_of
+
+        if world_of(process_group) > 1:
+            check_config(kind, config)
+            return DistributedCheckpointer(kind, directory, config, process_group)
+    return open_local_checkpointer(kind, directory, config)
+
+
+def open_local_checkpointer(kind: str, directory: str | os.PathLike, config: CheckpointConfig) -> Checkpointer:
+    """This process's own checkpointer of ``kind``, whatever torch.distributed says (a
+    multi-rank checkpointer opens one per rank for its part)."""
     cls, kwargs = _class_of(kind)  # each kind checks its config (check_config) as it opens
     return cls(directory, config, **kwargs)

@@ -46,6 +46,9 @@ class CheckpointConfig:
     writer_cpus: CPUs the engine's writer threads may run on, e.g. "6-7" or (6, 7): cores kept
         free of training threads and NVMe interrupts. Empty: wherever the kernel puts them.
         CPUs this process may not use are refused when the engine starts.
+    coordination_timeout_s: multi-rank checkpoints (docs/DISTRIBUTED.md): how long a rank's
+        coordinator waits for its own part to be durable and for the other ranks to arrive
+        before the step fails with a CheckpointError (never a hang). Off the training thread.
     """
 
     max_inflight: int = 2
@@ -66,6 +69,7 @@ class CheckpointConfig:
     pinned_host_copies: bool = True
     snapshot: str = "sync"
     writer_cpus: tuple[int, ...] | str = ()
+    coordination_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         def positive(name: str, minimum: int = 1) -> None:
@@ -90,6 +94,9 @@ class CheckpointConfig:
         if self.snapshot != "sync" and not self.pinned_host_copies:
             raise ValueError(f"CheckpointConfig.snapshot={self.snapshot!r} copies to pinned host buffers; "
                              f"it needs pinned_host_copies=True")
+        t = self.coordination_timeout_s
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+            raise ValueError(f"CheckpointConfig.coordination_timeout_s must be a number of seconds > 0, got {t!r}")
         if not isinstance(self.faults, str):
             raise ValueError("CheckpointConfig.faults must be a fault spec string")
         object.__setattr__(self, "writer_cpus", parse_cpu_list(self.writer_cpus, "CheckpointConfig.writer_cpus"))

@@ -31,6 +31,14 @@ class TensorRef:
 
 
 @dataclass(frozen=True)
+class PerRankRef:
+    """Placeholder for a per-rank entry (core/distributed.py per_rank) in the skeleton of a
+    multi-rank checkpoint; each rank's part holds the entry itself under ``key``."""
+
+    key: str
+
+
+@dataclass(frozen=True)
 class StatefulRef:
     """An object that was saved through its state_dict(); load calls load_state_dict()."""
 
@@ -392,6 +400,7 @@ _ALLOWED_GLOBALS = {
 } | {
     ("collections", "OrderedDict"), ("collections", "defaultdict"), ("collections", "deque"),
     ("ckptlab.core.state", "TensorRef"), ("ckptlab.core.state", "StatefulRef"),
+    ("ckptlab.core.state", "PerRankRef"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),

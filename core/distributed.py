@@ -1,0 +1,510 @@
+"""The multi-rank checkpointer: one logical checkpointer over torch.distributed ranks.
+
+Each rank persists its own part with its own inner checkpointer (pccheck or torchsave) in
+``DIR/rank_RRRRR``; a background coordinator thread per rank, on a dedicated gloo group,
+agrees that every part of a step is durable, rank 0 writes the global commit record
+(core/global_commit.py), and only then is the step acknowledged on every rank. The training
+thread never runs a collective in save()/wait(), so a slow disk cannot stall NCCL.
+Protocol, failure cases and launch: docs/DISTRIBUTED.md.
+"""
+from __future__ import annotations
+
+import collections
+import datetime
+import os
+import threading
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ckptlab.core import global_commit as gc
+from ckptlab.core.checkpointer import Checkpointer, check_step, check_timeout, open_local_checkpointer
+from ckptlab.core.commit import committed_step_dirs
+from ckptlab.core.config import CheckpointConfig
+from ckptlab.core.errors import CheckpointError, CorruptCheckpointError, CorruptCheckpointWarning, NoCheckpointError
+from ckptlab.core.recovery import CheckpointInfo, read_checkpoint, verify_checkpoint
+from ckptlab.core.restore import restore
+from ckptlab.core.state import PerRankRef, StatefulRef, TensorRef, lift_tensors, plan_storages, to_device, \
+    unpickle_skeleton
+
+INNER_KINDS = ("pccheck", "torchsave")  # the ckptlab-format kinds (dcp is distributed itself)
+_WAIT_SLICE_S = 0.05  # how long one inner wait() may block before the coordinator looks again
+
+
+@dataclass(frozen=True)
+class PerRank:
+    """A state entry each rank writes in full in its own part (RNG state, data position)."""
+
+    value: Any
+
+
+def per_rank(value: Any) -> PerRank:
+    """Mark ``value`` as this rank's own: ``state["rng"] = per_rank(torch.get_rng_state())``.
+    Everything else in a saved state is taken to be replicated (DDP) and written once in total."""
+    return PerRank(value)
+
+
+def world_of(group: dist.ProcessGroup | None) -> int:
+    """Ranks in ``group`` (the default group when None); 1 without torch.distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        if group is not None:
+            raise ValueError("process_group given but torch.distributed is not initialized")
+        return 1
+    return dist.get_world_size(group)
+
+
+def split_per_rank(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state with each PerRank entry replaced by a PerRankRef, {key: value} of those entries).
+    Markers are found in the state's dicts, lists and tuples, not inside stateful objects."""
+    entries: dict[str, Any] = {}
+
+    def walk(obj: Any, path: str) -> Any:
+        if isinstance(obj, PerRank):
+            entries[path] = obj.value
+            return PerRankRef(path)
+        if isinstance(obj, Mapping) and not hasattr(obj, "load_state_dict"):
+            return {k: walk(v, f"{path}/{k}") for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [walk(v, f"{path}/{i}") for i, v in enumerate(obj)]
+        if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+            return tuple(walk(v, f"{path}/{i}") for i, v in enumerate(obj))
+        return obj
+
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state must be a mapping of names to objects, got {type(state).__name__}")
+    return walk(state, ""), entries
+
+
+def part_state(state: Mapping[str, Any], rank: int, world_size: int) -> tuple[dict[str, Any], list[int]]:
+    """What rank ``rank`` saves of ``state``: the skeleton, its share of the replicated
+    tensors (by index) and every per-rank entry; plus the partition plan (owner per region)."""
+    replicated, entries = split_per_rank(state)
+    skeleton, tensors = lift_tensors(replicated)
+    plan = plan_storages(tensors)
+    owners = gc.partition([(r.name, r.nbytes) for r in plan.regions], world_size)
+    index_of = {id(pair): i for i, pair in enumerate(tensors)}
+    mine = {index_of[id(pair)]: pair[1] for region, owner in zip(plan.regions, owners) if owner == rank
+            for pair in region.members}
+    return {"skeleton": skeleton, "count": len(tensors), "tensors": mine, "per_rank": entries}, owners
+
+
+def _shift_refs(tree: Any, offset: int) -> Any:
+    if isinstance(tree, TensorRef):
+        return TensorRef(tree.index + offset)
+    if isinstance(tree, StatefulRef):
+        return StatefulRef(_shift_refs(tree.state, offset))
+    if isinstance(tree, dict):
+        return type(tree)((k, _shift_refs(v, offset)) for k, v in tree.items())
+    if isinstance(tree, list):
+        return [_shift_refs(v, offset) for v in tree]
+    if isinstance(tree, tuple):
+        return tuple(_shift_refs(v, offset) for v in tree)
+    return tree
+
+
+def _fill_per_rank(tree: Any, entries: Mapping[str, Any] | None, source: str) -> Any:
+    if isinstance(tree, PerRankRef):
+        if entries is None:
+            raise _PerRankNeeded()
+        if tree.key not in entries:
+            raise CorruptCheckpointError(source, f"per-rank entry {tree.key!r} is missing from the part")
+        return entries[tree.key]
+    if isinstance(tree, StatefulRef):
+        return StatefulRef(_fill_per_rank(tree.state, entries, source))
+    if isinstance(tree, dict):
+        return type(tree)((k, _fill_per_rank(v, entries, source)) for k, v in tree.items())
+    if isinstance(tree, list):
+        return [_fill_per_rank(v, entries, source) for v in tree]
+    if isinstance(tree, tuple):
+        return tuple(_fill_per_rank(v, entries, source) for v in tree)
+    return tree
+
+
+class _PerRankNeeded(Exception):
+    pass
+
+
+def load_step(directory: str, record: gc.GlobalRecord, state: Mapping[str, Any] | None,
+              map_location: str | torch.device | None, *, entries_of: int | None, world_size: int,
+              threads: int = 4, allow_pickle: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Reassemble ``record``'s step from all its parts and restore it (all or nothing).
+    Replicated tensors come from whichever part holds them; per-rank entries from part
+    ``entries_of`` (None: the checkpoint must have none)."""
+    repl: dict[int, torch.Tensor] = {}
+    skeleton, count, own = None, 0, None
+    for rank in range(record.world_size):
+        path = gc.part_path(directory, rank, record.step)
+        m, tree, tensors = read_checkpoint(path, threads, allow_pickle)
+        if m.step != record.step:
+            raise CorruptCheckpointError(path, f"part says step {m.step}, the global record says {record.step}")
+        for i, ref in tree["tensors"].items():
+            repl[int(i)] = tensors[ref.index]
+        skeleton, count = tree["skeleton"], int(tree["count"])
+        if rank == entries_of:
+            own = (tree["per_rank"], tensors, path)
+    if sorted(repl) != list(range(count)):
+        raise CorruptCheckpointError(directory, f"step {record.step}: the parts hold {len(repl)} of {count} "
+                                                f"replicated tensors")
+    main = unpickle_skeleton(skeleton, allow_pickle, source=directory)
+    combined = [repl[i] for i in range(count)]
+    entries = None
+    if own is not None:
+        entries = {k: _shift_refs(v, count) for k, v in own[0].items()}
+        combined += own[1]
+    try:
+        tree = _fill_per_rank(main, entries, own[2] if own else directory)
+    except _PerRankNeeded:
+        raise CheckpointError(
+            f"step {record.step} in {directory} was saved by {record.world_size} ranks with per-rank entries, "
+            f"and this load runs on {world_size}: pass per_rank_of=R to take rank R's entries") from None
+    if map_location is not None and torch.device(map_location).type != "cpu":
+        combined = to_device(combined, torch.device(map_location))
+    return restore(state, tree, combined)
+
+
+def check_part(directory: str, record: gc.GlobalRecord, rank: int, threads: int = 4) -> str | None:
+    """None if ``rank``'s part of ``record`` verifies (every chunk's CRC32C) and is the part
+    the record acknowledged; else the problem."""
+    path = gc.part_path(directory, rank, record.step)
+    try:
+        verify_checkpoint(path, threads)
+        if gc.part_identity(path, rank) != record.parts[rank]:
+            return f"{path}: MANIFEST differs from the one the global record acknowledged"
+    except CorruptCheckpointError as e:
+        return str(e)
+    return None
+
+
+def load_global(directory: str | os.PathLike, state: Mapping[str, Any] | None = None,
+                map_location: str | torch.device | None = None, step: int | None = None,
+                per_rank_of: int | None = None, threads: int = 4,
+                allow_pickle: tuple[str, ...] = ()) -> tuple[int, dict[str, Any]]:
+    """Load a multi-rank checkpoint in one process, no torch.distributed needed: the newest
+    globally committed step (or ``step``) whose every part verifies, falling back past
+    corrupt ones (a CorruptCheckpointWarning each). Per-rank entries: ``per_rank_of``."""
+    directory = os.path.abspath(os.fspath(directory))
+    skipped = []
+    for s, rpath in reversed(gc.recorded_steps(directory)):
+        if step is not None and s != step:
+            continue
+        try:
+            record = gc.read_record(rpath)
+        except CorruptCheckpointError as e:
+            skipped.append(str(e))
+            warnings.warn(CorruptCheckpointWarning(rpath, s, e.reason), stacklevel=2)
+            continue
+        problems = [p for r in range(record.world_size) if (p := check_part(directory, record, r, threads))]
+        if problems:
+            skipped += problems
+            warnings.warn(CorruptCheckpointWarning(rpath, s, "; ".join(problems)), stacklevel=2)
+            continue
+        return s, load_step(directory, record, state, map_location, entries_of=per_rank_of, world_size=1,
+                            threads=threads, allow_pickle=allow_pickle)
+    what = f"step {step}" if step is not None else "globally committed checkpoint"
+    raise NoCheckpointError(f"no valid {what} in {directory}" + ("; skipped: " + "; ".join(skipped) if skipped else ""))
+
+
+@dataclass
+class _Outcome:
+    step: int
+    error: CheckpointError | None
+
+
+class DistributedCheckpointer:
+    """One logical checkpointer over the ranks of a process group (module docstring).
+    Every rank calls every method, with the same steps."""
+
+    def __init__(self, kind: str, directory: str | os.PathLike, config: CheckpointConfig,
+                 process_group: dist.ProcessGroup | None = None) -> None:
+        if kind not in INNER_KINDS:
+            raise ValueError(f"kind {kind!r} cannot be checkpointed across ranks by ckptlab "
+                             f"(multi-rank kinds: {', '.join(INNER_KINDS)})")
+        self.kind = kind
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.config = config
+        ranks = None if process_group is None else dist.get_process_group_ranks(process_group)
+        timeout = datetime.timedelta(seconds=config.coordination_timeout_s)
+        self._timeout = timeout
+        # created collectively (by the group's members only); gloo: CPU objects, own timeout
+        self._group = dist.new_group(ranks=ranks, backend="gloo", timeout=timeout, use_local_synchronization=True)
+        self.rank = dist.get_rank(self._group)
+        self.world_size = dist.get_world_size(self._group)
+        self._src = dist.get_global_rank(self._group, 0)
+        self._inner: Checkpointer = open_local_checkpointer(
+            kind, os.path.join(self.directory, gc.rank_dir_name(self.rank)), config.replace(keep_last=0))
+        self._cv = threading.Condition()
+        self._queue: collections.deque[int] = collections.deque()
+        self._failures: list[CheckpointError] = []
+        self._broken: CheckpointError | None = None
+        self._committed: list[int] = []
+        self._plans: dict[int, list[int]] = {}
+        self._stopping = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._coordinate_loop, name="ckptlab-coordinator", daemon=True)
+        self._thread.start()
+
+    # --- training thread ------------------------------------------------------------------
+
+    def save(self, step: int, state: Mapping[str, Any]) -> None:
+        """Save this rank's part of ``state`` for ``step`` (every rank, same step). Returns as
+        the inner kind's save() does; the global commit happens on the coordinator thread.
+        Beyond max_inflight unresolved steps it waits for the oldest's global outcome."""
+        self._check_open()
+        check_step(step)
+        self._raise_failure()
+        with self._cv:
+            while len(self._queue) >= self.config.max_inflight and self._broken is None:
+                self._cv.wait()
+        self._raise_failure()
+        part, owners = part_state(state, self.rank, self.world_size)
+        self._plans[step] = owners  # the record notes the partition (rank 0 writes it)
+        try:
+            self._inner.save(step, part)
+        finally:  # queued even when the inner save failed: the other ranks wait for its outcome
+            with self._cv:
+                self._queue.append(step)
+                self._cv.notify_all()
+
+    def barrier(self) -> None:
+        self._inner.barrier()
+
+    def guard(self, *optimizers: torch.optim.Optimizer) -> None:
+        self._inner.guard(*optimizers)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once every issued step is globally committed or failed (False if ``timeout``
+        ran out first); raises the first failure. Runs no collective."""
+        self._check_open()
+        check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while self._queue and self._broken is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._cv.wait(left)
+            done = not self._queue
+        self._raise_failure()
+        return done
+
+    def _raise_failure(self) -> None:
+        with self._cv:
+            if self._failures:
+                raise self._failures.pop(0)
+            if self._broken is not None:
+                raise self._broken
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"distributed {self.kind} checkpointer for {self.directory} is closed")
+
+    # --- coordinator thread ---------------------------------------------------------------
+
+    def _coordinate_loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._stopping:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                step = self._queue[0]
+            outcome = self._coordinate(step) if self._broken is None else _Outcome(step, self._broken)
+            with self._cv:
+                self._queue.popleft()
+                self._plans.pop(step, None)
+                if outcome.error is None:
+                    self._committed.append(step)
+                elif outcome.error is not self._broken:
+                    self._failures.append(outcome.error)
+                self._cv.notify_all()
+            if outcome.error is None:
+                self._retain(step)
+
+    def _local_part(self, step: int) -> tuple[dict | None, str]:
+        """This rank's part of ``step``: (identity, "") once it is durable, (None, why) if not."""
+        path = gc.part_path(self.directory, self.rank, step)
+        deadline = time.monotonic() + self._timeout.total_seconds()
+        problem = f"its part was not durable within {self._timeout.total_seconds():g} s"
+        while time.monotonic() < deadline:
+            try:
+                done = self._inner.wait(_WAIT_SLICE_S)
+            except CheckpointError as e:
+                if getattr(e, "step", None) in (None, step):
+                    return None, str(e)
+                done = False
+            if os.path.isdir(path):
+                try:
+                    return gc.part_identity(path, self.rank).to_json(), ""
+                except CorruptCheckpointError as e:
+                    return None, str(e)
+            if done:
+                problem = f"its part {path} was not committed (the save failed)"
+                break
+        return None, problem
+
+    def _coordinate(self, step: int) -> _Outcome:
+        identity, problem = self._local_part(step)
+        gathered: list[Any] = [None] * self.world_size
+        try:
+            dist.monitored_barrier(group=self._group, timeout=self._timeout, wait_all_ranks=True)
+            dist.all_gather_object(gathered, (step, identity, problem), group=self._group)
+        except Exception as e:  # a rank died or never arrived: this group is unusable now
+            kept = (f"the last globally committed step ({self._committed[-1]}) is kept" if self._committed
+                    else "the previous globally committed step is kept")
+            self._broken = CheckpointError(
+                f"checkpoint of step {step} failed on rank {self.rank}: the ranks did not all arrive within "
+                f"{self._timeout.total_seconds():g} s (CheckpointConfig.coordination_timeout_s): "
+                f"{type(e).__name__}: {e}; {kept}; this checkpointer "
+                f"coordinates no more steps (restart the job)")
+            return _Outcome(step, self._broken)
+        steps = [g[0] for g in gathered]
+        if len(set(steps)) > 1:
+            listed = ", ".join(f"rank {r} step {s}" for r, s in enumerate(steps))
+            return _Outcome(step, CheckpointError(f"save() was called with different steps on different ranks "
+                                                  f"({listed}); every rank must save the same step; "
+                                                  f"nothing was committed"))
+        failed = [(r, g[2]) for r, g in enumerate(gathered) if g[1] is None]
+        if failed:
+            why = "; ".join(f"rank {r}: {p}" for r, p in failed)
+            return _Outcome(step, CheckpointError(f"checkpoint of step {step} failed on rank(s) "
+                                                  f"{', '.join(str(r) for r, _ in failed)} ({why}); the previous "
+                                                  f"globally committed checkpoint is kept"))
+        result: list[Any] = [None]
+        if self.rank == 0:
+            result[0] = self._write_record(step, gathered)
+        try:
+            dist.broadcast_object_list(result, src=self._src, group=self._group)
+        except Exception as e:
+            self._broken = CheckpointError(f"checkpoint of step {step}: rank 0's commit outcome did not arrive on "
+                                           f"rank {self.rank}: {type(e).__name__}: {e}; restart the job")
+            return _Outcome(step, self._broken)
+        return _Outcome(step, None if result[0] is None else CheckpointError(result[0]))
+
+    def _write_record(self, step: int, gathered: list[Any]) -> str | None:
+        parts = tuple(gc.PartIdentity(**g[1]) for g in gathered)
+        record = gc.GlobalRecord(step, self.world_size, parts, tuple(self._plans.pop(step, ())))
+        try:
+            gc.write_record(self.directory, record)
+        except OSError as e:
+            return (f"checkpoint of step {step}: the global commit record could not be made durable: "
+                    f"{e.strerror} ({e.filename}); the previous globally committed checkpoint is kept")
+        return None
+
+    def _retain(self, committed: int) -> None:
+        """After ``committed`` is acknowledged everywhere: globally committed steps older than
+        the newest ``keep_last`` go, record first (rank 0), then each rank's own parts, with
+        the parts of older steps that never became globally committed. Best effort: a failed
+        cleanup never affects the commit."""
+        keep_last = self.config.keep_last
+        try:
+            records = [s for s, _ in gc.recorded_steps(self.directory) if s <= committed]
+            kept = set(records[-keep_last:]) if keep_last > 0 else set(records)
+            if self.rank == 0:
+                for s in records:
+                    if s not in kept:
+                        gc.delete_record(self.directory, s)
+            rank_dir = os.path.join(self.directory, gc.rank_dir_name(self.rank))
+            for s, _ in committed_step_dirs(rank_dir):
+                if s < committed and s not in kept:
+                    gc.delete_part(rank_dir, s)
+        except OSError:
+            pass
+
+    # --- recovery (collective, on the calling thread) -------------------------------------
+
+    def _agree(self, step: int | None = None) -> gc.GlobalRecord | None:
+        """The newest globally committed step (or ``step``) valid on every rank: rank 0's list
+        of records, then per candidate each rank verifies its share of the parts and an
+        all_gather decides; every rank falls back together."""
+        self._inner.latest()  # repairs this rank's own directory (a crash's leftovers) first
+        steps: list[Any] = [[s for s, _ in gc.recorded_steps(self.directory)] if self.rank == 0 else None]
+        dist.broadcast_object_list(steps, src=self._src, group=self._group)
+        candidates = [s for s in steps[0] if step is None or s == step]
+        for s in reversed(candidates):
+            rpath = os.path.join(self.directory, gc.GLOBAL_DIR, gc.record_name(s))
+            problems: list[tuple[int, str]] = []
+            record = None
+            try:
+                record = gc.read_record(rpath)
+                for r in range(self.rank, record.world_size, self.world_size):
+                    if (p := check_part(self.directory, record, r, self.config.reader_threads)) is not None:
+                        problems.append((r, p))
+            except CorruptCheckpointError as e:
+                problems.append((self.rank, str(e)))
+            gathered: list[Any] = [None] * self.world_size
+            dist.all_gather_object(gathered, problems, group=self._group)
+            bad = [p for g in gathered for p in g]
+            if not bad:
+                return record
+            reason = "; ".join(f"rank {r}'s part: {p}" for r, p in bad) + "; every rank falls back"
+            warnings.warn(CorruptCheckpointWarning(rpath, s, reason), stacklevel=3)
+        return None
+
+    def latest(self) -> CheckpointInfo | None:
+        """The step every rank would load (collective: every rank calls it)."""
+        self._check_open()
+        record = self._agree()
+        if record is None:
+            return None
+        nbytes = sum(sum(e.stat().st_size for e in os.scandir(gc.part_path(self.directory, r, record.step))
+                         if e.is_file()) for r in range(record.world_size))
+        return CheckpointInfo(record.step, os.path.join(self.directory, gc.GLOBAL_DIR, gc.record_name(record.step)),
+                              nbytes, self.kind)
+
+    def load(self, state: Mapping[str, Any] | None = None, map_location: str | torch.device | None = None,
+             step: int | None = None, per_rank_of: int | None = None) -> tuple[int, dict[str, Any]]:
+        """Load the agreed step on every rank (collective). Per-rank entries are part
+        ``rank``'s when the world size matches the checkpoint's, else ``per_rank_of``'s."""
+        self._check_open()
+        record = self._agree(step)
+        if record is None:
+            what = f"step {step}" if step is not None else "globally committed checkpoint"
+            raise NoCheckpointError(f"no {what} valid on every rank in {self.directory}")
+        entries_of = per_rank_of
+        if entries_of is None and record.world_size == self.world_size:
+            entries_of = self.rank
+        return record.step, load_step(self.directory, record, state, map_location, entries_of=entries_of,
+                                      world_size=self.world_size, threads=self.config.reader_threads,
+                                      allow_pickle=self.config.allow_pickle)
+
+    def stats(self) -> dict[str, Any]:
+        s = dict(self._inner.stats())
+        with self._cv:
+            s.update(kind=self.kind, distributed=True, rank=self.rank, world_size=self.world_size,
+                     globally_committed=len(self._committed),
+                     last_globally_committed_step=self._committed[-1] if self._committed else None,
+                     coordinating=len(self._queue))
+        return s
+
+    def close(self) -> None:
+        """Wait for every issued step's global outcome, stop the coordinator, close the inner
+        checkpointer, raise a pending failure."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self._thread.join()
+        self._inner.close()
+        with self._cv:
+            if self._failures:
+                raise self._failures.pop(0)
+
+    def __enter__(self) -> DistributedCheckpointer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+
+def committed_parts(directory: str, rank: int) -> list[int]:
+    """Steps of rank ``rank``'s committed parts (for tools and tests)."""
+    return [s for s, _ in committed_step_dirs(os.path.join(directory, gc.rank_dir_name(rank)))]
+
+

@@ -1,0 +1,222 @@
+"""One rank of the multi-rank checkpoint tests (tests/core/test_distributed*.py).
+
+Started as users start ranks: ``torch.multiprocessing`` (the ``*_main(rank, ...)`` functions)
+or ``torchrun`` (``python -m torch.distributed.run ... dist_worker.py SCENARIO DIR OUT``).
+Each rank writes what it saw to ``OUT/<scenario>_rank<R>.json``; the test asserts on it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ckptlab.core import CheckpointConfig, CheckpointError, CorruptCheckpointWarning, open_checkpointer, per_rank
+from ckptlab.core.recovery import read_manifest
+
+KiB = 1024
+
+
+def config(**changes) -> CheckpointConfig:
+    base = dict(writer_threads=1, chunk_bytes=64 * KiB, reader_threads=1, keep_last=0, coordination_timeout_s=20.0)
+    return CheckpointConfig(**(base | changes))
+
+
+def make_training(seed: int = 0):
+    torch.manual_seed(seed)
+    model = DDP(torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    return model, opt
+
+
+def train_step(model, opt, rank: int) -> None:
+    x = torch.randn(4, 16) + rank
+    opt.zero_grad()
+    model(x).square().mean().backward()
+    opt.step()
+
+
+def state_of(model, opt, step: int) -> dict:
+    return {"model": model, "optim": opt, "rng": per_rank(torch.get_rng_state()),
+            "data": per_rank({"rank": dist.get_rank(), "position": step * 10 + dist.get_rank()}), "extra": {"step": step}}
+
+
+def part_bytes(directory: str, rank: int, step: int) -> tuple[int, int]:
+    """(bytes of the replicated tensors in rank's part, the part's whole byte stream)."""
+    m = read_manifest(os.path.join(directory, f"rank_{rank:05d}", f"step_{step:012d}"))
+    return sum(t.nbytes for t in m.tensors if t.name.startswith("tensors/")), m.total_bytes
+
+
+def write(out: str, name: str, rank: int, result: dict) -> None:
+    with open(os.path.join(out, f"{name}_rank{rank}.json"), "w") as f:
+        json.dump(result, f)
+
+
+def init(rank: int, world: int, init_file: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+
+
+def flip_bytes(path: str) -> None:
+    """Invert 16 bytes in the middle of the file (inside a checksummed chunk)."""
+    offset = os.path.getsize(path) // 2
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(16)
+        f.seek(offset)
+        f.write(bytes(x ^ 0xFF for x in b))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def data_file(part: str) -> str:
+    m = read_manifest(part)
+    return os.path.join(part, max(m.files, key=lambda f: f.nbytes).name)
+
+
+def main_world_main(rank: int, world: int, init_file: str, directory: str, out: str) -> None:
+    """Round trip, bytes per rank, mismatched steps, a corrupt part, a rank that never saves."""
+    init(rank, world, init_file)
+    r: dict = {}
+    model, opt = make_training()
+    torch.manual_seed(100 + rank)  # per-rank RNG streams
+    with open_checkpointer("pccheck", directory, config(max_inflight=2)) as ck:
+        r["type"] = type(ck).__name__
+        for step in (1, 2, 3):
+            train_step(model, opt, rank)
+            ck.save(step, state_of(model, opt, step))
+        ck.wait()
+        r["rng3"] = torch.get_rng_state().tolist()[:64]
+        r["params3"] = [p.detach().flatten().tolist() for p in model.module.parameters()]
+        r["exp_avg3"] = [opt.state[p]["exp_avg"].flatten().tolist() for p in model.parameters()]
+        r["part_bytes"], r["part_stream_bytes"] = part_bytes(directory, rank, 3)
+        r["replicated_bytes"] = sum(p.numel() * p.element_size() * 3 + opt.state[p]["step"].nbytes
+                                    for p in model.parameters())  # param, exp_avg, exp_avg_sq, step
+
+        # round trip into fresh objects
+        model2, opt2 = make_training(seed=7)
+        target = {"model": model2, "optim": opt2, "rng": None, "data": None, "extra": None}
+        step, loaded = ck.load(target)
+        r["loaded_step"] = step
+        r["loaded_params_equal"] = all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+        r["loaded_optim_equal"] = all(torch.equal(opt.state[a]["exp_avg_sq"], opt2.state[b]["exp_avg_sq"])
+                                      for a, b in zip(model.parameters(), model2.parameters()))
+        r["loaded_rng_prefix"] = loaded["rng"].tolist()[:64]
+        r["loaded_data"] = loaded["data"]
+        r["latest"] = ck.latest().step
+
+        # mismatched steps: a clear error on every rank, nothing committed
+        t0 = time.monotonic()
+        ck.save(4 if rank == 0 else 5, state_of(model, opt, 4))
+        try:
+            ck.wait()
+            r["mismatch_error"] = None
+        except CheckpointError as e:
+            r["mismatch_error"] = str(e)
+        r["mismatch_s"] = time.monotonic() - t0
+    r["records_after_mismatch"] = sorted(os.listdir(os.path.join(directory, "global")))
+
+    # a corrupt part on rank 1 (step 3): every rank falls back to step 2 together
+    dist.barrier()
+    if rank == 1:
+        flip_bytes(data_file(os.path.join(directory, "rank_00001", "step_000000000003")))
+    dist.barrier()
+    with open_checkpointer("pccheck", directory, config()) as ck:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            r["latest_after_corruption"] = ck.latest().step
+            step, loaded = ck.load()
+        r["load_after_corruption"] = step
+        r["corruption_warnings"] = [str(w.message) for w in caught if issubclass(w.category, CorruptCheckpointWarning)]
+        r["loaded_data_after_corruption"] = loaded["data"]
+
+    # retention: keep_last globally committed steps; older records, their parts and parts of
+    # steps never committed (4, 5) go
+    with open_checkpointer("pccheck", directory, config(keep_last=2)) as ck:
+        for step in (30, 31):
+            ck.save(step, state_of(model, opt, step))
+        ck.wait()
+    r["params31"] = [p.detach().tolist() for p in model.module.parameters()]
+    r["records_after_retention"] = sorted(os.listdir(os.path.join(directory, "global")))
+    r["parts_after_retention"] = sorted(os.listdir(os.path.join(directory, f"rank_{rank:05d}")))
+
+    # a rank that never calls save: a clear error within the timeout on the others, no hang
+    with open_checkpointer("pccheck", directory, config(coordination_timeout_s=3.0)) as ck:
+        t0 = time.monotonic()
+        if rank == 0:
+            ck.save(20, state_of(model, opt, 20))
+            try:
+                ck.wait()
+                r["absent_error"] = None
+            except CheckpointError as e:
+                r["absent_error"] = str(e)
+        else:
+            time.sleep(6.0)  # never arrives (ends only after rank 0 has given up)
+        r["absent_s"] = time.monotonic() - t0
+        try:
+            ck.close()
+        except CheckpointError:
+            pass
+    write(out, "main", rank, r)
+
+
+def kill_main(rank: int, world: int, init_file: str, directory: str, out: str) -> None:
+    """Step 1 commits; rank 1 then sits inside its step-2 write (a fault-spec delay) until the
+    test SIGKILLs it; rank 0 records the error it gets."""
+    init(rank, world, init_file)
+    model, opt = make_training()
+    faults = "point=before_data_fsync,step=2,action=delay=120000" if rank == 1 else ""
+    r: dict = {}
+    ck = open_checkpointer("pccheck", directory, config(coordination_timeout_s=8.0, faults=faults))
+    train_step(model, opt, rank)
+    ck.save(1, state_of(model, opt, 1))
+    ck.wait()
+    train_step(model, opt, rank)
+    t0 = time.monotonic()
+    ck.save(2, state_of(model, opt, 2))
+    try:
+        ck.wait()
+        r["error"] = None
+    except CheckpointError as e:
+        r["error"] = str(e)
+    r["error_after_s"] = time.monotonic() - t0
+    write(out, "kill", rank, r)
+    os._exit(0)  # the group lost a member: no orderly teardown
+
+
+def relaunch_main(rank: int, world: int, init_file: str, directory: str, out: str) -> None:
+    init(rank, world, init_file)
+    with open_checkpointer("pccheck", directory, config()) as ck:
+        r = {"latest": ck.latest().step}
+        step, loaded = ck.load()
+        r.update(loaded_step=step, data=loaded["data"])
+    write(out, "relaunch", rank, r)
+
+
+def torchrun_load() -> None:
+    """Under torchrun: load a checkpoint saved by another world size (the replicated state;
+    rank 0's per-rank entries, asked for explicitly) and also see the error without asking."""
+    directory, out = sys.argv[2], sys.argv[3]
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    r: dict = {"world": dist.get_world_size()}
+    with open_checkpointer("pccheck", directory, config()) as ck:
+        try:
+            ck.load()
+            r["without_per_rank_of"] = None
+        except CheckpointError as e:
+            r["without_per_rank_of"] = str(e)
+        step, loaded = ck.load(per_rank_of=0)
+        r["step"] = step
+        r["params"] = [loaded["model"][k].flatten().tolist() for k in sorted(loaded["model"])]
+        r["data"] = loaded["data"]
+    write(out, "torchrun", rank, r)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    {"load": torchrun_load}[sys.argv[1]]()

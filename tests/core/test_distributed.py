@@ -1,0 +1,152 @@
+"""Multi-rank checkpoints over torch.distributed (core/distributed.py, docs/DISTRIBUTED.md):
+real worlds of CPU processes on gloo, started with torch.multiprocessing and torchrun."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from ckptlab.core import CheckpointError, load_global
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import dist_worker  # noqa: E402  (the ranks' code; spawn re-imports it from sys.path)
+
+
+def results(out, name: str, world: int) -> list[dict]:
+    return [json.load(open(os.path.join(out, f"{name}_rank{r}.json"))) for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def main_world(tmp_path_factory):
+    """One 2-rank world runs every in-world scenario (a world costs seconds to start)."""
+    base = tmp_path_factory.mktemp("dist")
+    directory, out = str(base / "ckpt"), str(base / "out")
+    os.makedirs(out)
+    mp.spawn(dist_worker.main_world_main, args=(2, str(base / "init"), directory, out), nprocs=2, join=True)
+    return directory, results(out, "main", 2)
+
+
+def test_world_round_trip_on_two_ranks(main_world):
+    _, ranks = main_world
+    for rank, r in enumerate(ranks):
+        assert r["type"] == "DistributedCheckpointer"
+        assert r["loaded_step"] == 3 and r["latest"] == 3
+        assert r["loaded_params_equal"] and r["loaded_optim_equal"]
+        assert r["loaded_rng_prefix"] == r["rng3"], "per-rank RNG comes back from the rank's own part"
+        assert r["loaded_data"] == {"rank": rank, "position": 30 + rank}
+    assert ranks[0]["rng3"] != ranks[1]["rng3"]
+
+
+def test_replicated_bytes_are_split_across_ranks(main_world):
+    _, ranks = main_world
+    replicated = ranks[0]["replicated_bytes"]
+    parts = [r["part_bytes"] for r in ranks]
+    assert sum(parts) == replicated, f"parts {parts} do not hold exactly one copy of {replicated} bytes"
+    for p in parts:
+        assert 0.4 * replicated < p < 0.6 * replicated, f"parts {parts} of {replicated}: not ~1/2 each"
+
+
+def test_mismatched_steps_fail_on_every_rank(main_world):
+    _, ranks = main_world
+    for r in ranks:
+        assert r["mismatch_error"] and "different steps" in r["mismatch_error"]
+        assert "rank 0 step 4" in r["mismatch_error"] and "rank 1 step 5" in r["mismatch_error"]
+    assert ranks[0]["records_after_mismatch"] == [f"step_{s:012d}.json" for s in (1, 2, 3)]
+
+
+def test_corrupt_part_on_one_rank_makes_all_fall_back(main_world):
+    _, ranks = main_world
+    for r in ranks:
+        assert r["latest_after_corruption"] == 2 and r["load_after_corruption"] == 2
+        assert any("rank 1's part" in w and "step_000000000003" in w for w in r["corruption_warnings"]), \
+            r["corruption_warnings"]
+    assert [r["loaded_data_after_corruption"]["position"] for r in ranks] == [20, 21]
+
+
+def test_retention_keeps_the_newest_globally_committed_steps(main_world):
+    _, ranks = main_world
+    for r in ranks:
+        assert r["records_after_retention"] == ["step_000000000030.json", "step_000000000031.json"]
+        assert r["parts_after_retention"] == [".ckptlab.lock", "step_000000000030", "step_000000000031"]
+
+
+def test_rank_that_never_saves_is_a_clear_error_not_a_hang(main_world):
+    _, ranks = main_world
+    error = ranks[0]["absent_error"]
+    assert error and "step 20" in error and "coordination_timeout_s" in error, error
+    assert "1" in error.split("did not all arrive")[1], f"the missing rank is not named: {error}"
+    assert ranks[0]["absent_s"] < 3.0 + 5.0
+
+
+def test_one_process_loads_a_two_rank_checkpoint(main_world):
+    directory, ranks = main_world
+    with pytest.raises(CheckpointError, match="saved by 2 ranks.*runs on 1.*per_rank_of"):
+        load_global(directory)
+    step, loaded = load_global(directory, per_rank_of=1)
+    assert step == 31 and loaded["data"] == {"rank": 1, "position": 311}
+    assert [p.tolist() for p in loaded["model"].values()] == [p for p in ranks[1]["params31"]]
+
+
+def test_world_of_one_keeps_the_plain_kind(tmp_path):
+    from ckptlab.core import open_checkpointer
+    from ckptlab.core.pccheck import PCcheckCheckpointer
+
+    with open_checkpointer("pccheck", tmp_path / "c") as ck:
+        assert isinstance(ck, PCcheckCheckpointer)
+        ck.save(1, {"t": torch.ones(3)})
+    assert sorted(os.listdir(tmp_path / "c")) == [".ckptlab.lock", "step_000000000001"]
+
+
+@pytest.mark.slow
+def test_three_ranks_under_torchrun_load_a_two_rank_checkpoint(main_world, tmp_path):
+    directory, _ = main_world
+    out = str(tmp_path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3",
+           os.path.join(HERE, "dist_worker.py"), "load", directory, out]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = results(out, "torchrun", 3)
+    for r in ranks:
+        assert r["world"] == 3 and r["step"] == 31
+        assert "saved by 2 ranks" in r["without_per_rank_of"] and "runs on 3" in r["without_per_rank_of"]
+        assert r["data"] == {"rank": 0, "position": 310}
+    assert ranks[0]["params"] == ranks[1]["params"] == ranks[2]["params"]
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_rank_mid_checkpoint_then_relaunch(tmp_path):
+    directory, out = str(tmp_path / "ckpt"), str(tmp_path / "out")
+    os.makedirs(out)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=dist_worker.kill_main, args=(r, 2, str(tmp_path / "init1"), directory, out))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    rank1 = os.path.join(directory, "rank_00001")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the test waits for rank 1 to be inside step 2's write
+        if os.path.isdir(rank1) and any(n.startswith(".step_000000000002.tmp-") for n in os.listdir(rank1)):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("rank 1 never started writing step 2")
+    os.kill(procs[1].pid, signal.SIGKILL)
+    procs[0].join(60)
+    procs[1].join(10)
+    assert procs[0].exitcode == 0 and procs[1].exitcode == -signal.SIGKILL
+    (r0,) = results(out, "kill", 1)
+    assert r0["error"] and "step 2" in r0["error"] and "last globally committed step (1)" in r0["error"], r0
+    assert r0["error_after_s"] < 8.0 + 10.0
+    assert sorted(os.listdir(os.path.join(directory, "global"))) == ["step_000000000001.json"]
+
+    mp.spawn(dist_worker.relaunch_main, args=(2, str(tmp_path / "init2"), directory, out), nprocs=2, join=True)
+    for rank, r in enumerate(results(out, "relaunch", 2)):
+        assert r["latest"] == 1 and r["loaded_step"] == 1 and r["data"] == {"rank": rank, "position": 10 + rank}
