@@ -12,6 +12,7 @@ GiB = 1 << 30
 
 IO_MODES = ("auto", "direct", "buffered")
 SNAPSHOT_MODES = ("sync", "deferred", "gpu")  # core/snapshot.py
+CHUNK_ASSIGNMENTS = ("queue", "static")  # csrc/engine.hpp, EngineOptions::chunk_assignment
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,11 @@ class CheckpointConfig:
     writer_cpus: CPUs the engine's writer threads may run on, e.g. "6-7" or (6, 7): cores kept
         free of training threads and NVMe interrupts. Empty: wherever the kernel puts them.
         CPUs this process may not use are refused when the engine starts.
+    chunk_assignment: which writer thread writes which chunk (pccheck). "queue": the next free
+        writer takes the next staged chunk (a slow writer simply takes fewer). "static": chunk
+        i goes to writer i mod writer_threads, each writer its fixed share as in PCcheck's own
+        artifact; an experiment axis, and what makes a slowed writer's effect on the makespan
+        deterministic.
     """
 
     max_inflight: int = 2
@@ -66,6 +72,7 @@ class CheckpointConfig:
     pinned_host_copies: bool = True
     snapshot: str = "sync"
     writer_cpus: tuple[int, ...] | str = ()
+    chunk_assignment: str = "queue"
 
     def __post_init__(self) -> None:
         def positive(name: str, minimum: int = 1) -> None:
@@ -90,6 +97,9 @@ class CheckpointConfig:
         if self.snapshot != "sync" and not self.pinned_host_copies:
             raise ValueError(f"CheckpointConfig.snapshot={self.snapshot!r} copies to pinned host buffers; "
                              f"it needs pinned_host_copies=True")
+        if self.chunk_assignment not in CHUNK_ASSIGNMENTS:
+            raise ValueError(f"CheckpointConfig.chunk_assignment must be one of {CHUNK_ASSIGNMENTS}, "
+                             f"got {self.chunk_assignment!r}")
         if not isinstance(self.faults, str):
             raise ValueError("CheckpointConfig.faults must be a fault spec string")
         object.__setattr__(self, "writer_cpus", parse_cpu_list(self.writer_cpus, "CheckpointConfig.writer_cpus"))
@@ -113,7 +123,8 @@ class CheckpointConfig:
         return dict(writer_threads=self.writer_threads, max_inflight=self.max_inflight, shards=self.shards,
                     chunk_bytes=self.chunk_bytes, keep_last=self.keep_last, io_mode=self.io_mode,
                     trace_capacity=self.trace_capacity, prefault=self.prefault_staging, io_log=io_log,
-                    io_log_data=io_log_data, writer_cpus=list(self.writer_cpus))
+                    io_log_data=io_log_data, writer_cpus=list(self.writer_cpus),
+                    chunk_assignment=self.chunk_assignment)
 
     def replace(self, **changes) -> "CheckpointConfig":
         return dataclasses.replace(self, **changes)
