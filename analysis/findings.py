@@ -77,7 +77,7 @@ def summary_sentences(rows: list[dict[str, Any]], what: str) -> list[str]:
     if not named:
         worst = max(r["straggler_ratio"] for r in rows)
         return [f"{what}: none of the {len(rows)} checkpoints had a straggler (the last writer finished at most "
-                f"{worst:.3f}x the median thread's time (with 2 threads, the other's); a straggler needs {causes.MIN_RATIO}x, "
+                f"{worst:.3f}x the median thread's time; a straggler needs {causes.MIN_RATIO}x, "
                 f"{_ms(causes.MIN_GAP_S)} and, with 3 or more threads, a robust z-score above 3.5)."]
     by_cause = Counter(r["cause"] for r in named)
     out = [f"{what}: {len(named)} of {len(rows)} checkpoints had a straggler; causes: "
