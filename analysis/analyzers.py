@@ -12,7 +12,9 @@ and the notebooks call, one question each (docs/TRACE.md, "Straggler causes").
   waiting for a CPU, blocked (or "not split" without the counters), idle between operations;
 - ``migration_table``: per checkpoint and thread, CPU migrations and the CPUs used;
 - ``detect_stragglers``: per checkpoint, the straggler (or None), its gap, cause class and why
-  (``causes``);
+  (``causes``), and the hypervisor steal estimated in the last thread's window (``steal``:
+  ``steal_s``, None without the trace's steal counters; ``steal_caveat`` when it is a material
+  share of the blocked time a ``blocked`` verdict rests on);
 - ``what_if_median_speed``: per checkpoint, the makespan re-simulated with the straggler at the
   median thread's speed (``whatif``).
 
@@ -27,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ckptlab.analysis import causes, whatif
+from ckptlab.analysis import causes, steal, whatif
 from ckptlab.analysis.stragglers import WRITER_PHASES, writer_stragglers
 from ckptlab.analysis.tables import column
 
@@ -70,6 +72,7 @@ def _checkpoint_rows(table: pa.Table) -> list[dict[str, Any]]:
         return []
     ckpt_id = column(table, "ckpt_id").astype(np.int64)
     tb = column(table, "t_begin_ns").astype(np.int64)
+    stolen = steal.steal_window(table)
     out = []
     for c in ckpts:
         rows = [r for r in threads if r["ckpt_id"] == c["ckpt_id"]]
@@ -77,18 +80,24 @@ def _checkpoint_rows(table: pa.Table) -> list[dict[str, Any]]:
         last = int(np.argmax(finish))
         slow = rows[last]
         median = float(np.median(finish))
+        ref = causes.reference_finish(finish, last)
         verdict: dict[str, Any] = {"straggler": None, "cause": None, "cause_why": None, "cause_share": None,
                                    **{f"excess_{k.replace('-', '_')}_s": None for k in (*causes.CAUSES, "idle")}}
         if causes.is_straggler(finish, last, slow["finish_z"]):
             peers = [r for i, r in enumerate(rows) if i != last]
             excess = causes.excess_parts(slow, peers)
-            cause, why, share = causes.classify(slow["finish_s"] - median, excess)
+            cause, why, share = causes.classify(slow["finish_s"] - ref, excess)
             verdict = {"straggler": slow["thread_name"], "cause": cause, "cause_why": why,
                        "cause_share": share, **{f"excess_{k.replace('-', '_')}_s": v for k, v in excess.items()}}
+        steal_s = None if stolen is None else stolen.estimate_s(slow["cpus"], slow["finish_s"] - slow["start_s"])
+        blocked = verdict["excess_blocked_s"]
+        verdict["steal_s"] = steal_s
+        verdict["steal_caveat"] = bool(verdict["cause"] == "blocked" and steal_s is not None and blocked
+                                       and steal_s >= steal.MATERIAL_SHARE * blocked)
         out.append({"ckpt_id": c["ckpt_id"], "step": c["step"], "threads": c["threads"],
                     "makespan_s": c["makespan_s"], "last_thread": slow["thread_name"], "finish_s": slow["finish_s"],
-                    "median_finish_s": median, "gap_s": slow["finish_s"] - median,
-                    "straggler_ratio": c["straggler_ratio"], "finish_z": slow["finish_z"], **verdict,
+                    "median_finish_s": median, "reference_finish_s": ref, "gap_s": slow["finish_s"] - ref,
+                    "straggler_ratio": slow["finish_s"] / ref if ref > 0 else 1.0, "finish_z": slow["finish_z"], **verdict,
                     "_t0": int(tb[ckpt_id == c["ckpt_id"]].min()), "_rows": rows, "_last": slow})
     return out
 

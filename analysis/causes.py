@@ -1,19 +1,25 @@
 """Which writer thread straggled in a checkpoint, and why: one cause class per straggler
 (docs/TRACE.md, "Straggler causes").
 
-A checkpoint's **straggler** is its last writer thread when it is late enough to matter:
+A checkpoint's **straggler** is its last writer thread when it is late enough to matter. It is
+compared with the **reference** finish: the median thread's finish, or with exactly 2 threads
+the other thread's (see below); with 1 thread there is nothing to compare and no straggler.
 
-- it finishes at least ``MIN_RATIO`` (1.1) times the median thread's finish: below that the
-  writers are balanced and which one is last is a coin toss (the H100 trace's ratios stay
-  under 1.001);
+- it finishes at least ``MIN_RATIO`` (1.1) times the reference: below that the writers are
+  balanced and which one is last is a coin toss (the H100 trace's ratios stay under 1.001);
 - and at least ``MIN_GAP_S`` (1 ms) after it: less than a scheduler time slice, which timer
   and wake-up noise alone can produce;
 - and, with 3 or more writer threads, its finish is an outlier: modified z-score above
-  ``OUTLIER_Z`` (3.5, Iglewicz-Hoaglin), so the last of an even spread is not blamed. Two
-  values give no z-score (both are 0.67 MAD from their median), so with 2 threads the first
-  two rules decide alone.
+  ``OUTLIER_Z`` (3.5, Iglewicz-Hoaglin), so the last of an even spread is not blamed.
 
-Its **gap** (finish minus the median thread's finish) is then split into what the straggler
+Two threads are degenerate for median statistics: the median is their mean, so the gap would
+be half their difference and the ratio diluted (a thread finishing 1.2x after the other is
+only 1.09x their mean and would pass), and the MAD is half the difference, so both z-scores are
+always +-0.67 and say nothing. So with 2 threads the reference is the other thread: the ratio
+and gap rules then mean what they mean with many threads (the straggler against a typical
+peer), and the gap is the whole difference, which the excess parts below add up to.
+
+Its **gap** (finish minus the reference) is then split into what the straggler
 spent more than its peers (the other writer threads, medians over them):
 
 - ``late-start``: its first record began later than the peers' (start minus their median
@@ -53,11 +59,19 @@ IN_WORDS = {"late-start": "starting late", "cpu-wait": "waiting for a CPU (runna
             "on-cpu": "running on its CPU (checksum/copy, frequency, a busy sibling core)"}
 
 
+def reference_finish(finish: Sequence[float], last: int) -> float:
+    """What the last thread ``last`` is compared with: the median finish, or with 2 threads the
+    other thread's (module doc: the median of 2 is their mean)."""
+    if len(finish) == 2:
+        return float(finish[1 - last])
+    return float(np.median(finish))
+
+
 def is_straggler(finish: Sequence[float], last: int, z: float) -> bool:
     """The module doc's three rules for the last thread ``last`` of ``finish``."""
-    med = float(np.median(finish))
-    gap = finish[last] - med
-    if len(finish) < 2 or med <= 0 or gap < MIN_GAP_S or finish[last] < MIN_RATIO * med:
+    ref = reference_finish(finish, last)
+    gap = finish[last] - ref
+    if len(finish) < 2 or ref <= 0 or gap < MIN_GAP_S or finish[last] < MIN_RATIO * ref:
         return False
     return len(finish) < 3 or z > OUTLIER_Z
 

@@ -5,7 +5,8 @@
 ``{"checkpoints": [...], "findings": [...]}`` (plus ``"placements"`` for an experiment, whose
 ``io_modes`` is None with one I/O mode, else the fastest and each mode's best cell): the
 ``--json`` document. Each checkpoint row has ``step``, ``makespan_s``, ``straggler`` (a thread
-name or None), ``cause``, ``cause_why``, ``gap_s`` (its finish minus the median thread's),
+name or None), ``cause``, ``cause_why``, ``gap_s`` (its finish minus ``reference_finish_s``: the median
+thread's, with 2 threads the other thread's, ``causes``),
 ``what_if_makespan_s`` and the rest of ``detect_stragglers``' and ``what_if_median_speed``'s
 columns; an experiment's rows add ``cell`` and ``trace``.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ckptlab.analysis import affinity, analyzers, causes
+from ckptlab.analysis import affinity, analyzers, causes, steal
 
 
 def _ms(seconds: float) -> str:
@@ -48,16 +49,24 @@ def checkpoint_rows(table: pa.Table) -> list[dict[str, Any]]:
 
 def checkpoint_sentence(c: dict[str, Any]) -> str:
     head = f"Step {c['step']} (makespan {_ms(c['makespan_s'])}, {c['threads']} writer threads)"
+    if c["threads"] == 1:
+        return f"{head}: no straggler; a single writer thread, {c['last_thread']}, has no peer to lag."
+    other = "the other thread" if c["threads"] == 2 else "the median thread"
     if c["straggler"] is None:
-        return (f"{head}: no straggler; the last thread, {c['last_thread']}, finished {_ms(c['gap_s'])} after the "
-                f"median thread ({c['straggler_ratio']:.3f}x its finish).")
-    s = (f"{head}: {c['straggler']} straggled, finishing {_ms(c['gap_s'])} after the median thread "
-         f"({_ms(c['finish_s'])} vs {_ms(c['median_finish_s'])}, {c['straggler_ratio']:.2f}x). Cause: "
+        return (f"{head}: no straggler; the last thread, {c['last_thread']}, finished {_ms(c['gap_s'])} after "
+                f"{other} ({c['straggler_ratio']:.3f}x its finish).")
+    s = (f"{head}: {c['straggler']} straggled, finishing {_ms(c['gap_s'])} after {other} "
+         f"({_ms(c['finish_s'])} vs {_ms(c['reference_finish_s'])}, {c['straggler_ratio']:.2f}x). Cause: "
          f"{c['cause']}: {c['cause_why']}.")
     if c["saved_s"] is not None and c["cause"] != "late-start":
         s += (f" At the median thread's speed it would have ended the checkpoint at {_ms(c['what_if_makespan_s'])} "
               f"({_ms(c['saved_s'])} sooner; re-simulated from the chunk records, which replay the observed run "
               f"in {_ms(c['resim_makespan_s'])}).")
+    if c.get("steal_caveat"):
+        s += (f" Caveat: the hypervisor stole CPU time during this trace (steal counters); about "
+              f"{_ms(c['steal_s'])} of {c['straggler']}'s window on its CPUs, against the "
+              f"{_ms(c['excess_blocked_s'])} of excess blocked time, may be steal, which neither run_ns nor "
+              f"wait_ns sees, rather than the device, writeback or a lock.")
     return s
 
 
@@ -83,8 +92,11 @@ def summary_sentences(rows: list[dict[str, Any]], what: str) -> list[str]:
 
 
 def trace_findings(table: pa.Table, label: str = "the trace") -> dict[str, Any]:
+    """The trace's document; ``steal`` is its hypervisor steal (``steal.StealWindow.summary``)
+    or None where the trace has no steal counters."""
     rows = checkpoint_rows(table)
-    return {"checkpoints": rows,
+    window = steal.steal_window(table)
+    return {"checkpoints": rows, "steal": None if window is None else window.summary(),
             "findings": summary_sentences(rows, label) + [checkpoint_sentence(r) for r in rows]}
 
 

@@ -105,6 +105,9 @@ def check_config(kind: str, config: CheckpointConfig) -> None:
                          f"{kind} saves synchronously (use snapshot='sync')")
     if config.writer_cpus:
         raise ValueError(f"CheckpointConfig.writer_cpus places the pccheck engine's writer threads; {kind} has none")
+    if config.chunk_assignment != "queue":
+        raise ValueError(f"CheckpointConfig.chunk_assignment={config.chunk_assignment!r} assigns the pccheck "
+                         f"engine's chunks to its writer threads; {kind} has none (use 'queue')")
 
 
 def check_step(step: int) -> None:

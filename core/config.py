@@ -12,6 +12,7 @@ GiB = 1 << 30
 
 IO_MODES = ("auto", "direct", "buffered")
 SNAPSHOT_MODES = ("sync", "deferred", "gpu")  # core/snapshot.py
+CHUNK_ASSIGNMENTS = ("queue", "static")  # csrc/engine.hpp, EngineOptions::chunk_assignment
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,11 @@ class CheckpointConfig:
     coordination_timeout_s: multi-rank checkpoints (docs/DISTRIBUTED.md): how long a rank's
         coordinator waits for its own part to be durable and for the other ranks to arrive
         before the step fails with a CheckpointError (never a hang). Off the training thread.
+    chunk_assignment: which writer thread writes which chunk (pccheck). "queue": the next free
+        writer takes the next staged chunk (a slow writer simply takes fewer). "static": chunk
+        i goes to writer i mod writer_threads, each writer its fixed share as in PCcheck's own
+        artifact; an experiment axis, and what makes a slowed writer's effect on the makespan
+        deterministic.
     """
 
     max_inflight: int = 2
@@ -70,6 +76,7 @@ class CheckpointConfig:
     snapshot: str = "sync"
     writer_cpus: tuple[int, ...] | str = ()
     coordination_timeout_s: float = 600.0
+    chunk_assignment: str = "queue"
 
     def __post_init__(self) -> None:
         def positive(name: str, minimum: int = 1) -> None:
@@ -97,6 +104,9 @@ class CheckpointConfig:
         t = self.coordination_timeout_s
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
             raise ValueError(f"CheckpointConfig.coordination_timeout_s must be a number of seconds > 0, got {t!r}")
+        if self.chunk_assignment not in CHUNK_ASSIGNMENTS:
+            raise ValueError(f"CheckpointConfig.chunk_assignment must be one of {CHUNK_ASSIGNMENTS}, "
+                             f"got {self.chunk_assignment!r}")
         if not isinstance(self.faults, str):
             raise ValueError("CheckpointConfig.faults must be a fault spec string")
         object.__setattr__(self, "writer_cpus", parse_cpu_list(self.writer_cpus, "CheckpointConfig.writer_cpus"))
@@ -120,7 +130,8 @@ class CheckpointConfig:
         return dict(writer_threads=self.writer_threads, max_inflight=self.max_inflight, shards=self.shards,
                     chunk_bytes=self.chunk_bytes, keep_last=self.keep_last, io_mode=self.io_mode,
                     trace_capacity=self.trace_capacity, prefault=self.prefault_staging, io_log=io_log,
-                    io_log_data=io_log_data, writer_cpus=list(self.writer_cpus))
+                    io_log_data=io_log_data, writer_cpus=list(self.writer_cpus),
+                    chunk_assignment=self.chunk_assignment)
 
     def replace(self, **changes) -> "CheckpointConfig":
         return dataclasses.replace(self, **changes)

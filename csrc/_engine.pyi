@@ -187,6 +187,7 @@ class Engine:
         io_log: str = "",
         io_log_data: bool = True,
         writer_cpus: Sequence[int] = (),
+        chunk_assignment: Literal["queue", "static"] = "queue",
     ) -> None: ...
     def submit(self, step: int, meta_json: str, segments: Sequence[tuple[int, int, int]], total_bytes: int) -> int:
         """Copy (ptr, nbytes, stream_offset) segments into staging and queue the checkpoint. Returns its id."""
@@ -206,6 +207,8 @@ class Engine:
     def direct_io_note(self) -> str: ...
     @property
     def writer_cpus(self) -> list[int]: ...
+    @property
+    def chunk_assignment(self) -> Literal["queue", "static"]: ...
     @property
     def pin_failures(self) -> int: ...
     @property

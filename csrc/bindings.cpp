@@ -285,7 +285,7 @@ PYBIND11_MODULE(_engine, m) {
                        uint64_t chunk_bytes, uint64_t staging_bytes, int keep_last, const std::string& io_mode,
                        const std::string& faults, bool trace, uint64_t trace_capacity, bool prefault,
                        const std::vector<std::string>& unsafe, const std::string& io_log, bool io_log_data,
-                       const std::vector<int>& writer_cpus) {
+                       const std::vector<int>& writer_cpus, const std::string& chunk_assignment) {
              EngineOptions o;
              o.dir = dir;
              o.writer_threads = writer_threads;
@@ -302,6 +302,7 @@ PYBIND11_MODULE(_engine, m) {
              o.io_log = io_log;
              o.io_log_data = io_log_data;
              o.writer_cpus = writer_cpus;
+             o.chunk_assignment = chunk_assignment;
              for (const auto& u : unsafe) set_durability_mutation(o, u);  // ValueError if unknown
              py::gil_scoped_release release;
              return std::make_unique<Engine>(std::move(o));
@@ -311,7 +312,7 @@ PYBIND11_MODULE(_engine, m) {
            py::arg("io_mode") = "auto", py::arg("faults") = "", py::arg("trace") = false,
            py::arg("trace_capacity") = 1u << 16, py::arg("prefault") = true,
            py::arg("unsafe") = std::vector<std::string>{}, py::arg("io_log") = "", py::arg("io_log_data") = true,
-           py::arg("writer_cpus") = std::vector<int>{})
+           py::arg("writer_cpus") = std::vector<int>{}, py::arg("chunk_assignment") = "queue")
       .def("submit",
            [](Engine& e, int64_t step, const std::string& meta_json,
               const std::vector<std::tuple<uintptr_t, uint64_t, uint64_t>>& segments, uint64_t total_bytes) {
@@ -348,6 +349,7 @@ PYBIND11_MODULE(_engine, m) {
       .def_property_readonly("io_mode", &Engine::io_mode)
       .def_property_readonly("direct_io_note", &Engine::direct_io_note)
       .def_property_readonly("writer_cpus", [](const Engine& e) { return e.options().writer_cpus; })
+      .def_property_readonly("chunk_assignment", [](const Engine& e) { return e.options().chunk_assignment; })
       .def_property_readonly("pin_failures", &Engine::pin_failures)
       .def_property_readonly("staging_region", [](const Engine& e) {
              return py::make_tuple(reinterpret_cast<uintptr_t>(e.staging().base()), e.staging().total_bytes());

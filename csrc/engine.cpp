@@ -73,6 +73,10 @@ Engine::Engine(EngineOptions options)
   if (opt_.staging_bytes < opt_.chunk_bytes)
     throw std::invalid_argument("staging_bytes must hold at least one chunk");
   if (opt_.shards <= 0) opt_.shards = opt_.writer_threads;
+  if (opt_.chunk_assignment != "queue" && opt_.chunk_assignment != "static")
+    throw std::invalid_argument("chunk_assignment must be 'queue' or 'static', not '" + opt_.chunk_assignment + "'");
+  static_chunks_ = opt_.chunk_assignment == "static";
+  write_queues_.resize(static_chunks_ ? opt_.writer_threads : 1);
   if (!is_dir(opt_.dir)) throw IoError("open checkpoint directory", opt_.dir, ENOTDIR);
   if (!opt_.io_log.empty()) {
     io_log_ = std::make_unique<IoLog>(opt_.io_log, opt_.io_log_data);
@@ -312,23 +316,26 @@ void Engine::stage_chunks(const std::shared_ptr<Checkpoint>& ck, const std::vect
     }
     {
       std::lock_guard<std::mutex> lock(wq_mu_);
-      write_queue_.push_back(WriteTask{ck, c, buf});
+      write_queues_[static_chunks_ ? c % write_queues_.size() : 0].push_back(WriteTask{ck, c, buf});
     }
-    wq_cv_.notify_one();
+    // A fixed share has one writer that may take it: wake them all, it is among them.
+    if (static_chunks_) wq_cv_.notify_all();
+    else wq_cv_.notify_one();
   }
 }
 
 void Engine::writer_main(int index) {
   if (!opt_.writer_cpus.empty() && !pin_current_thread(opt_.writer_cpus)) pin_failures_.fetch_add(1);
   TraceThread self(&tracer_, "ckptlab-writer-" + std::to_string(index));
+  std::deque<WriteTask>& queue = write_queues_[static_chunks_ ? index : 0];
   for (;;) {
     WriteTask task;
     {
       std::unique_lock<std::mutex> lock(wq_mu_);
-      wq_cv_.wait(lock, [this] { return writers_stop_ || !write_queue_.empty(); });
-      if (write_queue_.empty()) return;  // stopping and drained
-      task = std::move(write_queue_.front());
-      write_queue_.pop_front();
+      wq_cv_.wait(lock, [&] { return writers_stop_ || !queue.empty(); });
+      if (queue.empty()) return;  // stopping and drained
+      task = std::move(queue.front());
+      queue.pop_front();
     }
     if (!task.ckpt->failed.load(std::memory_order_acquire)) write_chunk(task, self.ring());
     pool_->release(task.buffer);

@@ -3,7 +3,8 @@
 // One checkpoint = one byte stream (laid out by the Python side) cut into chunks of
 // `chunk_bytes`. submit() copies the caller's memory into staging buffers chunk by chunk and
 // queues each chunk as soon as it is filled, so writer threads persist chunk i while chunk
-// i+1 is being copied (pipelining). Chunks are spread round-robin over `shards` files; the
+// i+1 is being copied (pipelining). One queue shared by the writers, or with
+// chunk_assignment "static" one per writer holding its fixed share. Chunks are spread round-robin over `shards` files; the
 // thread that writes a file's last chunk fdatasyncs that file. A single committer thread then
 // publishes checkpoints strictly in submission (= step) order:
 //
@@ -64,6 +65,10 @@ struct EngineOptions {
   bool io_log_data = true;
   // CPUs the writer threads may run on (affinity.hpp); empty = wherever the kernel puts them.
   std::vector<int> writer_cpus;
+  // Which writer writes which chunk: "queue" (the next free writer takes the next staged
+  // chunk, so a slow writer takes fewer) or "static" (chunk i goes to writer
+  // i % writer_threads, each writer its fixed share as in PCcheck's artifact).
+  std::string chunk_assignment = "queue";
 };
 
 // The durability mutations by name (the EngineOptions::unsafe_* flags), in declaration
@@ -200,7 +205,9 @@ class Engine {
 
   std::mutex wq_mu_;
   std::condition_variable wq_cv_;
-  std::deque<WriteTask> write_queue_;
+  // One queue all writers take from, or (static_chunks_) one per writer.
+  std::vector<std::deque<WriteTask>> write_queues_;
+  bool static_chunks_ = false;
   bool writers_stop_ = false;
 
   std::vector<std::thread> writers_;

@@ -64,6 +64,33 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_steal_snapshot(stat_path: str = "/proc/stat") -> dict[str, Any] | None:
+    """Per-CPU steal counters now: ``{"monotonic_ns", "ticks": {"<cpu>": n}}`` from the 8th
+    value of /proc/stat's ``cpuN`` lines (USER_HZ ticks), or None where there is no such file.
+
+    Why: on a VM the hypervisor's stolen time is in neither a task's run_ns nor its wait_ns
+    (paravirt steal accounting), so a thread whose CPU was taken looks blocked; a trace keeps
+    the counters at its start and end so the analyzer can say so (docs/TRACE.md)."""
+    ticks: dict[str, int] = {}
+    try:
+        with open(stat_path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                name, *values = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and len(values) >= 8:
+                    ticks[name[3:]] = int(values[7])
+    except (OSError, ValueError):
+        return None
+    return {"monotonic_ns": time.monotonic_ns(), "ticks": ticks} if ticks else None
+
+
+def cpu_steal_metadata(start: dict[str, Any] | None, end: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ``ckptlab.cpu_steal`` value: both snapshots and the tick length, None unless both exist."""
+    if start is None or end is None:
+        return None
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return {"source": "/proc/stat", "user_hz": int(hz), "start": start, "end": end}
+
+
 def _version(module: str) -> str | None:
     found = getattr(sys.modules.get(module), "__version__", None)
     if found:

@@ -58,7 +58,7 @@ _DICTIONARIES = {"run_id": ("int32", None), "thread_name": ("int32", "thread"),
 
 # Schema-metadata keys whose values are JSON (the others are plain strings).
 JSON_KEYS = frozenset({"ckptlab.config", "ckptlab.versions", "ckptlab.threads", "ckptlab.phases",
-                       "ckptlab.command"})
+                       "ckptlab.command", "ckptlab.cpu_steal"})
 
 
 def file_columns() -> list[str]:

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from ckptlab.profiling import sources
-from ckptlab.profiling.metadata import new_run_id, run_metadata
+from ckptlab.profiling.metadata import cpu_steal_metadata, cpu_steal_snapshot, new_run_id, run_metadata
 from ckptlab.profiling.nvtx_ranges import mark
 from ckptlab.profiling.phases import PHASES
 from ckptlab.profiling.schema import (RAW_COLUMNS, Finaliser, Record, file_schema, normalise_raw, raw_schema,
@@ -72,6 +72,7 @@ class TraceSession:
         self._drainer: threading.Thread | None = None
         self._started = False
         self._closed = False
+        self._steal_start: dict[str, Any] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> TraceSession:
@@ -80,6 +81,7 @@ class TraceSession:
         if self._started:
             return self
         self._started = True
+        self._steal_start = cpu_steal_snapshot()
         sources.add_sink(self)
         # Anchor for joining with nsys: an NVTX mark whose payload is our clock right now.
         mark("clock_anchor", payload=monotonic_ns())
@@ -260,6 +262,9 @@ class TraceSession:
             "ckptlab.dropped_records": str(self.dropped),
             "ckptlab.rows": str(self.rows),
         })
+        steal = cpu_steal_metadata(self._steal_start, cpu_steal_snapshot())  # end: this write
+        if steal is not None:
+            meta["ckptlab.cpu_steal"] = json.dumps(steal, sort_keys=True)
         return meta
 
     def _affinity_policy(self, described: list[dict[str, Any]]) -> str:

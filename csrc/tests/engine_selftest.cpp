@@ -15,7 +15,9 @@
 //   4. preallocation: fallocate(2) reserves the size, "not supported" errnos skip it, other
 //      errors throw (tests/csrc/test_preallocation.py refuses the syscall for real);
 //   5. a dying disk (mode=persist): every checkpoint from the failing one on fails with its
-//      errno, the last good one stays committed, waits and close() return.
+//      errno, the last good one stays committed, waits and close() return;
+//   6. chunk_assignment "static": every chunk is written by writer chunk % writer_threads,
+//      also with staging back-pressure (fewer buffers than chunks), and an unknown name throws.
 // Exit status 0 when everything passed; every failure is printed.
 //
 // The individual CRC implementations (so the table path is tested on CPUs with the hardware
@@ -36,6 +38,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -562,6 +565,44 @@ void test_dying_disk() {
   remove_all(dir);
 }
 
+// chunk_assignment "static": chunk i by writer i % 3, over two checkpoints of 11 chunks with
+// two staging buffers (the stager waits for the writers that own the staged chunks).
+void test_static_chunk_assignment() {
+  const std::string dir = make_temp_dir();
+  std::vector<uint8_t> data(11 * (64 << 10) - 100, 0x3C);
+  ckptlab::EngineOptions opt = small_engine(dir, 3, "");
+  opt.chunk_assignment = "static";
+  opt.trace_records = true;
+  try {
+    ckptlab::Engine engine(opt);
+    for (int64_t step : {1, 2}) engine.submit(step, "{}", {{data.data(), data.size(), 0}}, data.size(), nullptr);
+    CHECK(engine.wait_all(nullptr) && engine.last_committed_step() == 2 && !engine.take_failure(),
+          "static: the checkpoints did not commit");
+    std::map<int32_t, std::string> names;
+    for (const auto& [tid, name] : engine.tracer().thread_names()) names[tid] = name;
+    int writes = 0, wrong = 0;
+    for (const auto& r : engine.tracer().drain()) {
+      if (static_cast<ckptlab::Phase>(r.phase) != ckptlab::Phase::kWrite) continue;
+      ++writes;
+      if (names[r.thread] != "ckptlab-writer-" + std::to_string(r.chunk % 3)) ++wrong;
+    }
+    CHECK(writes == 22 && wrong == 0, "static: %d writes, %d by another writer than chunk %% 3", writes, wrong);
+    engine.close();
+    std::printf("static chunk assignment: %d chunk writes, each by writer chunk %% 3\n", writes);
+  } catch (const std::exception& e) {
+    CHECK(false, "static chunk assignment: engine threw %s", e.what());
+  }
+  remove_all(dir);
+  opt.chunk_assignment = "random";
+  bool refused = false;
+  try {
+    ckptlab::Engine engine(opt);
+  } catch (const std::invalid_argument&) {
+    refused = true;
+  }
+  CHECK(refused, "chunk_assignment 'random' was accepted");
+}
+
 }  // namespace
 
 int main() {
@@ -583,6 +624,7 @@ int main() {
   test_wait_deadline();
   test_preallocation();
   test_dying_disk();
+  test_static_chunk_assignment();
   if (g_failures) {
     std::printf("FAILED: %d of %ld checks\n", g_failures, g_checks);
     return 1;

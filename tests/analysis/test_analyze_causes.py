@@ -10,6 +10,7 @@ import pytest
 
 from ckptlab.analysis.analyzers import (chunk_latency, critical_path, detect_stragglers, migration_table,
                                         time_split, what_if_median_speed)
+from ckptlab.analysis.findings import trace_findings
 from ckptlab.profiling.schema import SCHED_COLUMNS, write_trace_file
 
 MS = 1_000_000
@@ -23,29 +24,30 @@ def _rec(tid, name, phase, chunk, begin, end, run, wait, nbytes=MIB, invol=0):
             "run": run, "wait": wait, "nbytes": nbytes, "invol": invol}
 
 
-def planted(cause: str | None, ckpt: int = 1, t0: float = 0.0) -> list[dict]:
-    """One checkpoint: 5 writer threads, 4 chunks of 1 MiB each (checksum 1 ms on CPU; write 3 ms
+def planted(cause: str | None, ckpt: int = 1, t0: float = 0.0, *, threads: int = THREADS,
+            straggler: int = STRAGGLER, extra: float = 7.5) -> list[dict]:
+    """One checkpoint: ``threads`` writer threads (5), 4 chunks of 1 MiB each (checksum 1 ms on CPU; write 3 ms
     of which 0.5 on CPU, 0.1 queued, the rest blocked; a 2 ms fsync); thread 3 straggles by
-    about 30 ms for ``cause``. Small per-thread jitter keeps the MAD above 0."""
+    about 4 x ``extra`` = 30 ms for ``cause``. Small per-thread jitter keeps the MAD above 0."""
     recs = []
-    for t in range(THREADS):
+    for t in range(threads):
         name = f"ckptlab-writer-{t}"
-        start = t0 + 1 + 0.1 * t + (30 if cause == "late-start" and t == STRAGGLER else 0)
+        start = t0 + 1 + 0.1 * t + (30 if cause == "late-start" and t == straggler else 0)
         clock = start
         for i in range(CHUNKS):
             k = t * CHUNKS + i
-            ready = (start - 0.5) if cause == "late-start" and t == STRAGGLER else t0 + 0.05 * k
+            ready = (start - 0.5) if cause == "late-start" and t == straggler else t0 + 0.05 * k
             recs.append(_rec(99, CALLER, "stage", k, ready - 0.04, ready, 0.04, 0))
-            extra = 7.5 if t == STRAGGLER else 0.0
-            c_run = 1 + (extra if cause == "on-cpu" else 0)
+            slow = extra if t == straggler else 0.0
+            c_run = 1 + (slow if cause == "on-cpu" else 0)
             recs.append(_rec(t + 1, name, "checksum", k, clock, clock + c_run, c_run, 0))
             clock += c_run
-            if cause == "idle" and t == STRAGGLER:
-                clock += extra  # time outside any record (like the engine's delay fault)
-            w = 3 + 0.05 * t + (extra if cause in ("cpu-wait", "blocked") else 0)
-            wait = 0.1 + (extra if cause == "cpu-wait" else 0)
+            if cause == "idle" and t == straggler:
+                clock += slow  # time outside any record (like the engine's delay fault)
+            w = 3 + 0.05 * t + (slow if cause in ("cpu-wait", "blocked") else 0)
+            wait = 0.1 + (slow if cause == "cpu-wait" else 0)
             recs.append(_rec(t + 1, name, "write", k, clock, clock + w, 0.5, wait,
-                             invol=5 if cause == "cpu-wait" and t == STRAGGLER else 0))
+                             invol=5 if cause == "cpu-wait" and t == straggler else 0))
             clock += w
         recs.append(_rec(t + 1, name, "fsync", -1, clock, clock + 2, 0.1, 0, nbytes=CHUNKS * MIB))
     for r in recs:
@@ -75,8 +77,8 @@ def as_table(recs: list[dict], *, counters: bool = True) -> pa.Table:
     return table if counters else table.drop_columns(list(SCHED_COLUMNS))
 
 
-def write(table: pa.Table, path, version: int = 2) -> str:
-    meta = {"ckptlab.schema_version": str(version), "ckptlab.host": "synthetic"}
+def write(table: pa.Table, path, version: int = 2, meta: dict | None = None) -> str:
+    meta = {"ckptlab.schema_version": str(version), "ckptlab.host": "synthetic", **(meta or {})}
     return write_trace_file(path, table.to_batches(), meta, schema=table.schema)
 
 
@@ -176,3 +178,77 @@ def test_cli_bad_input(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "junk.arrow"), "--out", str(tmp_path / "r")]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert not (tmp_path / "r").exists(), "nothing written for bad input"
+
+
+def test_two_writers_the_straggler_is_judged_against_the_other_thread():
+    # writer 1 finishes 22.5 ms, writer 0 19 ms: 1.18x the other thread, but only 1.08x their
+    # mean (the median of 2), which the 1.1x rule would let pass; its gap is the whole 3.5 ms
+    found = detect_stragglers(as_table(planted("blocked", threads=2, straggler=1, extra=0.8)))
+    row = found.iloc[0]
+    assert row["straggler"] == "ckptlab-writer-1" and row["cause"] == "blocked", row.to_dict()
+    assert row["gap_s"] == pytest.approx(0.0035, abs=0.0002)
+    assert row["straggler_ratio"] == pytest.approx(22.5 / 19, abs=0.01)
+    assert 0.5 < row["cause_share"] < 1.05  # the excess over the other thread adds up to the gap, not twice it
+    big = detect_stragglers(as_table(planted("cpu-wait", threads=2, straggler=0))).iloc[0]
+    assert (big["straggler"], big["cause"]) == ("ckptlab-writer-0", "cpu-wait")
+    assert big["gap_s"] == pytest.approx(0.030, abs=0.001)
+    assert "after the other thread" in trace_findings(as_table(planted("blocked", threads=2, straggler=1)))["findings"][1]
+
+
+def test_two_balanced_writers_and_one_writer_name_no_straggler():
+    two = detect_stragglers(as_table(planted(None, threads=2))).iloc[0]
+    assert two["straggler"] is None and two["gap_s"] < 0.001
+    one = detect_stragglers(as_table(planted("blocked", threads=1, straggler=0))).iloc[0]
+    assert one["threads"] == 1 and one["straggler"] is None and one["gap_s"] == 0.0
+    assert "no straggler" in trace_findings(as_table(planted(None, threads=1, straggler=0)))["findings"][-1]
+
+
+@pytest.mark.parametrize("cause", ["cpu-wait", "blocked", "on-cpu", "late-start"])
+def test_three_writers_name_the_planted_straggler(cause):
+    row = detect_stragglers(as_table(planted(cause, threads=3, straggler=2))).iloc[0]
+    assert (row["straggler"], row["cause"]) == ("ckptlab-writer-2", cause), row.to_dict()
+    assert row["gap_s"] == pytest.approx(0.030, abs=0.004)
+
+
+def _steal_meta(stolen_ticks: dict[int, int], seconds: float = 0.1) -> dict[str, str]:
+    """``ckptlab.cpu_steal`` as the trace session records it: per-CPU steal ticks at start and end."""
+    start = {str(c): 1000 for c in stolen_ticks}
+    end = {str(c): 1000 + n for c, n in stolen_ticks.items()}
+    return {"ckptlab.cpu_steal": json.dumps({
+        "source": "/proc/stat", "user_hz": 100,
+        "start": {"monotonic_ns": 10**9, "ticks": start},
+        "end": {"monotonic_ns": 10**9 + round(seconds * 1e9), "ticks": end}})}
+
+
+def test_steal_during_the_trace_is_a_caveat_to_blocked_time(tmp_path, capsys):
+    from ckptlab.analysis.cli import main
+
+    table = as_table(planted("blocked"))
+    # the straggler (tid 4) ran on CPU 0: 5 of its 10 ticks (100 ms) stolen, half its time
+    trace = write(table, tmp_path / "stolen.arrow", meta=_steal_meta({0: 5, 1: 0}))
+    assert main(["analyze", trace, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    c = doc["checkpoints"][0]
+    assert (c["straggler"], c["cause"]) == (f"ckptlab-writer-{STRAGGLER}", "blocked")
+    assert c["steal_s"] == pytest.approx(0.5 * (c["finish_s"] - 0.001), rel=0.1)  # half its active window
+    assert c["steal_caveat"] is True
+    assert doc["steal"][trace]["per_cpu_s"] == {"0": pytest.approx(0.05), "1": 0.0}
+    assert any("steal" in f and "hypervisor" in f and f"ckptlab-writer-{STRAGGLER}" in f for f in doc["findings"])
+    # no steal measured on its CPU: no caveat, and the field says 0
+    quiet = write(table, tmp_path / "quiet.arrow", meta=_steal_meta({0: 0, 1: 7}))
+    assert main(["analyze", quiet, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["checkpoints"][0]["steal_s"] == 0.0 and doc["checkpoints"][0]["steal_caveat"] is False
+    assert not any("hypervisor" in f for f in doc["findings"])
+
+
+def test_traces_without_steal_metadata_still_analyse(tmp_path, capsys):
+    from ckptlab.analysis.cli import main
+
+    trace = write(as_table(planted("blocked")), tmp_path / "old.arrow")
+    assert main(["analyze", trace, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    c = doc["checkpoints"][0]
+    assert c["cause"] == "blocked" and c["steal_s"] is None and c["steal_caveat"] is False
+    assert doc["steal"][trace] is None
+    assert not any("hypervisor" in f for f in doc["findings"])

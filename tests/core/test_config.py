@@ -75,3 +75,40 @@ def test_engine_options_are_keywords_the_engine_takes(ckpt_dir):
 
     opts = CheckpointConfig(writer_threads=1, chunk_bytes=65536, writer_cpus=()).engine_options()
     _engine.Engine(ckpt_dir, **opts, staging_bytes=65536).close()
+
+
+def test_bad_chunk_assignment_is_refused():
+    with pytest.raises(ValueError, match="chunk_assignment must be one of"):
+        CheckpointConfig(chunk_assignment="random")
+
+
+def test_static_chunk_assignment_is_pccheck_only(ckpt_dir):
+    with pytest.raises(ValueError, match="chunk_assignment='static'.*torchsave has none"):
+        open_checkpointer("torchsave", ckpt_dir, CheckpointConfig(chunk_assignment="static"))
+
+
+def test_static_chunk_assignment_gives_each_writer_its_fixed_share(ckpt_dir, tmp_path):
+    """chunk_assignment="static": chunk i is written by writer i mod writer_threads (PCcheck's
+    fixed per-thread share), and the checkpoint loads back exactly."""
+    import numpy as np
+    import torch
+
+    from ckptlab.analysis.tables import column
+    from ckptlab.profiling import read_trace, start_trace
+
+    state = {"w": torch.arange(10 * 16384, dtype=torch.float32)}  # 640 KiB: 10+ chunks of 64 KiB
+    cfg = CheckpointConfig(writer_threads=3, chunk_bytes=65536, trace=True, chunk_assignment="static")
+    with open_checkpointer("pccheck", ckpt_dir, cfg) as ck:
+        with start_trace(tmp_path / "t.arrow", ck) as session:
+            for step in (1, 2):
+                ck.save(step, state)
+            ck.wait()
+        out = {"w": torch.zeros_like(state["w"])}
+        assert ck.load(out)[0] == 2
+    assert torch.equal(out["w"], state["w"])
+    table = read_trace(session.path)
+    writes = np.flatnonzero(column(table, "phase") == "write")
+    chunks = column(table, "chunk").astype(np.int64)[writes]
+    names = column(table, "thread_name")[writes]
+    assert len(writes) >= 20 and set(chunks % 3) == {0, 1, 2}
+    assert all(str(n).endswith(f"ckptlab-writer-{c % 3}") for c, n in zip(chunks.tolist(), names.tolist()))

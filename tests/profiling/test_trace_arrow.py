@@ -82,6 +82,26 @@ def test_metadata_keys_are_documented_and_filled(traced_run):
     assert int(meta["thread_count"]) == len(tids)
     assert {"ckptlab-writer-0", "ckptlab-writer-1", "ckptlab-commit"} <= set(threads.values())
     assert int(meta["rows"]) == traced_run.table.num_rows
+    steal = meta["cpu_steal"]  # this machine has /proc/stat (a VM shows nonzero steal there)
+    assert steal["source"] == "/proc/stat" and steal["user_hz"] == os.sysconf("SC_CLK_TCK")
+    start, end = steal["start"], steal["end"]
+    assert 0 < start["monotonic_ns"] < end["monotonic_ns"]
+    assert set(start["ticks"]) == set(end["ticks"]) and len(start["ticks"]) == os.cpu_count()
+    assert all(end["ticks"][c] >= n >= 0 for c, n in start["ticks"].items())
+
+
+def test_steal_snapshot_reads_the_per_cpu_steal_column(tmp_path):
+    from ckptlab.profiling.metadata import cpu_steal_metadata, cpu_steal_snapshot
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  10 0 5 100 1 0 2 9 0 0\n"
+                    "cpu0 5 0 2 50 1 0 1 4 0 0\n"
+                    "cpu1 5 0 3 50 0 0 1 5 0 0\n"
+                    "intr 1 2 3\nctxt 99\n")
+    snap = cpu_steal_snapshot(str(stat))
+    assert snap["ticks"] == {"0": 4, "1": 5} and snap["monotonic_ns"] > 0  # the 8th value; "cpu " is the sum
+    assert cpu_steal_snapshot(str(tmp_path / "missing")) is None
+    assert cpu_steal_metadata(snap, None) is None
 
 
 def test_feather_and_pandas_read_it(traced_run):
