@@ -243,6 +243,8 @@ class DistributedCheckpointer:
         self._broken: CheckpointError | None = None
         self._committed: list[int] = []
         self._plans: dict[int, list[int]] = {}
+        self._stale: dict[int, dict | None] = {}  # step -> identity of a part on disk before its save
+        self._save_errors: dict[int, str] = {}  # step -> why this rank's save() raised
         self._stopping = False
         self._closed = False
         self._thread = threading.Thread(target=self._coordinate_loop, name="ckptlab-coordinator", daemon=True)
@@ -263,12 +265,29 @@ class DistributedCheckpointer:
         self._raise_failure()
         part, owners = part_state(state, self.rank, self.world_size)
         self._plans[step] = owners  # the record notes the partition (rank 0 writes it)
+        # A part of this step already on disk (a re-save after resuming from an older step, or
+        # a part whose global commit never happened) is not this save's: the coordinator must
+        # not take it for the new part while the new one is still being written.
+        self._stale[step] = self._existing_identity(step)
+        part["save_id"] = os.urandom(16).hex()  # so this save's MANIFEST differs from any older part's
         try:
             self._inner.save(step, part)
+        except BaseException as e:
+            self._save_errors[step] = f"its save() failed: {type(e).__name__}: {e}"
+            raise
         finally:  # queued even when the inner save failed: the other ranks wait for its outcome
             with self._cv:
                 self._queue.append(step)
                 self._cv.notify_all()
+
+    def _existing_identity(self, step: int) -> dict | None:
+        path = gc.part_path(self.directory, self.rank, step)
+        if not os.path.isdir(path):
+            return None
+        try:
+            return gc.part_identity(path, self.rank).to_json()
+        except CorruptCheckpointError:
+            return None
 
     def barrier(self) -> None:
         self._inner.barrier()
@@ -328,6 +347,9 @@ class DistributedCheckpointer:
     def _local_part(self, step: int) -> tuple[dict | None, str]:
         """This rank's part of ``step``: (identity, "") once it is durable, (None, why) if not."""
         path = gc.part_path(self.directory, self.rank, step)
+        stale = self._stale.pop(step, None)
+        if step in self._save_errors:
+            return None, self._save_errors.pop(step)
         deadline = time.monotonic() + self._timeout.total_seconds()
         problem = f"its part was not durable within {self._timeout.total_seconds():g} s"
         while time.monotonic() < deadline:
@@ -339,9 +361,11 @@ class DistributedCheckpointer:
                 done = False
             if os.path.isdir(path):
                 try:
-                    return gc.part_identity(path, self.rank).to_json(), ""
+                    identity = gc.part_identity(path, self.rank).to_json()
                 except CorruptCheckpointError as e:
                     return None, str(e)
+                if identity != stale:  # the older part of this step is not this save's
+                    return identity, ""
             if done:
                 problem = f"its part {path} was not committed (the save failed)"
                 break

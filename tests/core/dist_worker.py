@@ -134,6 +134,21 @@ def main_world_main(rank: int, world: int, init_file: str, directory: str, out: 
         r["corruption_warnings"] = [str(w.message) for w in caught if issubclass(w.category, CorruptCheckpointWarning)]
         r["loaded_data_after_corruption"] = loaded["data"]
 
+    # re-saving step 3 (after falling back to 2): the parts of the old step 3 still on disk are
+    # not the new save's; the step commits only once the new parts are durable (a 300 ms delay
+    # keeps them in flight while the old ones are there to be mistaken for them)
+    train_step(model, opt, rank)
+    with open_checkpointer("pccheck", directory, config(faults="point=before_rename,step=3,action=delay=300")) as ck:
+        ck.save(3, state_of(model, opt, 3))
+        ck.wait()
+    with open_checkpointer("pccheck", directory, config()) as ck:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step, _ = ck.load({"model": make_training(seed=7)[0], "optim": None, "rng": None, "data": None,
+                               "extra": None})
+        r["resaved_step"] = step
+        r["resave_warnings"] = [str(w.message) for w in caught if issubclass(w.category, CorruptCheckpointWarning)]
+
     # retention: keep_last globally committed steps; older records, their parts and parts of
     # steps never committed (4, 5) go
     with open_checkpointer("pccheck", directory, config(keep_last=2)) as ck:

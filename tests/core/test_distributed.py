@@ -71,6 +71,12 @@ def test_corrupt_part_on_one_rank_makes_all_fall_back(main_world):
     assert [r["loaded_data_after_corruption"]["position"] for r in ranks] == [20, 21]
 
 
+def test_resaving_a_step_commits_the_new_parts_not_the_old_ones(main_world):
+    _, ranks = main_world
+    for r in ranks:
+        assert r["resaved_step"] == 3 and r["resave_warnings"] == [], r["resave_warnings"]
+
+
 def test_retention_keeps_the_newest_globally_committed_steps(main_world):
     _, ranks = main_world
     for r in ranks:
