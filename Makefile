@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.ckptlab-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-all test-slow test-cpp test-arm64 demo validate campaign campaign-full bench bench-cpu affinity clean
+.PHONY: setup test test-all test-slow test-cpp test-arm64 demo validate campaign campaign-full bench bench-cpu bench-dist affinity clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -106,6 +106,10 @@ campaign-full: setup
 
 bench-cpu: setup
 	$(PY) benchmarks/bench_cpu.py --size-mb 1024 --out benchmarks/results
+
+# Multi-rank: 1, 2 and 4 CPU ranks (gloo) vs the raw disk (docs/DISTRIBUTED.md, "Measured").
+bench-dist: setup
+	$(PY) benchmarks/bench_distributed.py --size-mb 256 --ranks 1,2,4 --repeats 3 --out benchmarks/results
 
 # Writer placement on this machine (docs/PROFILING.md); a new results directory each time.
 affinity: setup

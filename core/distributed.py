@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from ckptlab.core import global_commit as gc
+from ckptlab.core import sharded as sh
 from ckptlab.core.checkpointer import Checkpointer, check_step, check_timeout, open_local_checkpointer
 from ckptlab.core.commit import committed_step_dirs
 from ckptlab.core.config import CheckpointConfig
@@ -85,12 +86,40 @@ def part_state(state: Mapping[str, Any], rank: int, world_size: int) -> tuple[di
     tensors (by index) and every per-rank entry; plus the partition plan (owner per region)."""
     replicated, entries = split_per_rank(state)
     skeleton, tensors = lift_tensors(replicated)
-    plan = plan_storages(tensors)
+    dtensors = {i for i, (_, t) in enumerate(tensors) if sh.is_dtensor(t)}
+    plan = plan_storages([pair for i, pair in enumerate(tensors) if i not in dtensors])
     owners = gc.partition([(r.name, r.nbytes) for r in plan.regions], world_size)
     index_of = {id(pair): i for i, pair in enumerate(tensors)}
     mine = {index_of[id(pair)]: pair[1] for region, owner in zip(plan.regions, owners) if owner == rank
             for pair in region.members}
-    return {"skeleton": skeleton, "count": len(tensors), "tensors": mine, "per_rank": entries}, owners
+    part = {"skeleton": skeleton, "count": len(tensors), "tensors": mine, "per_rank": entries}
+    if dtensors:
+        part.update(sharded_part(tensors, dtensors))
+    return part, owners
+
+
+def sharded_part(tensors: list[tuple[str, torch.Tensor]], dtensors: set[int]) -> dict[str, Any]:
+    """The DTensor entries of a part (core/sharded.py): this rank's local shard of each, by
+    index, and where each lies in its global tensor."""
+    shards, meta = {}, {}
+    for i in sorted(dtensors):
+        piece = sh.shard_of(*tensors[i])
+        if piece is not None:
+            meta[i], shards[i] = piece[0].to_json(), piece[1]
+    return {"shards": shards, "shard_meta": meta}
+
+
+def _live_dtensors(state: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[Any]]:
+    """The target's tensors by path (DTensors say which layout to load into) and its meshes."""
+    if state is None:
+        return {}, []
+    _, tensors = lift_tensors(split_per_rank(state)[0])
+    by_path = dict(tensors)
+    meshes: list[Any] = []
+    for t in by_path.values():
+        if sh.is_dtensor(t) and not any(t.device_mesh == m for m in meshes):
+            meshes.append(t.device_mesh)
+    return by_path, meshes
 
 
 def _shift_refs(tree: Any, offset: int) -> Any:
@@ -136,6 +165,7 @@ def load_step(directory: str, record: gc.GlobalRecord, state: Mapping[str, Any] 
     Replicated tensors come from whichever part holds them; per-rank entries from part
     ``entries_of`` (None: the checkpoint must have none)."""
     repl: dict[int, torch.Tensor] = {}
+    pieces: dict[int, list[tuple[sh.ShardMeta, torch.Tensor]]] = {}
     skeleton, count, own = None, 0, None
     for rank in range(record.world_size):
         path = gc.part_path(directory, rank, record.step)
@@ -144,13 +174,20 @@ def load_step(directory: str, record: gc.GlobalRecord, state: Mapping[str, Any] 
             raise CorruptCheckpointError(path, f"part says step {m.step}, the global record says {record.step}")
         for i, ref in tree["tensors"].items():
             repl[int(i)] = tensors[ref.index]
+        for i, ref in tree.get("shards", {}).items():
+            pieces.setdefault(int(i), []).append((sh.ShardMeta.from_json(tree["shard_meta"][i], path),
+                                                  tensors[ref.index]))
         skeleton, count = tree["skeleton"], int(tree["count"])
         if rank == entries_of:
             own = (tree["per_rank"], tensors, path)
-    if sorted(repl) != list(range(count)):
-        raise CorruptCheckpointError(directory, f"step {record.step}: the parts hold {len(repl)} of {count} "
-                                                f"replicated tensors")
+    if sorted(repl | pieces) != list(range(count)):
+        raise CorruptCheckpointError(directory, f"step {record.step}: the parts hold {len(repl) + len(pieces)} of "
+                                                f"{count} tensors")
     main = unpickle_skeleton(skeleton, allow_pickle, source=directory)
+    if pieces:
+        live, meshes = _live_dtensors(state)
+        for i, p in pieces.items():
+            repl[i] = sh.load_sharded(p, live.get(p[0][0].path), meshes, directory)
     combined = [repl[i] for i in range(count)]
     entries = None
     if own is not None:
@@ -163,7 +200,9 @@ def load_step(directory: str, record: gc.GlobalRecord, state: Mapping[str, Any] 
             f"step {record.step} in {directory} was saved by {record.world_size} ranks with per-rank entries, "
             f"and this load runs on {world_size}: pass per_rank_of=R to take rank R's entries") from None
     if map_location is not None and torch.device(map_location).type != "cpu":
-        combined = to_device(combined, torch.device(map_location))
+        moved = to_device([t for i, t in enumerate(combined) if i not in pieces], torch.device(map_location))
+        rest = iter(moved)
+        combined = [combined[i] if i in pieces else next(rest) for i in range(len(combined))]
     return restore(state, tree, combined)
 
 
