@@ -1,0 +1,157 @@
+"""The bench's figures, computed from what each measured run recorded (per-iteration times,
+save() stalls, time to durable): pure functions, so every figure is testable on made-up records.
+
+Definitions (docs/PERFORMANCE.md):
+
+train_s         the loop's time without the first (warm-up) step: iterations + save() stalls
+lost/ckpt       (train_s of the run - train_s of the `none` run of the same round) / checkpoints:
+                the training time one checkpoint really costs, whatever the mechanism
+overhead        train_s / train_s of `none` - 1, for one checkpoint every K steps
+inflation       median iteration while a checkpoint persists (started after save() returned and
+                before it was durable) / median of the other iterations - 1
+durable         save() call to durable (engine or writer acknowledgement); a kind that reports
+                none (torchsave) is durable when save() returns, so its durable is its stall
+"""
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from typing import Any, Iterable, Mapping, Sequence
+
+__all__ = ["persisting_steps", "run_figures", "lost_per_checkpoint", "spread", "aggregate", "targets",
+           "HEADLINE", "PEERS", "DEFERRED_STALL_LIMIT_S", "DURABLE_VS_RAW_LIMIT"]
+
+HEADLINE = "pccheck-deferred"  # the kind the issue's targets are about
+PEERS = ("torchsave", "dcp", "dcp-async")  # the other systems it must beat
+DEFERRED_STALL_LIMIT_S = 1e-3
+DURABLE_VS_RAW_LIMIT = 1.25
+_FIGURES = ("stall_s", "stall_max_s", "inflation", "train_s", "durable_s", "durable_gbps", "cold_load_s",
+            "peak_rss_bytes", "peak_pinned_bytes", "checkpoints", "iter_s")
+
+
+def persisting_steps(iter_s: Sequence[float], first_step: int, ckpt_steps: Sequence[int],
+                     stall_s: Sequence[float], durable_s: Sequence[float]) -> set[int]:
+    """Steps that started after a save() returned and before that checkpoint was durable.
+
+    The loop's clock is rebuilt from its own records: after the save of step s, step s+1 starts
+    stall(s) after save() was called, each later one an iteration after the previous."""
+    out: set[int] = set()
+    for step, stall, durable in zip(ckpt_steps, stall_s, durable_s):
+        elapsed, nxt = stall, step + 1
+        while elapsed < durable and nxt - first_step < len(iter_s):
+            out.add(nxt)
+            elapsed += iter_s[nxt - first_step]
+            nxt += 1
+    return out
+
+
+def _median(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return statistics.median(values) if values else None
+
+
+def run_figures(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One measured run's figures from its record (what training/bench/child.py writes)."""
+    iters, first = list(record["iter_s"]), int(record["first_step"])
+    ckpts, stalls = list(record["ckpt_steps"]), list(record["stall_s"])
+    durable = list(record.get("time_to_durable_s") or [])
+    if ckpts and len(durable) != len(ckpts):
+        durable = stalls  # synchronous kinds: durable when save() returns
+    busy = persisting_steps(iters, first, ckpts, stalls, durable)
+    steps = range(first + 1, first + len(iters))  # without the warm-up step
+    quiet = [iters[s - first] for s in steps if s not in busy]
+    loud = [iters[s - first] for s in steps if s in busy]
+    base = _median(quiet)
+    durable_s = _median(durable)
+    nbytes = record.get("checkpoint_bytes") or 0
+    return {
+        "kind": record["kind"], "every": record.get("every"), "round": record.get("round"),
+        "checkpoints": len(ckpts), "iter_s": base,
+        "stall_s": _median(stalls), "stall_max_s": max(stalls, default=None),
+        "inflation": (_median(loud) / base - 1.0) if loud and base else None,
+        "train_s": sum(iters[1:]) + sum(stalls),
+        "durable_s": durable_s,
+        "durable_gbps": nbytes / durable_s / 1e9 if durable_s and nbytes else None,
+        "checkpoint_bytes": nbytes or None,
+        "cold_load_s": record.get("cold_load_s"),
+        "cold_load_resident": record.get("cold_load_resident"),
+        "peak_rss_bytes": record.get("peak_rss_bytes"),
+        "peak_pinned_bytes": record.get("peak_pinned_bytes"),
+    }
+
+
+def lost_per_checkpoint(train_s: float, none_train_s: float, checkpoints: int) -> float:
+    """Training time one checkpoint cost: the run against the `none` run, per checkpoint."""
+    if checkpoints <= 0:
+        raise ValueError("a run with no checkpoints has no training time lost per checkpoint")
+    return (train_s - none_train_s) / checkpoints
+
+
+def spread(values: Iterable[float | None]) -> dict[str, Any]:
+    """Median with the range it came from (the repeats are few: min/max says more than an IQR)."""
+    got = [v for v in values if v is not None]
+    if not got:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": statistics.median(got), "min": min(got), "max": max(got), "n": len(got)}
+
+
+def aggregate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per kind and K: every figure's median and spread over the rounds, with lost/ckpt and
+    overhead taken against the `none` run of the same round (interleaved repeats pair up)."""
+    runs = [run_figures(r) for r in records]
+    none = {r["round"]: r["train_s"] for r in runs if r["kind"] == "none"}
+    cells: dict[tuple[str, int | None], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        if r["kind"] != "none":
+            if r["round"] not in none:
+                raise ValueError(f"round {r['round']} has no 'none' run to compare {r['kind']} with")
+            r["lost_per_ckpt_s"] = lost_per_checkpoint(r["train_s"], none[r["round"]], r["checkpoints"])
+            r["overhead"] = r["train_s"] / none[r["round"]] - 1.0
+        cells[(r["kind"], r["every"])].append(r)
+    out = []
+    for (kind, every), rows in cells.items():
+        row: dict[str, Any] = {"kind": kind, "every": every, "rounds": len(rows)}
+        for name in (*_FIGURES, "lost_per_ckpt_s", "overhead"):
+            row[name] = spread(r.get(name) for r in rows)
+        out.append(row)
+    return out
+
+
+def _figure(results: Sequence[Mapping[str, Any]], kind: str, name: str, every: int | None = None) -> float | None:
+    for r in results:
+        if r["kind"] == kind and (every is None or r["every"] == every):
+            return r[name]["median"]
+    return None
+
+
+def _verdict(name: str, text: str, figure: float | None, limit: float | None, met: bool | None,
+             **more: Any) -> dict[str, Any]:
+    return {"name": name, "target": text, "figure": figure, "limit": limit, "met": met, **more}
+
+
+def targets(results: Sequence[Mapping[str, Any]], raw_write_s: float | None) -> list[dict[str, Any]]:
+    """The issue's CPU targets, each with its figure and met (True/False; None: not measured)."""
+    absent = f"not measured: no {HEADLINE} run"
+    everys = sorted({r["every"] for r in results if r["every"] is not None})
+    first = everys[0] if everys else None
+    stall = _figure(results, HEADLINE, "stall_s", first)
+    out = [_verdict("deferred-stall", f"{HEADLINE} stall <= 1 ms", stall, DEFERRED_STALL_LIMIT_S,
+                    None if stall is None else stall <= DEFERRED_STALL_LIMIT_S, unit="s", every=first,
+                    **({"why": absent} if stall is None else {}))]
+    durable = _figure(results, HEADLINE, "durable_s", first)
+    ratio = durable / raw_write_s if durable is not None and raw_write_s else None
+    why = absent if durable is None else "not measured: no raw-disk write" if not raw_write_s else None
+    out.append(_verdict("durable-vs-raw", f"{HEADLINE} time to durable <= 1.25 x the raw disk write", ratio,
+                        DURABLE_VS_RAW_LIMIT, None if ratio is None else ratio <= DURABLE_VS_RAW_LIMIT,
+                        unit="x", every=first, **({"why": why} if why else {})))
+    for every in everys or [None]:
+        ours = _figure(results, HEADLINE, "lost_per_ckpt_s", every)
+        peers = {p: v for p in PEERS if (v := _figure(results, p, "lost_per_ckpt_s", every)) is not None}
+        best = min(peers, key=peers.__getitem__) if peers else None
+        why = absent if ours is None else "not measured: no peer run" if not peers else None
+        out.append(_verdict(f"lost-below-peers-every-{every}",
+                            f"{HEADLINE} training time lost per checkpoint below every peer's (every {every})",
+                            ours, peers.get(best) if best else None,
+                            None if why else ours < peers[best], unit="s", every=every, peer=best,
+                            **({"why": why} if why else {})))
+    return out
