@@ -61,7 +61,9 @@ def plot_bench(bench: Any, out: str | os.PathLike, dpi: int = 110) -> str:
     from ckptlab.analysis.tables import write_png
 
     doc = read_bench(bench)
-    rows = [r for r in doc["results"] if r["kind"] != "none"]
+    order = {k: i for i, k in enumerate(doc.get("config", {}).get("kinds", []))}
+    rows = sorted((r for r in doc["results"] if r["kind"] != "none"),
+                  key=lambda r: (order.get(r["kind"], len(order)), r["kind"], r["every"]))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     ks = sorted({r["every"] for r in rows})
     first = [r for r in rows if r["every"] == (ks[0] if ks else None)]
@@ -76,6 +78,7 @@ def plot_bench(bench: Any, out: str | os.PathLike, dpi: int = 110) -> str:
     for kind in dict.fromkeys(r["kind"] for r in rows):
         pts = sorted((r["every"], (r["overhead"]["median"] or 0.0) * 100) for r in rows if r["kind"] == kind)
         right.plot([k for k, _ in pts], [v for _, v in pts], marker="o", label=kind)
+    right.set_xticks(ks)
     right.set_xlabel("checkpoint every K steps")
     right.set_ylabel("overhead vs none (%)")
     right.set_title("overhead against checkpoint frequency")

@@ -39,6 +39,12 @@ def test_a_synchronous_kind_is_durable_when_save_returns():
     assert f["durable_s"] == pytest.approx(0.01) and f["inflation"] is None
 
 
+def test_stall_leaves_out_the_first_checkpoint_which_allocates_staging():
+    f = run_figures(_record(ckpt_steps=(4, 8, 12), stalls=(0.2, 0.001, 0.003), durable=(0.3, 0.1, 0.1)))
+    assert f["stall_s"] == pytest.approx(0.002) and f["first_stall_s"] == pytest.approx(0.2)
+    assert f["stall_max_s"] == pytest.approx(0.2)
+
+
 def test_lost_per_checkpoint_is_wall_minus_none_over_checkpoints():
     assert lost_per_checkpoint(12.0, 10.0, 4) == pytest.approx(0.5)
     assert lost_per_checkpoint(9.5, 10.0, 5) == pytest.approx(-0.1)  # noise may make it negative; kept

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from ckptlab.training.bench.spec import BENCH_KINDS, CPU_KINDS, SHAPE_FLAGS, BenchSpec
+from ckptlab.training.bench.spec import BENCH_KINDS, CPU_KINDS, SHAPE_FLAGS, WORK_FLAGS, BenchSpec
 
 __all__ = ["add_bench_parser", "run_bench_command", "main"]
 
@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="results directory (must not hold a bench.json)")
     model = p.add_argument_group("model (as `ckptlab train`)")
     model.add_argument("--preset", type=_preset, default="tiny", help="model preset (default tiny)")
-    for name in SHAPE_FLAGS:
+    for name in (*SHAPE_FLAGS, *WORK_FLAGS):
         model.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help="override the preset's")
     model.add_argument("--state-mb", type=int, default=None,
                        help="size the vocabulary so that model + Adam state is about this many MiB")
@@ -84,7 +84,7 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
         raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
     default = (*CPU_KINDS, "pccheck-gpu") if args.device == "cuda" else CPU_KINDS
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else default
-    shape = {n: getattr(args, n) for n in SHAPE_FLAGS if getattr(args, n) is not None}
+    shape = {n: getattr(args, n) for n in (*SHAPE_FLAGS, *WORK_FLAGS) if getattr(args, n) is not None}
     spec = BenchSpec(out=args.out, preset=args.preset, shape=shape, state_mb=args.state_mb,
                      model_dtype=args.model_dtype, device=args.device, kinds=kinds, steps=args.steps,
                      every=args.every, repeats=args.repeats, seed=args.seed, dir=args.dir, threads=args.threads,
@@ -112,7 +112,7 @@ def run_bench_command(args: argparse.Namespace, parser: argparse.ArgumentParser 
         spec = spec_from_args(args)
         from ckptlab.training.presets import get_preset
 
-        get_preset(spec.preset).model.replace(**spec.shape)  # an inconsistent shape fails here, not in a run
+        get_preset(spec.preset).model.replace(**{k: v for k, v in spec.shape.items() if k in SHAPE_FLAGS})
     except ValueError as exc:
         if parser is not None:
             parser.error(str(exc))

@@ -9,6 +9,8 @@ lost/ckpt       (train_s of the run - train_s of the `none` run of the same roun
 overhead        train_s / train_s of `none` - 1, for one checkpoint every K steps
 inflation       median iteration while a checkpoint persists (started after save() returned and
                 before it was durable) / median of the other iterations - 1
+stall           median save() stall without the run's first checkpoint (it allocates the staging
+                buffers once; reported alone as first_stall_s), or that one when it is the only one
 durable         save() call to durable (engine or writer acknowledgement); a kind that reports
                 none (torchsave) is durable when save() returns, so its durable is its stall
 """
@@ -25,7 +27,7 @@ HEADLINE = "pccheck-deferred"  # the kind the issue's targets are about
 PEERS = ("torchsave", "dcp", "dcp-async")  # the other systems it must beat
 DEFERRED_STALL_LIMIT_S = 1e-3
 DURABLE_VS_RAW_LIMIT = 1.25
-_FIGURES = ("stall_s", "stall_max_s", "inflation", "train_s", "durable_s", "durable_gbps", "cold_load_s",
+_FIGURES = ("stall_s", "first_stall_s", "stall_max_s", "inflation", "train_s", "durable_s", "durable_gbps", "cold_load_s",
             "peak_rss_bytes", "peak_pinned_bytes", "checkpoints", "iter_s")
 
 
@@ -67,7 +69,8 @@ def run_figures(record: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "kind": record["kind"], "every": record.get("every"), "round": record.get("round"),
         "checkpoints": len(ckpts), "iter_s": base,
-        "stall_s": _median(stalls), "stall_max_s": max(stalls, default=None),
+        "stall_s": _median(stalls[1:] or stalls), "first_stall_s": stalls[0] if stalls else None,
+        "stall_max_s": max(stalls, default=None),
         "inflation": (_median(loud) / base - 1.0) if loud and base else None,
         "train_s": sum(iters[1:]) + sum(stalls),
         "durable_s": durable_s,

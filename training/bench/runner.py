@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ckptlab.training.bench.metrics import aggregate, run_figures, spread, targets
-from ckptlab.training.bench.spec import BENCH_KINDS, BenchSpec, Run, schedule, vocab_for_state
+from ckptlab.training.bench.spec import BENCH_KINDS, SHAPE_FLAGS, BenchSpec, Run, schedule, vocab_for_state
 
 __all__ = ["BenchError", "train_flags", "shape_flags", "run_bench"]
 
@@ -28,7 +28,7 @@ def shape_flags(spec: BenchSpec) -> list[str]:
     if spec.state_mb is not None:
         from ckptlab.training.presets import get_preset
 
-        model = get_preset(spec.preset).model.replace(**{k: v for k, v in shape.items()})
+        model = get_preset(spec.preset).model.replace(**{k: v for k, v in shape.items() if k in SHAPE_FLAGS})
         per_row = model.dim * (1 if model.tie_embeddings else 2)
         rest = model.replace(vocab_size=1).num_params() - per_row
         shape["vocab_size"] = vocab_for_state(spec.state_mb, rest, per_row, 4 if spec.model_dtype == "fp32" else 2)

@@ -22,6 +22,7 @@ BENCH_KINDS: dict[str, tuple[str, ...]] = {
 }
 CPU_KINDS = tuple(k for k in BENCH_KINDS if k != "pccheck-gpu")
 SHAPE_FLAGS = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size")
+WORK_FLAGS = ("batch_size", "sequence_length")  # tokens per step: how much compute a step has
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Run:
 class BenchSpec:
     out: Path
     preset: str = "tiny"
-    shape: dict[str, int] = field(default_factory=dict)  # --dim, --n-layers, ... overrides
+    shape: dict[str, int] = field(default_factory=dict)  # --dim, --n-layers, ..., --batch-size overrides
     state_mb: int | None = None
     model_dtype: str = "fp32"
     device: str = "cpu"
