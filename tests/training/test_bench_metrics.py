@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ckptlab.training.bench.metrics import (aggregate, lost_per_checkpoint, persisting_steps, run_figures,
+from ckptlab.training.bench.metrics import (aggregate, durable_from_save, lost_per_checkpoint, persisting_steps, run_figures,
                                             spread, targets)
 
 
@@ -43,6 +43,16 @@ def test_stall_leaves_out_the_first_checkpoint_which_allocates_staging():
     f = run_figures(_record(ckpt_steps=(4, 8, 12), stalls=(0.2, 0.001, 0.003), durable=(0.3, 0.1, 0.1)))
     assert f["stall_s"] == pytest.approx(0.002) and f["first_stall_s"] == pytest.approx(0.2)
     assert f["stall_max_s"] == pytest.approx(0.2)
+
+
+def test_durable_counts_from_the_save_call_not_the_engine_submit():
+    rec = _record(ckpt_steps=(4, 8), durable=(0.05, 0.05))  # engine: submit -> durable
+    rec["save_called_ns"] = [1_000_000_000, 2_000_000_000]
+    rec["commit_done_ns"] = [[8, 2_300_000_000], [4, 1_250_000_000]]  # by step, any order
+    assert durable_from_save(rec) == pytest.approx([0.25, 0.3])
+    assert run_figures(rec)["durable_s"] == pytest.approx(0.275)
+    rec["commit_done_ns"] = [[4, 1_250_000_000]]  # a commit missing: the engine's own figure
+    assert durable_from_save(rec) == pytest.approx([0.05, 0.05])
 
 
 def test_lost_per_checkpoint_is_wall_minus_none_over_checkpoints():

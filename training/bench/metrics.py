@@ -11,8 +11,10 @@ inflation       median iteration while a checkpoint persists (started after save
                 before it was durable) / median of the other iterations - 1
 stall           median save() stall without the run's first checkpoint (it allocates the staging
                 buffers once; reported alone as first_stall_s), or that one when it is the only one
-durable         save() call to durable (engine or writer acknowledgement); a kind that reports
-                none (torchsave) is durable when save() returns, so its durable is its stall
+durable         save() call to durable (engine or writer acknowledgement): for pccheck from the
+                loop's save() call times and the engine's commit times (one clock, CLOCK_MONOTONIC),
+                since its own time_to_durable starts at the engine's submit, after the snapshot;
+                a kind that reports none (torchsave) is durable when save() returns: its stall
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import statistics
 from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["persisting_steps", "run_figures", "lost_per_checkpoint", "spread", "aggregate", "targets",
+__all__ = ["persisting_steps", "durable_from_save", "run_figures", "lost_per_checkpoint", "spread", "aggregate", "targets",
            "HEADLINE", "PEERS", "DEFERRED_STALL_LIMIT_S", "DURABLE_VS_RAW_LIMIT"]
 
 HEADLINE = "pccheck-deferred"  # the kind the issue's targets are about
@@ -47,6 +49,17 @@ def persisting_steps(iter_s: Sequence[float], first_step: int, ckpt_steps: Seque
     return out
 
 
+def durable_from_save(record: Mapping[str, Any]) -> list[float]:
+    """Seconds from each save() call to its checkpoint's durability, in step order."""
+    ckpts, stalls = list(record["ckpt_steps"]), list(record["stall_s"])
+    called = list(record.get("save_called_ns") or [])
+    done = {int(step): int(ns) for step, ns in record.get("commit_done_ns") or []}
+    if called and len(called) == len(ckpts) and all(s in done for s in ckpts):
+        return [(done[s] - t) / 1e9 for s, t in zip(ckpts, called)]
+    durable = list(record.get("time_to_durable_s") or [])
+    return durable if len(durable) == len(ckpts) else stalls  # synchronous: durable when save() returns
+
+
 def _median(values: Iterable[float]) -> float | None:
     values = list(values)
     return statistics.median(values) if values else None
@@ -56,9 +69,7 @@ def run_figures(record: Mapping[str, Any]) -> dict[str, Any]:
     """One measured run's figures from its record (what training/bench/child.py writes)."""
     iters, first = list(record["iter_s"]), int(record["first_step"])
     ckpts, stalls = list(record["ckpt_steps"]), list(record["stall_s"])
-    durable = list(record.get("time_to_durable_s") or [])
-    if ckpts and len(durable) != len(ckpts):
-        durable = stalls  # synchronous kinds: durable when save() returns
+    durable = durable_from_save(record)
     busy = persisting_steps(iters, first, ckpts, stalls, durable)
     steps = range(first + 1, first + len(iters))  # without the warm-up step
     quiet = [iters[s - first] for s in steps if s not in busy]
@@ -71,7 +82,7 @@ def run_figures(record: Mapping[str, Any]) -> dict[str, Any]:
         "checkpoints": len(ckpts), "iter_s": base,
         "stall_s": _median(stalls[1:] or stalls), "first_stall_s": stalls[0] if stalls else None,
         "stall_max_s": max(stalls, default=None),
-        "inflation": (_median(loud) / base - 1.0) if loud and base else None,
+        "inflation": statistics.median(loud) / base - 1.0 if loud and base else None,
         "train_s": sum(iters[1:]) + sum(stalls),
         "durable_s": durable_s,
         "durable_gbps": nbytes / durable_s / 1e9 if durable_s and nbytes else None,
@@ -151,10 +162,10 @@ def targets(results: Sequence[Mapping[str, Any]], raw_write_s: float | None) -> 
         ours = _figure(results, HEADLINE, "lost_per_ckpt_s", every)
         peers = {p: v for p in PEERS if (v := _figure(results, p, "lost_per_ckpt_s", every)) is not None}
         best = min(peers, key=peers.__getitem__) if peers else None
-        why = absent if ours is None else "not measured: no peer run" if not peers else None
+        why = absent if ours is None else "not measured: no peer run" if best is None else None
+        limit = None if best is None else peers[best]
         out.append(_verdict(f"lost-below-peers-every-{every}",
                             f"{HEADLINE} training time lost per checkpoint below every peer's (every {every})",
-                            ours, peers.get(best) if best else None,
-                            None if why else ours < peers[best], unit="s", every=every, peer=best,
-                            **({"why": why} if why else {})))
+                            ours, limit, None if ours is None or limit is None else ours < limit, unit="s",
+                            every=every, peer=best, **({"why": why} if why else {})))
     return out
