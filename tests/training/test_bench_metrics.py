@@ -98,6 +98,7 @@ def test_targets_met():
     verdicts = {t["name"]: t for t in targets(_results(), raw_write_s=0.9)}
     assert verdicts["deferred-stall"]["met"] and verdicts["deferred-stall"]["figure"] == pytest.approx(0.0005)
     assert verdicts["durable-vs-raw"]["met"] and verdicts["durable-vs-raw"]["figure"] == pytest.approx(1 / 0.9)
+    assert verdicts["durable-vs-raw-sync"]["met"]  # reported too, as pccheck-sync was run
     lost = verdicts["lost-below-peers-every-10"]
     assert lost["met"] and lost["peer"] == "torchsave"
 
