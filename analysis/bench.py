@@ -9,7 +9,7 @@ from typing import Any, Mapping
 __all__ = ["read_bench", "bench_table", "overhead_vs_k", "bench_targets", "plot_bench"]
 
 SCHEMA = "ckptlab.bench/1"
-_COLUMNS = ("stall_s", "inflation", "lost_per_ckpt_s", "overhead", "durable_s", "durable_gbps", "cold_load_s",
+_COLUMNS = ("stall_s", "inflation", "lost_per_ckpt_s", "lost_in_run_s", "overhead", "durable_s", "durable_gbps", "cold_load_s",
             "peak_rss_bytes", "checkpoints")
 
 

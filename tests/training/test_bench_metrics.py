@@ -32,6 +32,7 @@ def test_inflation_is_persisting_iterations_over_the_others():
     assert f["durable_s"] == pytest.approx(0.25)
     assert f["durable_gbps"] == pytest.approx(4.0)
     assert f["checkpoints"] == 1
+    assert f["lost_in_run_s"] == pytest.approx(0.01 + 3 * 0.05)  # the stall and three slower steps
 
 
 def test_a_synchronous_kind_is_durable_when_save_returns():

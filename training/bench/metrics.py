@@ -6,6 +6,9 @@ Definitions (docs/PERFORMANCE.md):
 train_s         the loop's time without the first (warm-up) step: iterations + save() stalls
 lost/ckpt       (train_s of the run - train_s of the `none` run of the same round) / checkpoints:
                 the training time one checkpoint really costs, whatever the mechanism
+lost/ckpt in-run the same from the run alone: (train_s - its median quiet iteration x its
+                iterations) / checkpoints; blind to costs every iteration pays, but immune to
+                drift between runs (a shared machine), so a check on the figure above
 overhead        train_s / train_s of `none` - 1, for one checkpoint every K steps
 inflation       median iteration while a checkpoint persists (started after save() returned and
                 before it was durable) / median of the other iterations - 1
@@ -30,7 +33,7 @@ PEERS = ("torchsave", "dcp", "dcp-async")  # the other systems it must beat
 DEFERRED_STALL_LIMIT_S = 1e-3
 DURABLE_VS_RAW_LIMIT = 1.25
 _FIGURES = ("stall_s", "first_stall_s", "stall_max_s", "inflation", "train_s", "durable_s", "durable_gbps", "cold_load_s",
-            "peak_rss_bytes", "peak_pinned_bytes", "checkpoints", "iter_s")
+            "peak_rss_bytes", "peak_pinned_bytes", "checkpoints", "iter_s", "lost_in_run_s")
 
 
 def persisting_steps(iter_s: Sequence[float], first_step: int, ckpt_steps: Sequence[int],
@@ -84,6 +87,8 @@ def run_figures(record: Mapping[str, Any]) -> dict[str, Any]:
         "stall_max_s": max(stalls, default=None),
         "inflation": statistics.median(loud) / base - 1.0 if loud and base else None,
         "train_s": sum(iters[1:]) + sum(stalls),
+        "lost_in_run_s": (sum(iters[1:]) + sum(stalls) - base * (len(iters) - 1)) / len(ckpts)
+        if ckpts and base is not None else None,
         "durable_s": durable_s,
         "durable_gbps": nbytes / durable_s / 1e9 if durable_s and nbytes else None,
         "checkpoint_bytes": nbytes or None,
