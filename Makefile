@@ -104,8 +104,11 @@ campaign: setup
 campaign-full: setup
 	$(PY) -m ckptlab.faults.campaign --full --out runs/campaign-full
 
+# Every checkpointer kind in training on a 1 GiB state (docs/PERFORMANCE.md); about 20 min on
+# 2 cores. Run it on a quiet machine; it refuses an --out that already holds a bench.json.
 bench-cpu: setup
-	$(PY) benchmarks/bench_cpu.py --size-mb 1024 --out benchmarks/results
+	$(PY) -m ckptlab.core.cli bench --state-mb 1024 --batch-size 1 --sequence-length 16 --steps 30 \
+	  --every 5,10 --repeats 3 --out benchmarks/results/bench_cpu_1gib
 
 # Multi-rank: 1, 2 and 4 CPU ranks (gloo) vs the raw disk (docs/DISTRIBUTED.md, "Measured").
 bench-dist: setup

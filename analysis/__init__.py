@@ -13,6 +13,7 @@ Public API (docs/TRACE.md, docs/PROFILING.md; notebooks in analysis/notebooks)::
     detect_stragglers(table)                          # DataFrame: straggler, gap and cause per checkpoint
     what_if_median_speed(table)                       # ... makespan had it run at the median speed
     trace_findings(table)["findings"]                 # the same in sentences (ckptlab analyze)
+    overhead_vs_k("benchmarks/results/bench_cpu_64mb_shared")  # a ckptlab bench result: overhead per kind and K
 
 Analysis reads files and never live objects: it imports ``ckptlab.profiling`` (the trace
 schema, the loss file, atomic writes) and nothing of core or training. Names resolve on first
@@ -35,6 +36,7 @@ _EXPORTS = {
     "ckptlab.analysis.analyzers": ("time_split", "chunk_latency", "critical_path", "migration_table",
                                    "detect_stragglers", "what_if_median_speed"),
     "ckptlab.analysis.findings": ("trace_findings", "experiment_findings"),
+    "ckptlab.analysis.bench": ("read_bench", "bench_table", "overhead_vs_k", "bench_targets", "plot_bench"),
 }
 _ALIASES = {"summarise_experiment": ("ckptlab.analysis.affinity", "summarise")}
 _WHERE = {name: (module, name) for module, names in _EXPORTS.items() for name in names} | _ALIASES
@@ -45,6 +47,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from ckptlab.analysis.affinity import summarise as summarise_experiment
     from ckptlab.analysis.analyzers import (chunk_latency, critical_path, detect_stragglers, migration_table,
                                             time_split, what_if_median_speed)
+    from ckptlab.analysis.bench import bench_table, bench_targets, overhead_vs_k, plot_bench, read_bench
     from ckptlab.analysis.chrome import export_chrome, to_chrome_trace
     from ckptlab.analysis.findings import experiment_findings, trace_findings
     from ckptlab.analysis.losses import plot_losses

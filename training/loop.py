@@ -75,6 +75,10 @@ class TrainResult:
     stall_s: list[float] = field(default_factory=list)
     drain_s: float = 0.0
     time_to_durable_s: list[float] = field(default_factory=list)
+    # CLOCK_MONOTONIC ns of each save() call, and [step, ns] of each commit the engine reports:
+    # save() call to durable, where time_to_durable_s starts at the engine's submit
+    save_called_ns: list[int] = field(default_factory=list)
+    commit_done_ns: list[list[int]] = field(default_factory=list)
     first_loss: float | None = None
     last_loss: float | None = None
     stopped_by_signal: bool = False
@@ -398,6 +402,7 @@ def _run(cfg: TrainConfig, ck: Checkpointer, state: dict[str, Any], device: torc
 
 
 def _save(ck: Checkpointer, step: int, state: dict[str, Any], result: TrainResult) -> float:
+    result.save_called_ns.append(time.monotonic_ns())
     t0 = time.perf_counter()
     try:
         with _phase("save", step=step):
@@ -458,6 +463,9 @@ def _collect_durable_times(ck: Checkpointer, result: TrainResult) -> None:
     except Exception:  # stats are informative only
         return
     durable = values.get("time_to_durable_s")
+    commits = getattr(ck, "commit_records", None)
+    if callable(commits):
+        result.commit_done_ns = [[int(r["step"]), int(r["t_done_ns"])] for r in commits() if r["ok"]]
     result.snapshot_wait_s = float(values.get("snapshot_wait_s", 0.0))
     if isinstance(durable, (list, tuple)):
         result.time_to_durable_s = [float(v) for v in durable]

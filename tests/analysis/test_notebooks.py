@@ -19,8 +19,9 @@ def _code_cells(path: Path) -> list[str]:
     return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
 
 
-def test_the_three_notebooks_exist():
-    assert [p.name for p in NOTEBOOKS] == ["affinity.ipynb", "stragglers.ipynb", "timeline.ipynb"]
+def test_the_four_notebooks_exist():
+    assert [p.name for p in NOTEBOOKS] == ["affinity.ipynb", "overhead_vs_frequency.ipynb", "stragglers.ipynb",
+                                           "timeline.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

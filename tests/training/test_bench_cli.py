@@ -1,0 +1,82 @@
+"""`ckptlab bench` end to end on the tiny preset (every run in its own process), and its flags:
+bad ones exit 2 with a message naming the flag, and nothing is written."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ckptlab.core.cli import main
+
+
+def _bench(*args: str) -> int:
+    try:
+        return main(["bench", *args])
+    except SystemExit as exc:  # argparse's error() exits 2
+        return int(exc.code or 0)
+
+
+def test_tiny_bench_writes_json_table_and_plot(tmp_path):
+    out = tmp_path / "out"
+    rc = _bench("--preset", "tiny", "--kinds", "none,torchsave,pccheck-deferred", "--steps", "6",
+                "--every", "3", "--repeats", "1", "--out", str(out), "--no-progress")
+    assert rc == 0
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["schema"] == "ckptlab.bench/1"
+    machine = bench["machine"]
+    assert machine["cores"] >= 1 and machine["cpu_model"] and machine["kernel"]
+    assert machine["dir_fs"]["fstype"] and machine["dir_fs"]["source"]
+    assert bench["versions"]["torch"] and bench["versions"]["python"]
+    assert "git_commit" in bench["versions"]
+    rows = {(r["kind"], r["every"]): r for r in bench["results"]}
+    assert set(rows) == {("none", None), ("torchsave", 3), ("pccheck-deferred", 3)}
+    deferred = rows[("pccheck-deferred", 3)]
+    assert deferred["checkpoints"]["median"] == 2
+    assert deferred["durable_s"]["median"] > 0 and deferred["durable_gbps"]["median"] > 0
+    assert deferred["cold_load_s"]["median"] > 0 and deferred["peak_rss_bytes"]["median"] > 0
+    assert deferred["lost_per_ckpt_s"]["n"] == 1
+    raw = bench["raw_disk"]
+    assert raw["bytes"] > 0 and raw["buffered_write_s"]["median"] > 0 and raw["read_s"]["median"] > 0
+    assert {t["name"] for t in bench["targets"]} == {"deferred-stall", "durable-vs-raw", "lost-below-peers-every-3"}
+    assert all(t["met"] in (True, False) for t in bench["targets"])
+    assert [r["kind"] for r in bench["runs"]].count("none") == 1 and len(bench["runs"]) == 3
+    table = (out / "bench.md").read_text()
+    assert "| pccheck-deferred |" in table and "lost/ckpt" in table and "MET" in table.upper()
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not any(p.name.startswith("ckpt-") for p in out.rglob("*"))  # the runs' checkpoints are gone
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--kinds", "none,zip"], "unknown kind 'zip'"),
+    (["--kinds", "pccheck-gpu"], "pccheck-gpu needs --device cuda"),
+    (["--every", "0"], "--every"),
+    (["--every", "5,x"], "--every"),
+    (["--every", "4", "--steps", "6"], "--steps 6 is too few for --every 4"),
+    (["--repeats", "0"], "--repeats"),
+    (["--state-mb", "64", "--vocab-size", "512"], "--state-mb and --vocab-size"),
+    (["--preset", "huge"], "unknown preset"),
+    (["--device", "tpu"], "--device"),
+])
+def test_bad_flags_exit_2_and_write_nothing(tmp_path, capsys, flags, needle):
+    out = tmp_path / "out"
+    assert _bench(*flags, "--out", str(out)) == 2
+    assert needle in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert _bench("--device", "cuda", "--out", str(tmp_path / "out")) == 2
+    assert "--device cuda but no CUDA device" in capsys.readouterr().err
+
+
+def test_an_existing_bench_is_not_overwritten(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bench.json").write_text("{}")
+    assert _bench("--out", str(out)) == 2
+    assert "already holds a bench.json" in capsys.readouterr().err
+    assert (out / "bench.json").read_text() == "{}"
