@@ -36,7 +36,7 @@ from ckptlab.faults.tiers.common import Context, row, unsupported
 DEFAULT_OUT = "campaign-results"
 # Trials per tier: (short, default, full); exhaustive tiers (points, ioerr) ignore them and --trials.
 SCALE = {"random": (8, 300, 2000), "powerloss": (1, 16, 60), "bitrot": (60, 660, 7600), "enospc": (1, 12, 60),
-         "realfs": (3, 36, 1000), "training": (0, 6, 12)}
+         "realfs": (3, 36, 1000), "training": (0, 6, 12), "multirank": (1, 2, 4)}
 
 
 @dataclass
@@ -107,7 +107,7 @@ def trial_count(tier: str, opts: Options) -> int:
         return short if opts.short else full if opts.full else default
     n = opts.trials
     return {"random": n, "bitrot": 2 * n, "powerloss": max(1, n // 30), "enospc": max(2, n // 30),
-            "realfs": max(3, n // 10), "training": max(1, n // 50)}[tier]
+            "realfs": max(3, n // 10), "training": max(1, n // 50), "multirank": 2}[tier]
 
 
 def generate(opts: Options) -> tuple[list[dict], dict[str, str]]:
@@ -177,7 +177,7 @@ def run_one(trial: dict, ctx: Context | None = None) -> tuple[dict, str | None]:
 
 
 def _weight(trial: dict) -> int:
-    return {"training": 0, "enospc": 1, "powerloss": 2, "realfs": 3, "random": 4, "points": 5,
+    return {"training": 0, "multirank": 0, "enospc": 1, "powerloss": 2, "realfs": 3, "random": 4, "points": 5,
             "ioerr": 6}.get(trial["tier"], 7)
 
 
