@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ckptlab.faults import coverage
+from ckptlab.faults.multirank_saver import MUTATIONS as MULTIRANK_MUTATIONS
 from ckptlab.faults import tiers as T
 from ckptlab.faults.tiers import enospc
 from ckptlab.faults.tiers.common import Context, row, unsupported
@@ -415,8 +416,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="campaign seed; every trial's own seed derives from it")
     p.add_argument("--jobs", "-j", type=int, default=0, help="parallel workers (default: CPU count)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"results directory (default ./{DEFAULT_OUT})")
-    p.add_argument("--unsafe", action="append", default=[], choices=_engine.durability_mutations(),
-                   help="run every engine with this durability step removed (the campaign must then fail)")
+    p.add_argument("--unsafe", action="append", default=[],
+                   choices=list(_engine.durability_mutations()) + list(MULTIRANK_MUTATIONS),
+                   help="run every engine with this durability step removed (the campaign must then fail); "
+                        f"{', '.join(MULTIRANK_MUTATIONS)}: the multi-rank coordinator's (the multirank tier)")
     p.add_argument("--trial", action="append", default=[], metavar="ID",
                    help="run only this trial id (e.g. points:17), as printed; repeatable")
     p.add_argument("--max-violations", type=int, default=None, metavar="N", help="stop after N violations")

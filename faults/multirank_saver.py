@@ -37,6 +37,7 @@ from ckptlab.faults.saver import AckLog, child_main
 
 COORDINATION_BROKEN_RC = 3
 EARLY_ACK_DELAY_S = 0.3
+_LATE_WRITES: list[threading.Thread] = []  # early_ack's record writes, joined before the exit
 
 
 def _skip_record_fsync() -> None:
@@ -64,7 +65,9 @@ def _early_ack() -> None:
         def later() -> None:
             time.sleep(EARLY_ACK_DELAY_S)
             real(directory, record, io) if io is not None else real(directory, record)
-        threading.Thread(target=later, daemon=False).start()
+        t = threading.Thread(target=later)
+        t.start()
+        _LATE_WRITES.append(t)
         return os.path.join(directory, gc.GLOBAL_DIR, gc.record_name(record.step))
 
     gc.write_record = write_record  # type: ignore[assignment]
@@ -112,8 +115,26 @@ def _save(cfg: dict[str, Any], rank: int, layout: list[TensorSpec], seed: int) -
         ck.close()
     except CheckpointError:
         broken = True
+    for t in _LATE_WRITES:
+        t.join()
     ack.line("done")
     return COORDINATION_BROKEN_RC if broken else 0
+
+
+def _o4(ck: Any, layout: list[TensorSpec], seed: int, new: int, rank: int) -> list[str]:
+    """O4 in the relaunched world: a new step saves and loads back on every rank."""
+    from ckptlab.core import CheckpointError
+
+    try:
+        ck.save(new, _state(layout, seed, new, rank))
+        ck.wait()
+        step, tree = ck.load()
+    except CheckpointError as e:
+        return [f"the relaunched world could not save and load step {new}: {type(e).__name__}: {str(e)[-200:]}"]
+    if step != new:
+        return [f"after a new save of step {new} the world loaded step {step}"]
+    p = _check(tree, layout, seed, step, rank, (), True)
+    return [] if p is None else [f"the new step {new} does not load back: {p}"]
 
 
 def _verify(cfg: dict[str, Any], rank: int, layout: list[TensorSpec], seed: int) -> int:
@@ -147,12 +168,7 @@ def _verify(cfg: dict[str, Any], rank: int, layout: list[TensorSpec], seed: int)
                     except NoCheckpointError:
                         pass
                     if o4:
-                        new = int(cfg["new_step"])
-                        ck.save(new, _state(layout, seed, new, rank))
-                        ck.wait()
-                        step, tree = ck.load()
-                        if step != new or (p := _check(tree, layout, seed, step, rank, (), True)) is not None:
-                            res["problems"].append(f"after a new save of step {new} the world loaded step {step}")
+                        res["problems"] += _o4(ck, layout, seed, int(cfg["new_step"]), rank)
                 finally:
                     ck.close()
             out.write(json.dumps(res) + "\n")
@@ -166,7 +182,7 @@ def run(cfg: dict[str, Any]) -> int:
 
     torch.set_num_threads(1)
     rank, world = int(cfg["rank"]), int(cfg["world"])
-    for name in cfg.get("unsafe", []):
+    for name in cfg.get("unsafe", []) if cfg["mode"] == "save" else []:  # the relaunch is a correct world
         MUTATIONS[name]()
     layout = [TensorSpec.from_json(v) for v in cfg["layout"]]
     dist.init_process_group("gloo", init_method=f"file://{cfg['init_file']}", rank=rank, world_size=world)

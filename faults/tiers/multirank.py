@@ -27,11 +27,11 @@ import signal
 import sys
 import time
 
-from ckptlab.core.fault_spec import coordinator_points, fault_points
+from ckptlab.core.fault_spec import COORDINATOR_ERROR_POINTS, coordinator_points, fault_points
 from ckptlab.faults import oracle
 from ckptlab.faults.iolog import IoRecord, read_io_log
 from ckptlab.faults import multirank_saver
-from ckptlab.faults.multirank_saver import COORDINATION_BROKEN_RC, MUTATIONS
+from ckptlab.faults.multirank_saver import COORDINATION_BROKEN_RC
 from ckptlab.faults.payload import random_layout
 from ckptlab.faults.replay import CrashModel, materialize
 from ckptlab.faults.tiers.common import KiB, Context, failure, numbered, row
@@ -43,7 +43,7 @@ RANK0_ONLY = {"before_record_fsync", "before_record_rename", "before_record_dir_
 NO_INNER_GC = ("before_gc", "during_gc")
 SHORT_KILLS = [("after_part_durable", 1), ("before_record_rename", 0), ("before_global_ack", 1),
                ("before_rename", 1)]
-DEFAULT_ENGINE_POINTS = ("before_chunk_write", "before_data_fsync", "before_rename", "after_commit")
+DELAY_MS = 200
 FULL_RECORDINGS = 4  # recordings (--full: 2- and 3-rank worlds alternating)
 STATE_CAP = {"short": 24, "default": 160, "full": 400}  # crash states verified per recording
 O4_EVERY = 5          # every 5th crash state also saves a new step (O4)
@@ -68,13 +68,20 @@ def generate(seed: int, count: int, short: bool) -> list[dict]:
     trials: list[dict] = []
     if short:
         trials += [{"kind": "kill", "world": 2, "point": p, "rank": r} for p, r in SHORT_KILLS]
+        trials.append({"kind": "eio", "world": 2, "point": "before_record_fsync", "rank": 0})
     else:
         for world in ([2, 3] if full else [2]):
             for p in coordinator_points():
-                for r in _ranks_passing(p, world) if full or world == 2 else [0]:
+                for r in _ranks_passing(p, world):
                     trials.append({"kind": "kill", "world": world, "point": p, "rank": r})
-            for p in (engine_points() if full else DEFAULT_ENGINE_POINTS):
-                trials.append({"kind": "kill", "world": world, "point": p, "rank": world - 1})
+            for p in engine_points():
+                for r in range(world) if full else [world - 1]:
+                    trials.append({"kind": "kill", "world": world, "point": p, "rank": r})
+        # an I/O error inside the record's write fails that step everywhere; a delay at every
+        # coordinator point (on its last rank) fails nothing
+        trials += [{"kind": "eio", "world": 2, "point": p, "rank": 0} for p in COORDINATOR_ERROR_POINTS]
+        trials += [{"kind": "delay", "world": 2, "point": p, "rank": _ranks_passing(p, 2)[-1]}
+                   for p in coordinator_points()]
     size = "short" if short else "full" if full else "default"
     trials += [{"kind": "powerloss", "world": 2 + (full and i % 2), "cap": STATE_CAP[size]}
                for i in range(max(1, count))]
@@ -92,7 +99,7 @@ def _rank_config(mode: str, world: int, rank: int, ckdir: str, init_file: str, t
     layout = _layout(trial)
     return {"mode": mode, "world": world, "rank": rank, "dir": ckdir, "init_file": init_file,
             "seed": trial["seed"] % (1 << 31), "layout": [t.as_json() for t in layout],
-            "unsafe": [u for u in ctx.unsafe if u in MUTATIONS], "kind": "pccheck",
+            "unsafe": list(ctx.unsafe), "kind": "pccheck",
             "ack_log": os.path.join(tdir, f"ack-{rank}.log"),
             "config": {"writer_threads": 1, "chunk_bytes": 64 * KiB, "reader_threads": 1, "max_inflight": 1,
                        "coordination_timeout_s": COORDINATION_TIMEOUT_S, "keep_last": 1}} | extra
@@ -209,10 +216,9 @@ def judge(per_rank: list[dict], world: int, acked: set[int], issued: set[int]) -
 # --- trials ------------------------------------------------------------------------------------
 
 def run(trial: dict, ctx: Context, tdir: str) -> dict:
-    unknown = [u for u in ctx.unsafe if u not in MUTATIONS]
-    if unknown:
-        return row(trial, "skipped", checks=0, detail=f"the multirank tier has no {', '.join(unknown)} mutation")
-    return _kill(trial, ctx, tdir) if trial["p"]["kind"] == "kill" else _powerloss(trial, ctx, tdir)
+    """(Mutations it lacks make the campaign skip its trials first: common.unsupported.)"""
+    kind = trial["p"]["kind"]
+    return _powerloss(trial, ctx, tdir) if kind == "powerloss" else _kill(trial, ctx, tdir)
 
 
 def _save_world(trial: dict, ctx: Context, tdir: str, ckdir: str, faults: dict[int, str], io_logs: bool
@@ -239,22 +245,44 @@ def _acks(tdir: str, world: int) -> tuple[set[int], set[int]]:
     return acked, issued
 
 
+def _failed_everywhere(tdir: str, world: int, step: int) -> tuple[bool, list[str]]:
+    """(the step failed on every rank, violations): never acknowledged, the next step was."""
+    v, failed_all = [], True
+    for r in range(world):
+        h = oracle.read_history(os.path.join(tdir, f"ack-{r}.log"))
+        if step in h.acked:
+            v.append(f"rank {r} acknowledged step {step} although its global record's write failed")
+        failed_all = failed_all and step in h.failed
+        if not any(s in h.acked for s in STEPS if s > step):
+            v.append(f"rank {r}: no step after the failed step {step} was acknowledged")
+    return failed_all, v
+
+
 def _kill(trial: dict, ctx: Context, tdir: str) -> dict:
+    """A kill (the rank must die; the others give up), an eio (that step fails on every rank,
+    later ones commit) or a delay (nothing fails) at one point of one rank, then the oracle."""
     p = trial["p"]
-    world = p["world"]
+    world, kind = p["world"], p["kind"]
     ckdir = _prepare(tdir, world)
-    spec = f"point={p['point']},ckpt={KILL_CKPT},action=kill"
+    action = {"kill": "kill", "eio": "eio", "delay": f"delay={DELAY_MS}"}[kind]
+    spec = f"point={p['point']},ckpt={KILL_CKPT},action={action}"
     rcs = _save_world(trial, ctx, tdir, ckdir, {p["rank"]: spec}, io_logs=False)
-    fired = rcs[p["rank"]][0] == -signal.SIGKILL
+    want = [-signal.SIGKILL if kind == "kill" and r == p["rank"] else None for r in range(world)]
     bad = [failure(f"rank {r} ended unexpectedly", rc, err) for r, (rc, err) in enumerate(rcs)
-           if rc not in (0, COORDINATION_BROKEN_RC, -signal.SIGKILL) or (rc == -signal.SIGKILL and r != p["rank"])]
+           if not (rc == want[r] or want[r] is None and rc in ((0, COORDINATION_BROKEN_RC) if kind == "kill" else (0,)))]
+    fired = True if kind == "delay" else rcs[p["rank"]][0] == -signal.SIGKILL
     if bad:
         return row(trial, "violation", violations=bad, fired=fired)
     acked, issued = _acks(tdir, world)
+    pre: list[str] = []
+    if kind == "eio":
+        fired, pre = _failed_everywhere(tdir, world, STEPS[KILL_CKPT - 1])
+    if kind == "delay" and acked != set(STEPS):
+        pre.append(f"a {DELAY_MS} ms delay at {p['point']} and only steps {sorted(acked)} were acknowledged")
     results, harness = verify(ctx, tdir, trial, world, [{"dir": ckdir, "o4": True}], sorted(issued) or STEPS)
     if harness:
         return row(trial, "violation", violations=harness, fired=fired)
-    v = judge(results[0], world, acked, issued)
+    v = pre + judge(results[0], world, acked, issued)
     loaded = results[0][0]["step"] if results[0] else None
     return row(trial, "ok" if fired else "not_fired", violations=v, fired=fired, loaded=loaded,
                acked=max(acked) if acked else None)
