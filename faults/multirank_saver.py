@@ -9,9 +9,9 @@ coordinator or engine fault point (the rank's ``faults``), or records every rank
 for power-loss replay. It imports torch (torch.distributed needs it): the state is tiny.
 
 ``mode: "save"`` appends an ack log as faults/saver.py does (each line fsynced before it goes
-on): ``start PID``, ``open 0``, ``submit S`` before save(), ``commit S 1 N`` once wait()
-returned with S globally committed (acknowledged on this rank), ``commit S 0 N`` and
-``fail S 0 MESSAGE`` when it failed, ``done``. Exit 0; 3 when the coordination broke (a peer
+on): ``start PID``, ``open 0``, ``submit S`` before save(), ``commit S 1 N`` once this rank
+acknowledged S (globally committed; :class:`AckPoller`), ``commit S 0 N`` and
+``fail S 0 MESSAGE`` when save()/wait() raised, ``done``. Exit 0; 3 when the coordination broke (a peer
 died: the expected outcome on the survivors).
 
 ``mode: "verify"``: for each directory of ``dirs``, collectively open the checkpointer, agree
@@ -91,26 +91,67 @@ def _check(tree: Any, layout: list[TensorSpec], seed: int, step: int, rank: int,
     return problem
 
 
+class AckPoller:
+    """Logs ``commit S 1 N`` for each step this rank acknowledged, as soon as ``stats()`` shows
+    it (a thread polls every millisecond while saves overlap). Steps resolve in order, so a
+    step skipped between two polls goes unlogged: the log never claims more than was
+    acknowledged, which is the side the oracle needs."""
+
+    def __init__(self, ck: Any, ack: AckLog, steps: list[int]) -> None:
+        self._ck, self._ack, self._number = ck, ack, {s: n for n, s in enumerate(steps, 1)}
+        self._last: int | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ack-poll", daemon=True)
+        self._thread.start()
+
+    def poll(self) -> None:
+        with self._lock:
+            last = self._ck.stats()["last_globally_committed_step"]
+            if last is not None and last != self._last:
+                self._ack.line(f"commit {last} 1 {self._number.get(last, 0)}")
+                self._last = last
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.001):
+            self.poll()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()
+
+
 def _save(cfg: dict[str, Any], rank: int, layout: list[TensorSpec], seed: int) -> int:
+    """Save ``steps``; ``overlap``: without waiting between them (max_inflight of the config),
+    else wait() after each, so a failed step is known (``commit S 0 N``)."""
     from ckptlab.core import CheckpointConfig, CheckpointError, open_checkpointer
 
     ack = AckLog(cfg["ack_log"])
     ack.line(f"start {os.getpid()}")
     ck = open_checkpointer(cfg.get("kind", "pccheck"), cfg["dir"], CheckpointConfig(**cfg["config"]))
     ack.line("open 0")
+    poller = AckPoller(ck, ack, cfg["steps"])
     broken = False
     for n, step in enumerate(cfg["steps"], 1):
         ack.line(f"submit {step}")
         try:
             ck.save(step, _state(layout, seed, step, rank))
-            ck.wait()
+            if not cfg.get("overlap"):
+                ck.wait()
         except CheckpointError as e:
             ack.line(f"fail {step} 0 {str(e)[:200].replace(chr(10), ' ')}")
             ack.line(f"commit {step} 0 {n}")
             broken = broken or "restart the job" in str(e)
             continue
-        ok = ck.stats()["last_globally_committed_step"] == step
-        ack.line(f"commit {step} {int(ok)} {n}")
+        finally:
+            poller.poll()
+    try:
+        ck.wait()
+    except CheckpointError as e:
+        ack.line(f"fail -1 0 {str(e)[:200].replace(chr(10), ' ')}")
+        broken = broken or "restart the job" in str(e)
+    poller.stop()
     try:
         ck.close()
     except CheckpointError:

@@ -83,8 +83,10 @@ def generate(seed: int, count: int, short: bool) -> list[dict]:
         trials += [{"kind": "delay", "world": 2, "point": p, "rank": _ranks_passing(p, 2)[-1]}
                    for p in coordinator_points()]
     size = "short" if short else "full" if full else "default"
-    trials += [{"kind": "powerloss", "world": 2 + (full and i % 2), "cap": STATE_CAP[size]}
-               for i in range(max(1, count))]
+    # recordings alternate: saves one at a time / overlapping (max_inflight=2: rank 0 writes a
+    # record while the parts of the next step are written); --full: 2- and 3-rank worlds
+    trials += [{"kind": "powerloss", "world": 3 if full and i // 2 % 2 else 2, "overlap": i % 2 == 1,
+                "cap": STATE_CAP[size]} for i in range(max(1, count))]
     return numbered("multirank", seed, trials)
 
 
@@ -223,12 +225,13 @@ def run(trial: dict, ctx: Context, tdir: str) -> dict:
 
 def _save_world(trial: dict, ctx: Context, tdir: str, ckdir: str, faults: dict[int, str], io_logs: bool
                 ) -> list[tuple[int, str]]:
-    world = trial["p"]["world"]
+    world, overlap = trial["p"]["world"], trial["p"].get("overlap", False)
     init = os.path.join(tdir, "init-save")
     configs = []
     for r in range(world):
-        c = _rank_config("save", world, r, ckdir, init, trial, ctx, tdir, steps=STEPS)
+        c = _rank_config("save", world, r, ckdir, init, trial, ctx, tdir, steps=STEPS, overlap=overlap)
         c["config"]["faults"] = faults.get(r, "")
+        c["config"]["max_inflight"] = 2 if overlap else 1
         if io_logs:
             c["config"]["io_log"] = os.path.join(tdir, f"io-{r}.log")
         configs.append(c)
@@ -336,7 +339,7 @@ def _powerloss(trial: dict, ctx: Context, tdir: str) -> dict:
     chosen = sorted(keep + (rest if len(rest) <= room else rng.sample(rest, room)), key=lambda s: (s.k, s.variant))
     state_root = os.path.join(ctx.states, os.path.basename(tdir))
     try:
-        dirs = []
+        dirs: list[dict] = []
         for n, s in enumerate(chosen):
             sdir = os.path.join(state_root, f"s{n}")
             materialize(s.files, sdir)
@@ -354,7 +357,7 @@ def _powerloss(trial: dict, ctx: Context, tdir: str) -> dict:
                 if len(v) < 3:
                     where = records[s.k - 1] if s.k else None
                     v.append(f"crash after merged record {s.k} ({where}), variant {s.variant}: " + "; ".join(sv))
-                    shutil.copytree(dirs[n]["dir"], os.path.join(tdir, f"state-{s.k}-{s.variant}"), dirs_exist_ok=True)
+                    shutil.copytree(str(dirs[n]["dir"]), os.path.join(tdir, f"state-{s.k}-{s.variant}"), dirs_exist_ok=True)
         if bad_states > 3:
             v.append(f"{bad_states} crash states violate the oracle in all")
     finally:
