@@ -30,6 +30,7 @@ from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.errors import CheckpointError, CorruptCheckpointError, CorruptCheckpointWarning, NoCheckpointError
 from ckptlab.core.recovery import CheckpointInfo, read_checkpoint, verify_checkpoint
 from ckptlab.core.restore import restore
+from ckptlab.core.writer_io import NO_CHECKPOINT, CheckpointIO, WriterIO
 from ckptlab.core.state import PerRankRef, StatefulRef, TensorRef, lift_tensors, plan_storages, to_device, \
     unpickle_skeleton
 
@@ -252,6 +253,7 @@ def load_global(directory: str | os.PathLike, state: Mapping[str, Any] | None = 
 class _Outcome:
     step: int
     error: CheckpointError | None
+    io: CheckpointIO = NO_CHECKPOINT  # the step's fault points and I/O log (retention passes them too)
 
 
 class DistributedCheckpointer:
@@ -276,6 +278,7 @@ class DistributedCheckpointer:
         self._src = dist.get_global_rank(self._group, 0)
         self._inner: Checkpointer = open_local_checkpointer(
             kind, os.path.join(self.directory, gc.rank_dir_name(self.rank)), config.replace(keep_last=0))
+        self._io = self._coordinator_io(config)
         self._cv = threading.Condition()
         self._queue: collections.deque[int] = collections.deque()
         self._failures: list[CheckpointError] = []
@@ -381,7 +384,7 @@ class DistributedCheckpointer:
                     self._failures.append(outcome.error)
                 self._cv.notify_all()
             if outcome.error is None:
-                self._retain(step)
+                self._retain(step, outcome.io)
 
     def _local_part(self, step: int) -> tuple[dict | None, str]:
         """This rank's part of ``step``: (identity, "") once it is durable, (None, why) if not."""
@@ -410,8 +413,24 @@ class DistributedCheckpointer:
                 break
         return None, problem
 
+    def _coordinator_io(self, config: CheckpointConfig) -> WriterIO:
+        """The coordinator's fault points and I/O log (core/writer_io.py): the same spec and
+        log as the inner checkpointer's, so a power-loss replay sees the record's writes."""
+        io = WriterIO.from_config(config)
+        io.mark("coordinator", f"rank={self.rank} world={self.world_size} dir={self.directory}")
+        return io
+
     def _coordinate(self, step: int) -> _Outcome:
+        cio = self._io.checkpoint(step)
+        outcome = self._coordinate_step(step, cio)
+        if outcome.error is None:
+            cio.mark("global_ack", f"rank={self.rank}")
+        return outcome
+
+    def _coordinate_step(self, step: int, cio: CheckpointIO) -> _Outcome:
         identity, problem = self._local_part(step)
+        if identity is not None:
+            cio.point("after_part_durable")
         gathered: list[Any] = [None] * self.world_size
         try:
             dist.monitored_barrier(group=self._group, timeout=self._timeout, wait_all_ranks=True)
@@ -437,44 +456,64 @@ class DistributedCheckpointer:
             return _Outcome(step, CheckpointError(f"checkpoint of step {step} failed on rank(s) "
                                                   f"{', '.join(str(r) for r, _ in failed)} ({why}); the previous "
                                                   f"globally committed checkpoint is kept"))
+        cio.point("after_gather")
         result: list[Any] = [None]
         if self.rank == 0:
-            result[0] = self._write_record(step, gathered)
+            result[0] = self._write_record(step, gathered, cio)
+            if result[0] is None:
+                cio.point("after_record")
+                self._retire_records(step, cio)
         try:
             dist.broadcast_object_list(result, src=self._src, group=self._group)
         except Exception as e:
             self._broken = CheckpointError(f"checkpoint of step {step}: rank 0's commit outcome did not arrive on "
                                            f"rank {self.rank}: {type(e).__name__}: {e}; restart the job")
             return _Outcome(step, self._broken)
-        return _Outcome(step, None if result[0] is None else CheckpointError(result[0]))
+        cio.point("before_global_ack")
+        return _Outcome(step, None if result[0] is None else CheckpointError(result[0]), cio)
 
-    def _write_record(self, step: int, gathered: list[Any]) -> str | None:
+    def _write_record(self, step: int, gathered: list[Any], cio: CheckpointIO = NO_CHECKPOINT) -> str | None:
         parts = tuple(gc.PartIdentity(**g[1]) for g in gathered)
         record = gc.GlobalRecord(step, self.world_size, parts, tuple(self._plans.pop(step, ())))
         try:
-            gc.write_record(self.directory, record)
+            gc.write_record(self.directory, record, cio)
         except OSError as e:
             return (f"checkpoint of step {step}: the global commit record could not be made durable: "
                     f"{e.strerror} ({e.filename}); the previous globally committed checkpoint is kept")
         return None
 
-    def _retain(self, committed: int) -> None:
-        """After ``committed`` is acknowledged everywhere: globally committed steps older than
-        the newest ``keep_last`` go, record first (rank 0), then each rank's own parts, with
-        the parts of older steps that never became globally committed. Best effort: a failed
-        cleanup never affects the commit."""
+    def _kept(self, committed: int) -> tuple[list[int], set[int]]:
+        """(recorded steps up to ``committed``, those retention keeps)."""
         keep_last = self.config.keep_last
+        records = [s for s, _ in gc.recorded_steps(self.directory) if s <= committed]
+        return records, set(records[-keep_last:]) if keep_last > 0 else set(records)
+
+    def _retire_records(self, committed: int, cio: CheckpointIO = NO_CHECKPOINT) -> None:
+        """Rank 0, once ``committed``'s record is durable and before its outcome is broadcast:
+        delete the records retention drops (each unlink fsynced). Done before the broadcast so
+        that no rank deletes a part while a record still names it (a crash in between would
+        leave a record that cannot load). Best effort: a failed cleanup never affects the commit."""
         try:
-            records = [s for s, _ in gc.recorded_steps(self.directory) if s <= committed]
-            kept = set(records[-keep_last:]) if keep_last > 0 else set(records)
-            if self.rank == 0:
-                for s in records:
-                    if s not in kept:
-                        gc.delete_record(self.directory, s)
+            records, kept = self._kept(committed)
+            for s in records:
+                if s not in kept:
+                    gc.delete_record(self.directory, s, cio)
+        except OSError:
+            pass
+
+    def _retain(self, committed: int, cio: CheckpointIO = NO_CHECKPOINT) -> None:
+        """After ``committed`` is acknowledged everywhere (rank 0 deleted the dropped records
+        before the broadcast, :meth:`_retire_records`): each rank deletes its own parts of the
+        steps retention drops, with the parts of older steps that never became globally
+        committed. Best effort: a failed cleanup never affects the commit."""
+        try:
+            records, kept = self._kept(committed)
             rank_dir = os.path.join(self.directory, gc.rank_dir_name(self.rank))
-            for s, _ in committed_step_dirs(rank_dir):
-                if s < committed and s not in kept:
-                    gc.delete_part(rank_dir, s)
+            doomed = [s for s, _ in committed_step_dirs(rank_dir) if s < committed and s not in kept]
+            if doomed:
+                cio.point("during_global_gc")  # records gone (rank 0), parts not yet
+            for s in doomed:
+                gc.delete_part(rank_dir, s, cio)
         except OSError:
             pass
 
@@ -554,6 +593,7 @@ class DistributedCheckpointer:
             self._stopping = True
             self._cv.notify_all()
         self._thread.join()
+        self._io.close()
         self._inner.close()
         with self._cv:
             if self._failures:

@@ -60,8 +60,23 @@ def _compiled_engine() -> ModuleType:
 
 
 def fault_points() -> list[str]:
-    """Every named fault point of the engine, in protocol order."""
+    """Every named fault point of the writers (the engine's and the Python writers'), in
+    protocol order."""
     return list(_compiled_engine().fault_points())
+
+
+def coordinator_points() -> list[str]:
+    """The multi-rank coordinator's fault points (core/distributed.py), in protocol order."""
+    return list(_compiled_engine().coordinator_fault_points())
+
+
+# Coordinator points whose error action fails the global record's operation after them
+# (csrc/fault.cpp fault_point_fails_operation names them too).
+COORDINATOR_ERROR_POINTS = {
+    "before_record_fsync": "fsync of the global record's temp file",
+    "before_record_rename": "the rename of the global record into place",
+    "before_record_dir_fsync": "fsync of DIR/global after the rename",
+}
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from ckptlab.core.commit import step_dir_name
 from ckptlab.core.durable import makedirs_durable, write_file_durable
 from ckptlab.core.errors import CorruptCheckpointError
 from ckptlab.core.manifest import MANIFEST_NAME
-from ckptlab.core.writer_io import DISARMED
+from ckptlab.core.writer_io import NO_CHECKPOINT, CheckpointIO, FilePoints
 
 GLOBAL_DIR = "global"
 RECORD_FORMAT = "ckptlab-global"
@@ -110,20 +110,28 @@ def decode_record(data: bytes, source: str) -> GlobalRecord:
     return record
 
 
-def write_record(directory: str, record: GlobalRecord) -> str:
-    """Make ``record`` durable: temp file, fsync, rename, fsync of ``DIR/global``."""
+RECORD_FILE = FilePoints(before_fsync="before_record_fsync")  # the record's temp file
+
+
+def write_record(directory: str, record: GlobalRecord, io: CheckpointIO = NO_CHECKPOINT) -> str:
+    """Make ``record`` durable: temp file, fsync, rename, fsync of ``DIR/global``. Through
+    ``io`` (core/writer_io.py) each operation is logged and passes the coordinator's fault
+    points (``before_record_fsync``, ``before_record_rename``, ``before_record_dir_fsync``),
+    an error a point returns failing the operation after it."""
     gdir = os.path.join(directory, GLOBAL_DIR)
-    makedirs_durable(gdir)
+    makedirs_durable(gdir, io.io)
     final = os.path.join(gdir, record_name(record.step))
     tmp = os.path.join(gdir, f".{record_name(record.step)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        write_file_durable(tmp, encode_record(record), step=record.step)
-        os.rename(tmp, final)
+        write_file_durable(tmp, encode_record(record), step=record.step, io=io, points=RECORD_FILE)
+        io.check("before_record_rename", final)
+        io.io.rename(tmp, final)
     except BaseException:
         if os.path.exists(tmp):
-            os.unlink(tmp)
+            io.io.unlink(tmp)
         raise
-    DISARMED.fsync_dir(gdir)
+    io.check("before_record_dir_fsync", gdir)
+    io.io.fsync_dir(gdir)
     return final
 
 
@@ -150,26 +158,26 @@ def recorded_steps(directory: str) -> list[tuple[int, str]]:
     return out
 
 
-def delete_record(directory: str, step: int) -> None:
+def delete_record(directory: str, step: int, io: CheckpointIO = NO_CHECKPOINT) -> None:
     """Uncommit ``step`` (retention): the record goes first, durably, then the parts."""
     gdir = os.path.join(directory, GLOBAL_DIR)
     try:
-        os.unlink(os.path.join(gdir, record_name(step)))
+        io.io.unlink(os.path.join(gdir, record_name(step)))
     except FileNotFoundError:
         return
-    DISARMED.fsync_dir(gdir)
+    io.io.fsync_dir(gdir)
 
 
-def delete_part(rank_directory: str, step: int) -> None:
+def delete_part(rank_directory: str, step: int, io: CheckpointIO = NO_CHECKPOINT) -> None:
     """Delete one rank's part of ``step``: renamed to a ``.deleting-`` name first (no reader
     sees a half-deleted committed name; a crash leaves a leftover commit.recover() removes)."""
     path = os.path.join(rank_directory, step_dir_name(step))
     if not os.path.isdir(path):
         return
     trash = os.path.join(rank_directory, f".{step_dir_name(step)}.deleting-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    DISARMED.rename(path, trash)
-    DISARMED.remove_tree(trash)
-    DISARMED.fsync_dir(rank_directory)
+    io.io.rename(path, trash)
+    io.io.remove_tree(trash)
+    io.io.fsync_dir(rank_directory)
 
 
 def partition(sizes: list[tuple[str, int]], world_size: int) -> list[int]:

@@ -121,6 +121,9 @@ class WriterIO:
         """A file that may exist (the lock file), opened read-write."""
         return self._call("open_create", path, os.open, path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
+    def unlink(self, path: str) -> None:
+        self._call("unlink", path, os.unlink, path)
+
     def fsync(self, fd: int, path: str) -> None:
         self._call("fsync", path, os.fsync, fd)
 

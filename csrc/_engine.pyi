@@ -97,6 +97,9 @@ def crc32c(data: Buffer, crc: int = 0) -> int:
 def crc32c_ptr(ptr: int, nbytes: int, crc: int = 0) -> int: ...
 def crc32c_implementation() -> Literal["sse4.2", "armv8-crc", "table"]: ...
 def fault_points() -> list[str]: ...
+def coordinator_fault_points() -> list[str]:
+    """The multi-rank coordinator's fault points (core/distributed.py), in protocol order."""
+
 def io_op_names() -> list[str]:
     """Operation names used in I/O logs (Engine(io_log=PATH)), see faults/iolog.py."""
 

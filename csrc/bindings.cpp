@@ -123,6 +123,8 @@ PYBIND11_MODULE(_engine, m) {
   }, py::arg("ptr"), py::arg("nbytes"), py::arg("crc") = 0);
   m.def("crc32c_implementation", &crc32c_implementation);
   m.def("fault_points", &fault_point_names);
+  m.def("coordinator_fault_points", &coordinator_fault_point_names,
+        "The multi-rank coordinator's fault points (core/distributed.py), in protocol order.");
   m.def("io_op_names", [] {
     std::vector<std::string> names;
     for (int i = 0; i < static_cast<int>(IoOp::kCount); ++i) names.emplace_back(io_op_name(static_cast<IoOp>(i)));

@@ -14,7 +14,11 @@ constexpr const char* kFaultPointNames[] = {
     "before_chunk_write", "after_chunk_write", "before_data_fsync", "after_data_fsync",
     "before_manifest",    "before_manifest_fsync", "before_tmpdir_fsync", "before_rename",
     "after_rename",       "after_commit",      "before_gc",         "during_gc",
+    // the multi-rank coordinator's (FaultPoint::kAfterPartDurable onwards)
+    "after_part_durable", "after_gather",      "before_record_fsync", "before_record_rename",
+    "before_record_dir_fsync", "after_record", "before_global_ack", "during_global_gc",
 };
+constexpr int kFirstCoordinatorPoint = static_cast<int>(FaultPoint::kAfterPartDurable);
 static_assert(sizeof(kFaultPointNames) / sizeof(kFaultPointNames[0]) ==
                   static_cast<size_t>(FaultPoint::kCount),
               "every fault point needs a name");
@@ -84,6 +88,9 @@ bool fault_point_fails_operation(FaultPoint p) {
     case FaultPoint::kBeforeManifestFsync:
     case FaultPoint::kBeforeTmpdirFsync:
     case FaultPoint::kBeforeRename:
+    case FaultPoint::kBeforeRecordFsync:
+    case FaultPoint::kBeforeRecordRename:
+    case FaultPoint::kBeforeRecordDirFsync:
       return true;
     default:
       return false;
@@ -93,7 +100,11 @@ bool fault_point_fails_operation(FaultPoint p) {
 const char* fault_point_name(FaultPoint p) { return kFaultPointNames[static_cast<int>(p)]; }
 
 std::vector<std::string> fault_point_names() {
-  return std::vector<std::string>(std::begin(kFaultPointNames), std::end(kFaultPointNames));
+  return std::vector<std::string>(std::begin(kFaultPointNames), std::begin(kFaultPointNames) + kFirstCoordinatorPoint);
+}
+
+std::vector<std::string> coordinator_fault_point_names() {
+  return std::vector<std::string>(std::begin(kFaultPointNames) + kFirstCoordinatorPoint, std::end(kFaultPointNames));
 }
 
 FaultPoint fault_point_from_name(const std::string& name) {

@@ -26,11 +26,24 @@ enum class FaultPoint : int {
   kAfterCommit,      // durable, not yet acknowledged
   kBeforeGc,
   kDuringGc,         // an old checkpoint partly deleted
+  // The multi-rank coordinator's points (core/distributed.py, core/global_commit.py), passed
+  // by the Python coordinator through core/writer_io.py, never by the engine.
+  kAfterPartDurable,      // this rank's part durable, before the barrier
+  kAfterGather,           // every rank's part identity gathered, before the record
+  kBeforeRecordFsync,     // rank 0: global record written to its temp file, not fsynced
+  kBeforeRecordRename,    // rank 0: temp record fsynced, not renamed
+  kBeforeRecordDirFsync,  // rank 0: record renamed, DIR/global not fsynced
+  kAfterRecord,           // rank 0: record durable, before the broadcast
+  kBeforeGlobalAck,       // outcome broadcast received, step not yet acknowledged
+  kDuringGlobalGc,        // retention: an old record deleted, its parts not yet
   kCount
 };
 
 const char* fault_point_name(FaultPoint p);
+// The writer points (the engine's and the Python writers'), in protocol order.
 std::vector<std::string> fault_point_names();
+// The multi-rank coordinator's points, in protocol order (docs/FAULTS.md).
+std::vector<std::string> coordinator_fault_point_names();
 // The point called `name`; std::invalid_argument naming the known points if there is none.
 FaultPoint fault_point_from_name(const std::string& name);
 // Whether an error returned at `p` fails the operation after it (docs/FAULTS.md's table;

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ckptlab.faults import coverage
+from ckptlab.faults.multirank_saver import MUTATIONS as MULTIRANK_MUTATIONS
 from ckptlab.faults import tiers as T
 from ckptlab.faults.tiers import enospc
 from ckptlab.faults.tiers.common import Context, row, unsupported
@@ -36,7 +37,7 @@ from ckptlab.faults.tiers.common import Context, row, unsupported
 DEFAULT_OUT = "campaign-results"
 # Trials per tier: (short, default, full); exhaustive tiers (points, ioerr) ignore them and --trials.
 SCALE = {"random": (8, 300, 2000), "powerloss": (1, 16, 60), "bitrot": (60, 660, 7600), "enospc": (1, 12, 60),
-         "realfs": (3, 36, 1000), "training": (0, 6, 12)}
+         "realfs": (3, 36, 1000), "training": (0, 6, 12), "multirank": (1, 2, 4)}
 
 
 @dataclass
@@ -107,7 +108,7 @@ def trial_count(tier: str, opts: Options) -> int:
         return short if opts.short else full if opts.full else default
     n = opts.trials
     return {"random": n, "bitrot": 2 * n, "powerloss": max(1, n // 30), "enospc": max(2, n // 30),
-            "realfs": max(3, n // 10), "training": max(1, n // 50)}[tier]
+            "realfs": max(3, n // 10), "training": max(1, n // 50), "multirank": 2}[tier]
 
 
 def generate(opts: Options) -> tuple[list[dict], dict[str, str]]:
@@ -177,7 +178,7 @@ def run_one(trial: dict, ctx: Context | None = None) -> tuple[dict, str | None]:
 
 
 def _weight(trial: dict) -> int:
-    return {"training": 0, "enospc": 1, "powerloss": 2, "realfs": 3, "random": 4, "points": 5,
+    return {"training": 0, "multirank": 0, "enospc": 1, "powerloss": 2, "realfs": 3, "random": 4, "points": 5,
             "ioerr": 6}.get(trial["tier"], 7)
 
 
@@ -415,8 +416,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="campaign seed; every trial's own seed derives from it")
     p.add_argument("--jobs", "-j", type=int, default=0, help="parallel workers (default: CPU count)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"results directory (default ./{DEFAULT_OUT})")
-    p.add_argument("--unsafe", action="append", default=[], choices=_engine.durability_mutations(),
-                   help="run every engine with this durability step removed (the campaign must then fail)")
+    p.add_argument("--unsafe", action="append", default=[],
+                   choices=list(_engine.durability_mutations()) + list(MULTIRANK_MUTATIONS),
+                   help="run every engine with this durability step removed (the campaign must then fail); "
+                        f"{', '.join(MULTIRANK_MUTATIONS)}: the multi-rank coordinator's (the multirank tier)")
     p.add_argument("--trial", action="append", default=[], metavar="ID",
                    help="run only this trial id (e.g. points:17), as printed; repeatable")
     p.add_argument("--max-violations", type=int, default=None, metavar="N", help="stop after N violations")

@@ -8,16 +8,18 @@ grid each tier should fill, with the cells that are empty by design and why.
 A tier tests its own actions at every point it can: ``points`` kills and delays at every fault
 point, ``ioerr`` every error action at every erroring point, ``realfs`` both on each file
 system; the other tiers have no named points (a random time, every crash state, a committed
-checkpoint, a full disk), so their "point" is that, in parentheses.
+checkpoint, a full disk), so their "point" is that, in parentheses. ``multirank`` kills one
+rank at every coordinator point (core/distributed.py) and every engine point of its part.
 """
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
 
-from ckptlab.core.fault_spec import ERROR_ACTIONS, ERROR_POINTS, fault_points
+from ckptlab.core.fault_spec import COORDINATOR_ERROR_POINTS, ERROR_ACTIONS, ERROR_POINTS, coordinator_points, \
+    fault_points
 from ckptlab.faults.damage import KINDS as DAMAGE
-from ckptlab.faults.tiers import ioerr, training
+from ckptlab.faults.tiers import ioerr, multirank, training
 
 Cell = tuple[str, str, str, str]  # tier, writer, point, action
 RANDOM_TIME, CRASH_STATES, COMMITTED, FULL_DISK, STEP = (
@@ -64,6 +66,8 @@ def cells(trial: dict) -> list[Cell]:
         pairs = [(FULL_DISK, "enospc")]
     elif tier == "training":
         pairs = [_training_cell(p["kind"], p["arg"])]
+    elif tier == "multirank":
+        pairs = [(CRASH_STATES, "power cut")] if p["kind"] == "powerloss" else [(p["point"], p["kind"])]
     else:
         raise ValueError(f"no coverage cells for tier {tier!r}")
     label = tier_label(trial)
@@ -122,4 +126,11 @@ def expected(tiers: Iterable[str], realfs_variants: Iterable[str] = ()) -> dict[
             grid[(tier, "torchsave", FULL_DISK, "enospc")] = engine_only + " (realfs fills a disk under torchsave)"
         elif tier == "training":
             grid |= {(tier, "pccheck", *_training_cell(k, a)): None for k, a in training.KINDS}
+        elif tier == "multirank":
+            grid |= {(tier, "pccheck", pt, "kill"): None for pt in coordinator_points() + multirank.engine_points()}
+            grid |= {(tier, "pccheck", pt, "kill"): "a rank's inner checkpointer keeps every part (keep_last=0): "
+                     "retention is the coordinator's (during_global_gc)" for pt in multirank.NO_INNER_GC}
+            grid |= {(tier, "pccheck", pt, "delay"): None for pt in coordinator_points()}
+            grid |= {(tier, "pccheck", pt, "eio"): None for pt in COORDINATOR_ERROR_POINTS}
+            grid[(tier, "pccheck", CRASH_STATES, "power cut")] = None
     return grid

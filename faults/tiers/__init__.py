@@ -8,6 +8,7 @@
     enospc       enospc.py       a real full disk (tmpfs in a user namespace)
     realfs       realfs.py       kill, I/O-error and full-disk trials on loop-mounted ext4 and xfs (root)
     training     training.py     the reference training loop crashed, resumed, compared
+    multirank    multirank.py    a gloo world: one rank killed at each protocol point; every rank's I/O replayed
 
 common.py holds what they share: trials, run shapes, the saver child, checks, result rows.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ckptlab.faults.tiers import bitrot, enospc, ioerr, points, powerloss, random_time, realfs, training
+from ckptlab.faults.tiers import bitrot, enospc, ioerr, multirank, points, powerloss, random_time, realfs, training
 from ckptlab.faults.tiers.common import Context
 
 
@@ -45,5 +46,6 @@ REGISTRY: dict[str, Tier] = {
     "enospc": Tier(enospc.generate, enospc.run, enospc.available),
     "realfs": Tier(realfs.generate, realfs.run, realfs.available, realfs.skipped),
     "training": Tier(training.generate, training.run, training.available),
+    "multirank": Tier(multirank.generate, multirank.run),
 }
 TIERS = tuple(REGISTRY)

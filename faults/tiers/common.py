@@ -218,9 +218,18 @@ def writer_of(trial: dict) -> str:
 
 
 def unsupported(trial: dict, ctx: Context) -> str | None:
-    """Why ``trial`` cannot run under ``ctx`` (a durability mutation its writer lacks), or None."""
+    """Why ``trial`` cannot run under ``ctx`` (a durability mutation its writer lacks), or None.
+    The multirank tier's mutations (the coordinator's) exist there only, and it has none of
+    the engine's."""
+    from ckptlab.faults.multirank_saver import MUTATIONS as MULTIRANK
     from ckptlab.faults.torchsave_saver import MUTATIONS
 
+    if trial["tier"] == "multirank":
+        missing = [m for m in ctx.unsafe if m not in MULTIRANK]
+        return f"the multirank tier has no {', '.join(missing)} mutation" if missing else None
+    coordinator = [m for m in ctx.unsafe if m in MULTIRANK]
+    if coordinator:
+        return f"{', '.join(coordinator)} is a mutation of the multi-rank coordinator (the multirank tier)"
     missing = [m for m in ctx.unsafe if writer_of(trial) == "torchsave" and m not in MUTATIONS]
     return f"the torchsave writer has no {', '.join(missing)} mutation" if missing else None
 

@@ -286,6 +286,7 @@ def _exercise(tmp_path: Path) -> dict[str, list]:
     rec("crc32c_ptr", e.crc32c_ptr(buf.ctypes.data, buf.nbytes, crc=1))
     rec("crc32c_implementation", e.crc32c_implementation())
     rec("fault_points", e.fault_points())
+    rec("coordinator_fault_points", e.coordinator_fault_points())
     rec("io_op_names", e.io_op_names())
     rec("validate_fault_spec", e.validate_fault_spec(spec="point=before_rename,action=kill"))
     rec("phase_names", e.phase_names())

@@ -13,8 +13,10 @@ from ckptlab.faults.cli import add_parser, run
 @pytest.fixture(scope="module")
 def short_result(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("campaign"))
-    # realfs (root, loop mounts) has its own tests (test_faults_realfs.py)
-    opts = campaign.Options(tiers=tuple(t for t in tiers.TIERS if t not in ("training", "realfs")), short=True, seed=3, jobs=2,
+    # realfs (root, loop mounts) and multirank (gloo worlds) have their own tests
+    # (test_faults_realfs.py, test_faults_multirank.py)
+    opts = campaign.Options(tiers=tuple(t for t in tiers.TIERS if t not in ("training", "realfs", "multirank")),
+                            short=True, seed=3, jobs=2,
                             out=out, progress=False)
     return campaign.run(opts), opts
 

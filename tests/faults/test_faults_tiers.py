@@ -9,7 +9,8 @@ from ckptlab.faults.tiers.common import made_once, trial_seed
 
 def test_registry_names_every_tier_in_campaign_order():
     # The names and their order are the CLI's (--tiers, tables, result order).
-    assert tiers.TIERS == ("points", "random", "ioerr", "powerloss", "bitrot", "enospc", "realfs", "training")
+    assert tiers.TIERS == ("points", "random", "ioerr", "powerloss", "bitrot", "enospc", "realfs", "training",
+                           "multirank")
     for name, tier in tiers.REGISTRY.items():
         trials = tier.generate(4, 3, True)
         assert trials == tier.generate(4, 3, True), f"{name} is not deterministic"
