@@ -321,8 +321,12 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 def _open(cfg: TrainConfig, ctx: DistContext) -> Checkpointer:
     """The run's checkpointer: under torchrun the multi-rank one (collective), except for
-    ``none`` (nothing to coordinate); DCP kinds are refused there by core, with the reason."""
+    ``none`` (nothing to coordinate); DCP kinds are refused there, with the reason."""
     config = cfg.checkpoint.replace(trace=cfg.checkpoint.trace or cfg.trace is not None)
+    if ctx.active and cfg.checkpointer in ("dcp", "dcp-async"):
+        raise TrainError(f"--checkpointer {cfg.checkpointer} does not run under torchrun yet ({ctx.world_size} "
+                         f"ranks): ckptlab's DCP adapter commits one process's directory, and the multi-rank "
+                         f"checkpointer does not nest DCP (it is distributed itself); use pccheck or torchsave")
     if ctx.active and cfg.checkpointer == "none":
         return open_local_checkpointer("none", cfg.ckpt_dir, config)
     return open_checkpointer(cfg.checkpointer, cfg.ckpt_dir, config)
