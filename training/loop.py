@@ -35,6 +35,7 @@ import torch
 
 from ckptlab.core.checkpointer import Checkpointer, open_checkpointer, open_local_checkpointer
 from ckptlab.core.commit import LOCK_NAME
+from ckptlab.core.global_inspect import is_multi_rank
 from ckptlab.core.errors import (CheckpointError, CheckpointMismatchError, CorruptCheckpointWarning,
                                  NoCheckpointError)
 from ckptlab.training.config import TrainConfig
@@ -342,6 +343,10 @@ def _train(cfg: TrainConfig, device: torch.device, ctx: DistContext) -> TrainRes
         torch.backends.cudnn.allow_tf32 = cfg.tf32
     if cfg.resolved_threads():
         torch.set_num_threads(cfg.resolved_threads())
+    if not ctx.active and is_multi_rank(cfg.ckpt_dir):
+        raise TrainError(f"--ckpt-dir {cfg.ckpt_dir} holds multi-rank checkpoints (global/, rank_*/): run under "
+                         f"torchrun with --nproc-per-node N to use it (`ckptlab inspect {cfg.ckpt_dir}` shows N), "
+                         f"or use another --ckpt-dir; nothing was changed")
     if cfg.load_checkpoint and not cfg.allow_fresh_start:
         _check_something_to_resume(Path(cfg.ckpt_dir))  # before opening creates the directory
     had_lock = (Path(cfg.ckpt_dir) / LOCK_NAME).exists()

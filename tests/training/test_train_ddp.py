@@ -187,3 +187,16 @@ def test_dcp_under_torchrun_is_refused_with_the_reason(tmp_path):
     run = torchrun("--checkpointer", "dcp", *TINY, "--ckpt-dir", tmp_path / "ckpt")
     assert run.returncode != 0
     assert "dcp" in run.stderr and "torchrun" in run.stderr, run.stderr[-4000:]
+
+
+def test_one_process_refuses_a_multi_rank_directory(reference, tmp_path, monkeypatch):
+    from ckptlab.training.config import TrainConfig
+    from ckptlab.training.loop import TrainError, train
+
+    _, src = reference
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    before = sorted(p.relative_to(src) for p in src.rglob("*"))
+    for resume in (True, False):
+        with pytest.raises(TrainError, match="multi-rank checkpoints .* torchrun"):
+            train(TrainConfig(checkpointer="pccheck", device="cpu", ckpt_dir=src, load_checkpoint=resume))
+    assert sorted(p.relative_to(src) for p in src.rglob("*")) == before  # nothing created
