@@ -26,9 +26,11 @@ TINY = ["--preset", "tiny", "--device", "cpu", "--training-steps", "8", "--check
         "--sequence-length", "16", "--batch-size", "2"]
 
 
-def torchrun(*args: str | os.PathLike, timeout: float = 240) -> subprocess.CompletedProcess:
+def torchrun(*args: str | os.PathLike, nproc: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != FAULTS_ENV}
-    return subprocess.run(TORCHRUN + [str(a) for a in args], capture_output=True, text=True, env=env,
+    cmd = list(TORCHRUN)
+    cmd[cmd.index("--nproc-per-node") + 1] = str(nproc)
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=env,
                           timeout=timeout, check=False)
 
 
@@ -200,3 +202,14 @@ def test_one_process_refuses_a_multi_rank_directory(reference, tmp_path, monkeyp
         with pytest.raises(TrainError, match="multi-rank checkpoints .* torchrun"):
             train(TrainConfig(checkpointer="pccheck", device="cpu", ckpt_dir=src, load_checkpoint=resume))
     assert sorted(p.relative_to(src) for p in src.rglob("*")) == before  # nothing created
+
+
+@pytest.mark.slow
+def test_three_ranks_refuse_a_two_rank_checkpoint_naming_both_sizes(reference, tmp_path):
+    _, src = reference
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(src, ckpt)
+    run = torchrun("--checkpointer", "pccheck", *TINY, "--ckpt-dir", ckpt, "--load-checkpoint", nproc=3)
+    assert run.returncode != 0
+    assert "saved by 2 ranks" in run.stderr and "runs on 3" in run.stderr, run.stderr[-4000:]
+    assert "exitcode  : 2" in run.stderr
