@@ -313,6 +313,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     if ctx.active and cfg.fail_rank is not None and cfg.fail_rank >= ctx.world_size:
         raise TrainError(f"--fail-rank {cfg.fail_rank} is not a rank of this world of {ctx.world_size}")
     device = resolve_device(ctx.device_name(cfg.device))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before nccl binds this rank to its GPU
     ctx.init(device)
     try:
         return _train(cfg, device, ctx)
