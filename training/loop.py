@@ -324,12 +324,12 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 def _open(cfg: TrainConfig, ctx: DistContext) -> Checkpointer:
     """The run's checkpointer: under torchrun the multi-rank one (collective), except for
-    ``none`` (nothing to coordinate); DCP kinds are refused there, with the reason."""
+    ``none`` (nothing to coordinate); ``dcp`` is DCP over the group, ``dcp-async`` is refused."""
     config = cfg.checkpoint.replace(trace=cfg.checkpoint.trace or cfg.trace is not None)
-    if ctx.active and cfg.checkpointer in ("dcp", "dcp-async"):
-        raise TrainError(f"--checkpointer {cfg.checkpointer} does not run under torchrun yet ({ctx.world_size} "
-                         f"ranks): ckptlab's DCP adapter commits one process's directory, and the multi-rank "
-                         f"checkpointer does not nest DCP (it is distributed itself); use pccheck or torchsave")
+    if ctx.active and cfg.checkpointer == "dcp-async":
+        raise TrainError(f"--checkpointer dcp-async does not run under torchrun ({ctx.world_size} ranks): its "
+                         f"commit would need a collective off the training thread; use dcp (synchronous, "
+                         f"collective like DCP itself), pccheck or torchsave")
     if ctx.active and cfg.checkpointer == "none":
         return open_local_checkpointer("none", cfg.ckpt_dir, config)
     return open_checkpointer(cfg.checkpointer, cfg.ckpt_dir, config)
@@ -392,7 +392,8 @@ def _run(cfg: TrainConfig, ck: Checkpointer, state: dict[str, Any], device: torc
     from tqdm import tqdm
 
     model = ctx.wrap(state["model"], device)  # DDP under torchrun; state keeps the plain module
-    saved = ctx.save_view(state)  # RNG and data position per rank under torchrun
+    # RNG and data position per rank under torchrun (DCP keeps each rank's side file itself)
+    saved = ctx.save_view(state) if cfg.checkpointer in ("pccheck", "torchsave") else state
     loss_file = cfg.loss_file if ctx.is_main else None  # rank 0's shard loss: one file per run
     resumed = _resume(cfg, ck, state)
     start = resumed or 0
