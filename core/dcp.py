@@ -11,7 +11,7 @@ publishes, so a ``step_*`` directory exists only once all of it is durable::
 
 Model and optimizer tensors go through DCP with its ``state_dict`` helpers
 (``get_model_state_dict`` / ``get_optimizer_state_dict``, FQN-keyed as DCP users expect).
-Single process, no process group. ``dcp-async`` keeps at most ``max_inflight`` saves in flight
+Single process, no process group (across the ranks of a group: core/dcp_ranks.py). ``dcp-async`` keeps at most ``max_inflight`` saves in flight
 (DCP's default stager copies the state before async_save returns); commits are published in
 step order. ``keep_last`` and ``writer_threads`` (DCP's ``thread_count``) come from the
 CheckpointConfig; the engine-only fields do not apply. Armed (``faults`` / ``io_log``,
