@@ -154,7 +154,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, *,
                      help="with --load-checkpoint: start from step 0 if there is no checkpoint")
     faults = parser.add_argument_group("crash and stop")
     faults.add_argument("--fail-at-step", type=_positive_int, default=None, metavar="N",
-                        help="SIGKILL this process after step N (after issuing N's checkpoint)")
+                        help="SIGKILL this process after step N (after issuing N's checkpoint); under "
+                             "torchrun only the --fail-rank")
     faults.add_argument("--fail-after-durable", action="store_true",
                         help="with --fail-at-step: first wait until issued checkpoints are "
                              "durable")
