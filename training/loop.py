@@ -13,8 +13,9 @@ Crash and stop semantics:
   ``fail_after_durable`` after ``wait()``), the process sends itself SIGKILL (under torchrun
   only rank ``fail_rank``, by default the last; the others fail at their next collective).
 * SIGTERM (one process; not under torchrun, docs/TRAINING.md): the step in progress
-  completes, a final checkpoint of that step is issued (unless it was just taken), and the run waits up to ``sigterm_budget_s`` from the signal for it
-  to become durable, then exits 0 (1 if the budget ran out first).
+  completes, a final checkpoint of that step is issued (unless it was just taken), and the
+  run waits up to ``sigterm_budget_s`` from the signal for it to become durable, then exits 0
+  (1 if the budget ran out first).
 """
 
 from __future__ import annotations
