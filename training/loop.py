@@ -338,6 +338,10 @@ def _open(cfg: TrainConfig, ctx: DistContext) -> Checkpointer:
 
 
 def _train(cfg: TrainConfig, device: torch.device, ctx: DistContext) -> TrainResult:
+    if not ctx.active and is_multi_rank(cfg.ckpt_dir):
+        raise TrainError(f"--ckpt-dir {cfg.ckpt_dir} holds multi-rank checkpoints (global/, rank_*/): run under "
+                         f"torchrun with --nproc-per-node N to use it (`ckptlab inspect {cfg.ckpt_dir}` shows N), "
+                         f"or use another --ckpt-dir; nothing was changed")
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
         torch.cuda.set_device(device)
@@ -347,10 +351,6 @@ def _train(cfg: TrainConfig, device: torch.device, ctx: DistContext) -> TrainRes
         torch.backends.cudnn.allow_tf32 = cfg.tf32
     if cfg.resolved_threads():
         torch.set_num_threads(cfg.resolved_threads())
-    if not ctx.active and is_multi_rank(cfg.ckpt_dir):
-        raise TrainError(f"--ckpt-dir {cfg.ckpt_dir} holds multi-rank checkpoints (global/, rank_*/): run under "
-                         f"torchrun with --nproc-per-node N to use it (`ckptlab inspect {cfg.ckpt_dir}` shows N), "
-                         f"or use another --ckpt-dir; nothing was changed")
     if cfg.load_checkpoint and not cfg.allow_fresh_start:
         _check_something_to_resume(Path(cfg.ckpt_dir))  # before opening creates the directory
     had_lock = (Path(cfg.ckpt_dir) / LOCK_NAME).exists()
