@@ -154,6 +154,10 @@ def open_checkpointer(kind: str, directory: str | os.PathLike, config: Checkpoin
 
         if world_of(process_group) > 1:
             check_config(kind, config)
+            if kind == "dcp":  # distributed itself: DCP's collectives, ckptlab's commit (core/dcp_ranks.py)
+                from ckptlab.core.dcp_ranks import DcpRanksCheckpointer
+
+                return DcpRanksCheckpointer(directory, config, process_group)
             return DistributedCheckpointer(kind, directory, config, process_group)
     return open_local_checkpointer(kind, directory, config)
 

@@ -35,6 +35,10 @@ def _inspect(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.dir):
         print(f"ckptlab inspect: {args.dir} is not a directory", file=sys.stderr)
         return 2
+    from ckptlab.core.global_inspect import is_multi_rank
+
+    if is_multi_rank(args.dir):
+        return _inspect_global(args)
     infos = list_checkpoints(args.dir, verify=args.verify, threads=args.threads)
     if args.json:
         print(json.dumps([info.__dict__ for info in infos], indent=2))
@@ -52,6 +56,49 @@ def _inspect(args: argparse.Namespace) -> int:
         if not infos:
             print("no committed checkpoints")
     return 1 if any(i.status == "corrupt" for i in infos) else 0
+
+
+_STYLE = {"ok": "green", "unverified": "yellow", "corrupt": "red", "missing": "red"}
+
+
+def _inspect_global(args: argparse.Namespace) -> int:
+    """A multi-rank directory: world size, globally committed steps with their parts, parts
+    without a global record; exit 1 if any committed step is corrupt (as for one rank)."""
+    from ckptlab.core.global_inspect import inspect_global
+
+    found = inspect_global(args.dir, verify=args.verify, threads=args.threads)
+    if args.json:
+        print(json.dumps(found.as_dict(), indent=2))
+        return 1 if found.corrupt else 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    print(f"multi-rank checkpoints in {args.dir}: world size {found.world_size}, "
+          f"{len(found.steps)} globally committed step(s)" + (" (verified)" if args.verify else ""))
+    table = Table(title="globally committed (global/step_N.json)")
+    for col in ("step", "rank", "size", "manifest", "status", "problem"):
+        table.add_column(col, justify="right" if col in ("step", "rank", "size") else "left")
+    for s in found.steps:
+        style = _STYLE[s.status]
+        table.add_row(str(s.step), "all", _human(sum(p.nbytes for p in s.parts)), "",
+                      f"[{style}]{s.status}[/{style}]", s.problem or "")
+        for p in s.parts:
+            ident = {True: "matches record", False: "differs", None: ""}[p.identity_matches]
+            style = _STYLE[p.status]
+            table.add_row("", str(p.rank), _human(p.nbytes), ident, f"[{style}]{p.status}[/{style}]", p.problem or "")
+    console.print(table)
+    if found.uncommitted:
+        extra = Table(title="uncommitted parts (no global record: a step in flight or never agreed)")
+        for col in ("step", "rank", "size", "status", "problem"):
+            extra.add_column(col, justify="right" if col in ("step", "rank", "size") else "left")
+        for p in found.uncommitted:
+            style = _STYLE[p.status]
+            extra.add_row(str(p.step), str(p.rank), _human(p.nbytes), f"[{style}]{p.status}[/{style}]", p.problem or "")
+        console.print(extra)
+    if not found.steps:
+        print("no globally committed checkpoints")
+    return 1 if found.corrupt else 0
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:

@@ -11,7 +11,7 @@ publishes, so a ``step_*`` directory exists only once all of it is durable::
 
 Model and optimizer tensors go through DCP with its ``state_dict`` helpers
 (``get_model_state_dict`` / ``get_optimizer_state_dict``, FQN-keyed as DCP users expect).
-Single process, no process group. ``dcp-async`` keeps at most ``max_inflight`` saves in flight
+Single process, no process group (across the ranks of a group: core/dcp_ranks.py). ``dcp-async`` keeps at most ``max_inflight`` saves in flight
 (DCP's default stager copies the state before async_save returns); commits are published in
 step order. ``keep_last`` and ``writer_threads`` (DCP's ``thread_count``) come from the
 CheckpointConfig; the engine-only fields do not apply. Armed (``faults`` / ``io_log``,
@@ -85,9 +85,7 @@ class DcpCheckpointer:
         self.directory = os.path.abspath(os.fspath(directory))
         self._io = WriterIO.from_config(config)
         self._io.start(self.directory)
-        makedirs_durable(self.directory, self._io)
-        self._dir_lock = commit.DirectoryLock(self.directory, self._io)
-        commit.recover(self.directory, self._io)
+        self._dir_lock: commit.DirectoryLock | None = self._open_directory()
         self.async_save = async_save
         self._lock = threading.Condition()
         self._pending: list[_Pending] = []
@@ -97,6 +95,14 @@ class DcpCheckpointer:
         self._closed = False
         dist = torch.distributed
         self._no_dist = not (dist.is_available() and dist.is_initialized())
+
+    def _open_directory(self) -> commit.DirectoryLock | None:
+        """Create, lock and repair the directory (one writer per directory; a crash's leftovers
+        are repaired before anything is listed)."""
+        makedirs_durable(self.directory, self._io)
+        lock = commit.DirectoryLock(self.directory, self._io)
+        commit.recover(self.directory, self._io)
+        return lock
 
     # -- saving ---------------------------------------------------------------------------
 
@@ -278,21 +284,26 @@ class DcpCheckpointer:
     def _read(self, path: str, state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The checkpoint's model and optimizer state dicts, read into fresh tensors, and its
         side file; refuses one whose model or entries do not fit `state`. Changes nothing."""
+        reader, saved, side = self._read_local(path, state, SIDE_FILE)
+        self._dcp.load(saved, storage_reader=reader, checkpoint_id=path,
+                       **_kwargs_supported(self._dcp.load, no_dist=self._no_dist))
+        return saved, side
+
+    def _read_local(self, path: str, state: Mapping[str, Any], side_file: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        """What _read does before DCP reads the tensors: (reader, template, side entries);
+        every check that needs no other rank."""
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
         reader = self._dcp.FileSystemReader(path)
         metadata = reader.read_metadata()
         models = {k: get_model_state_dict(v) for k, v in state.items() if isinstance(v, nn.Module)}
         _check_shapes(metadata.state_dict_metadata, models, state, path)
-        side = torch.load(os.path.join(path, SIDE_FILE), map_location="cpu", weights_only=True)
+        side = torch.load(os.path.join(path, side_file), map_location="cpu", weights_only=True)
         live = [k for k, v in state.items() if isinstance(v, (nn.Module, torch.optim.Optimizer))]
         for key in state:
             if key not in live and key not in side:
                 raise CheckpointMismatchError(f"entry {key!r} is missing from checkpoint {path}")
-        saved = _saved_template(metadata, live, path)
-        self._dcp.load(saved, storage_reader=reader, checkpoint_id=path,
-                       **_kwargs_supported(self._dcp.load, no_dist=self._no_dist))
-        return saved, side
+        return reader, _saved_template(metadata, live, path), side
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -309,7 +320,8 @@ class DcpCheckpointer:
         finally:
             self._closed = True
             self._io.close()
-            self._dir_lock.release()
+            if self._dir_lock is not None:
+                self._dir_lock.release()
 
     def __enter__(self) -> DcpCheckpointer:
         return self

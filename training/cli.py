@@ -154,10 +154,14 @@ def add_train_arguments(parser: argparse.ArgumentParser, *,
                      help="with --load-checkpoint: start from step 0 if there is no checkpoint")
     faults = parser.add_argument_group("crash and stop")
     faults.add_argument("--fail-at-step", type=_positive_int, default=None, metavar="N",
-                        help="SIGKILL this process after step N (after issuing N's checkpoint)")
+                        help="SIGKILL this process after step N (after issuing N's checkpoint); under "
+                             "torchrun only the --fail-rank")
     faults.add_argument("--fail-after-durable", action="store_true",
                         help="with --fail-at-step: first wait until issued checkpoints are "
                              "durable")
+    faults.add_argument("--fail-rank", type=_non_negative_int, default=None, metavar="R",
+                        help="under torchrun: the one rank --fail-at-step kills and --fault specs arm "
+                             "(default: the last rank); the others fail at their next collective")
     add_fault_arguments(faults)  # --fault SPEC (repeatable), --io-log PATH
     faults.add_argument("--sigterm-budget", type=float, default=60.0, metavar="SECONDS",
                         help="on SIGTERM, time allowed for the final checkpoint (default 60)")
@@ -209,6 +213,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ckpt_dir=args.ckpt_dir, device=args.device, threads=args.threads, tf32=args.tf32,
         checkpoint=checkpoint_config_from_args(args), trace=args.trace,
         fail_at_step=args.fail_at_step, fail_after_durable=args.fail_after_durable,
+        fail_rank=args.fail_rank,
         sigterm_budget_s=args.sigterm_budget, lr=args.lr, warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, dim=args.dim,
         n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads,
@@ -216,11 +221,25 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         progress=args.progress, summary_json=args.summary_json)
 
 
+def _faults_for_rank(args: argparse.Namespace, rank: int, world: int) -> None:
+    """Under torchrun: ``--fault`` specs arm only the ``--fail-rank`` (default the last), so
+    one rank is killed or hurt mid-checkpoint; ``--io-log PATH`` becomes ``PATH.rankR``."""
+    target = world - 1 if args.fail_rank is None else args.fail_rank
+    if rank != target:
+        args.fault = []
+    if getattr(args, "io_log", None):
+        args.io_log = f"{args.io_log}.rank{rank}"
+
+
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
     """Run training for parsed ``args``; returns the exit code."""
+    from ckptlab.training.distributed import launched_rank, launched_world_size
     from ckptlab.training.loop import TrainError, summary_lines, train
 
+    world, rank = launched_world_size(), launched_rank()
     try:
+        if world > 1:
+            _faults_for_rank(args, rank, world)
         apply_fault_arguments(args)  # arms the engine through CKPTLAB_FAULTS / CKPTLAB_IO_LOG
         cfg = config_from_args(args)
     except (ValueError, KeyError) as exc:
@@ -234,9 +253,10 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser | None =
     except TrainError as exc:
         print(f"ckptlab train: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    for line in summary_lines(result, cfg):
-        print(line)
-    if cfg.summary_json is not None:
+    if rank == 0:  # under torchrun the summary is rank 0's
+        for line in summary_lines(result, cfg):
+            print(line)
+    if cfg.summary_json is not None and rank == 0:
         cfg.summary_json.parent.mkdir(parents=True, exist_ok=True)
         cfg.summary_json.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
     if result.abandon_threads:  # SIGTERM budget ran out: do not join writer threads

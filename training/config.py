@@ -46,6 +46,7 @@ class TrainConfig:
     trace: Path | None = None  # a trace file: Python phases and the engine's records
     fail_at_step: int | None = None
     fail_after_durable: bool = False
+    fail_rank: int | None = None  # under torchrun: the rank --fail-at-step/--fault act on (None: the last)
     sigterm_budget_s: float = 60.0
     # optimisation
     lr: float | None = None
@@ -88,6 +89,8 @@ class TrainConfig:
         if self.fail_at_step is not None and not 1 <= self.fail_at_step <= self.training_steps:
             raise ValueError(f"fail-at-step {self.fail_at_step} is outside steps "
                              f"1..{self.training_steps}, so it would never fire")
+        if self.fail_rank is not None and self.fail_rank < 0:
+            raise ValueError(f"fail-rank must be >= 0, got {self.fail_rank}")
         if self.load_checkpoint and self.checkpointer == "none":
             raise ValueError("--load-checkpoint needs a checkpointer; --checkpointer none "
                              "keeps no checkpoints")

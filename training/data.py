@@ -72,15 +72,22 @@ class ResumableSampler:
 
     The shuffle is an affine bijection ``i -> (a*i + b) mod epoch_size`` over a power-of-two
     epoch with ``a`` odd, keyed by (seed, epoch), so any position is reached in O(1).
+
+    Under DDP rank ``r`` of ``world_size`` takes the epoch's positions ``r, r + W, r + 2W, ...``:
+    disjoint shards of the same shuffled order, each rank's position (``index``) its own
+    (saved per rank). One rank of one is the unsharded sampler, unchanged.
     """
 
     def __init__(self, data: SyntheticTokens, batch_size: int,
-                 epoch_size: int = 1 << 20) -> None:
+                 epoch_size: int = 1 << 20, rank: int = 0, world_size: int = 1) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if epoch_size <= 0 or epoch_size & (epoch_size - 1):
             raise ValueError(f"epoch_size must be a power of two, got {epoch_size}")
+        if not 0 <= rank < world_size or world_size > epoch_size:
+            raise ValueError(f"rank {rank} of world size {world_size} does not fit an epoch of {epoch_size}")
         self.data, self.batch_size, self.epoch_size = data, batch_size, epoch_size
+        self.rank, self.world_size = rank, world_size
         self.seed, self.epoch, self.index = data.seed, 0, 0
 
     def _sample_id(self, epoch: int, index: int) -> int:
@@ -91,9 +98,9 @@ class ResumableSampler:
     def next_ids(self) -> list[int]:
         ids = []
         for _ in range(self.batch_size):
-            ids.append(self._sample_id(self.epoch, self.index))
+            ids.append(self._sample_id(self.epoch, self.index * self.world_size + self.rank))
             self.index += 1
-            if self.index == self.epoch_size:
+            if (self.index * self.world_size + self.rank) >= self.epoch_size:
                 self.epoch, self.index = self.epoch + 1, 0
         return ids
 
@@ -101,14 +108,21 @@ class ResumableSampler:
         return self.data.batch(self.next_ids())
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed}
+        state = {"epoch": self.epoch, "index": self.index, "seed": self.seed}
+        if self.world_size > 1:  # a shard's position means nothing to another rank
+            state.update(rank=self.rank, world_size=self.world_size)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         epoch, index, seed = (int(state["epoch"]), int(state["index"]), int(state["seed"]))
         if seed != self.data.seed:
             raise ValueError(f"sampler state is for data seed {seed}, this run's data uses "
                              f"seed {self.data.seed}")
-        if not (0 <= index < self.epoch_size and epoch >= 0):
+        shard = (int(state.get("rank", 0)), int(state.get("world_size", 1)))
+        if shard != (self.rank, self.world_size):
+            raise ValueError(f"sampler state is rank {shard[0]}'s of {shard[1]}, this sampler is rank "
+                             f"{self.rank}'s of {self.world_size}")
+        if not (0 <= index * self.world_size + self.rank < self.epoch_size and epoch >= 0):
             raise ValueError(f"sampler state out of range: epoch {epoch}, index {index} "
                              f"(epoch size {self.epoch_size})")
         self.epoch, self.index, self.seed = epoch, index, seed

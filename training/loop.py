@@ -10,10 +10,12 @@ Crash and stop semantics:
 
 * ``fail_at_step=N``: after step N's loss line is flushed and, when N is a checkpoint step,
   after ``save(N)`` has *returned* (issued, not necessarily durable; with
-  ``fail_after_durable`` after ``wait()``), the process sends itself SIGKILL.
-* SIGTERM: the step in progress completes, a final checkpoint of that step is issued (unless
-  it was just taken), and the run waits up to ``sigterm_budget_s`` from the signal for it
-  to become durable, then exits 0 (1 if the budget ran out first).
+  ``fail_after_durable`` after ``wait()``), the process sends itself SIGKILL (under torchrun
+  only rank ``fail_rank``, by default the last; the others fail at their next collective).
+* SIGTERM (one process; not under torchrun, docs/TRAINING.md): the step in progress
+  completes, a final checkpoint of that step is issued (unless it was just taken), and the
+  run waits up to ``sigterm_budget_s`` from the signal for it to become durable, then exits 0
+  (1 if the budget ran out first).
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ from typing import Any
 
 import torch
 
-from ckptlab.core.checkpointer import Checkpointer, open_checkpointer
+from ckptlab.core.checkpointer import Checkpointer, open_checkpointer, open_local_checkpointer
 from ckptlab.core.commit import LOCK_NAME
+from ckptlab.core.global_inspect import is_multi_rank
 from ckptlab.core.errors import (CheckpointError, CheckpointMismatchError, CorruptCheckpointWarning,
                                  NoCheckpointError)
 from ckptlab.training.config import TrainConfig
 from ckptlab.training.data import ResumableSampler, SyntheticTokens
+from ckptlab.training.distributed import DistContext, launched_rank, launched_world_size
 from ckptlab.profiling.lossfile import LossWriter, truncate_loss_file
 from ckptlab.training.model import build_model
 from ckptlab.training.rng import RNGState, configure_determinism, seed_everything
@@ -87,6 +91,8 @@ class TrainResult:
     snapshot_wait_s: float = 0.0  # deferred snapshots: host time blocked in barrier()/settle
     exit_code: int = 0
     abandon_threads: bool = False
+    rank: int = 0
+    world_size: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -122,14 +128,16 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float):
 
 
 class _StopSignal:
-    """Turns SIGTERM into a flag the loop polls between steps."""
+    """Turns SIGTERM into a flag the loop polls between steps. Not under DDP: the ranks would
+    see the signal at different steps, so a final checkpoint could not be one global step."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         self.received_at: float | None = None
         self._previous: Any = None
+        self._enabled = enabled
 
     def __enter__(self) -> "_StopSignal":
-        if threading.current_thread() is threading.main_thread():
+        if self._enabled and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
@@ -144,7 +152,8 @@ class _StopSignal:
 
 def _log(message: str) -> None:
     from tqdm import tqdm
-    tqdm.write(f"ckptlab train: {message}", file=sys.stderr)
+    rank = f"[rank {launched_rank()}] " if launched_world_size() > 1 else ""
+    tqdm.write(f"ckptlab train: {rank}{message}", file=sys.stderr)
 
 
 try:  # NVTX range + timing record per phase; free when no tool or trace is recording
@@ -174,15 +183,17 @@ def _stop_trace(session: Any, flush_only: bool = False) -> None:
         session.flush() if flush_only else session.close()
 
 
-def _build_state(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+def _build_state(cfg: TrainConfig, device: torch.device, ctx: DistContext) -> dict[str, Any]:
     seed_everything(cfg.seed)
     model = build_model(cfg.resolved_model(), device, cfg.dtype)
+    if ctx.active:  # the same init on every rank, then each rank its own RNG stream
+        seed_everything(ctx.rng_seed(cfg.seed))
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.resolved_lr(), betas=(0.9, 0.95),
                               eps=1e-8, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim, warmup_cosine(cfg.resolved_warmup(), cfg.training_steps, cfg.min_lr_ratio))
     data = SyntheticTokens(cfg.resolved_model().vocab_size, cfg.resolved_seq_len(), cfg.seed)
-    sampler = ResumableSampler(data, cfg.resolved_batch_size())
+    sampler = ResumableSampler(data, cfg.resolved_batch_size(), rank=ctx.rank, world_size=ctx.world_size)
     return {"model": model, "optim": optim, "sched": sched, "data": sampler,
             "rng": RNGState(), "extra": {"run": cfg.run_description()}}
 
@@ -210,7 +221,7 @@ def _check_something_to_resume(d: Path) -> None:
                                f"nothing to resume from; {fix} (nothing was created)")
     if not d.is_dir():
         raise _NothingToResume(f"--load-checkpoint: --ckpt-dir {d} is not a directory; {fix}")
-    if not any(p.name.startswith(("step_", ".step_")) for p in d.iterdir()):
+    if not any(p.name.startswith(("step_", ".step_", "rank_", "global")) for p in d.iterdir()):
         raise _NothingToResume(f"--load-checkpoint: --ckpt-dir {d} holds no checkpoints (no step_* "
                                f"directories), so there is nothing to resume from; {fix} (the "
                                f"directory was left as it was)")
@@ -280,8 +291,10 @@ def _resume(cfg: TrainConfig, ck: Checkpointer, state: dict[str, Any]) -> int | 
     return int(step)
 
 
-def _train_step(state: dict[str, Any], cfg: TrainConfig, device: torch.device, step: int) -> float:
-    model, optim, sched = state["model"], state["optim"], state["sched"]
+def _train_step(state: dict[str, Any], cfg: TrainConfig, device: torch.device, step: int,
+                model: torch.nn.Module) -> float:
+    """One step; ``model`` is what is called (the DDP wrapper under torchrun)."""
+    optim, sched = state["optim"], state["sched"]
     with _phase("data", step=step):
         inputs, targets = state["data"].next_batch()
         inputs = inputs.to(device, non_blocking=True)
@@ -300,8 +313,39 @@ def _train_step(state: dict[str, Any], cfg: TrainConfig, device: torch.device, s
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Run (or resume) training as ``cfg`` says; raises ``TrainError`` for user errors."""
-    device = resolve_device(cfg.device)
+    """Run (or resume) training as ``cfg`` says; raises ``TrainError`` for user errors.
+    Under torchrun (``WORLD_SIZE > 1``) every rank runs this: DDP mode (training/distributed.py)."""
+    ctx = DistContext.from_env()
+    if ctx.active and cfg.fail_rank is not None and cfg.fail_rank >= ctx.world_size:
+        raise TrainError(f"--fail-rank {cfg.fail_rank} is not a rank of this world of {ctx.world_size}")
+    device = resolve_device(ctx.device_name(cfg.device))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before nccl binds this rank to its GPU
+    ctx.init(device)
+    try:
+        return _train(cfg, device, ctx)
+    finally:
+        ctx.close()
+
+
+def _open(cfg: TrainConfig, ctx: DistContext) -> Checkpointer:
+    """The run's checkpointer: under torchrun the multi-rank one (collective), except for
+    ``none`` (nothing to coordinate); ``dcp`` is DCP over the group, ``dcp-async`` is refused."""
+    config = cfg.checkpoint.replace(trace=cfg.checkpoint.trace or cfg.trace is not None)
+    if ctx.active and cfg.checkpointer == "dcp-async":
+        raise TrainError(f"--checkpointer dcp-async does not run under torchrun ({ctx.world_size} ranks): its "
+                         f"commit would need a collective off the training thread; use dcp (synchronous, "
+                         f"collective like DCP itself), pccheck or torchsave")
+    if ctx.active and cfg.checkpointer == "none":
+        return open_local_checkpointer("none", cfg.ckpt_dir, config)
+    return open_checkpointer(cfg.checkpointer, cfg.ckpt_dir, config)
+
+
+def _train(cfg: TrainConfig, device: torch.device, ctx: DistContext) -> TrainResult:
+    if not ctx.active and is_multi_rank(cfg.ckpt_dir):
+        raise TrainError(f"--ckpt-dir {cfg.ckpt_dir} holds multi-rank checkpoints (global/, rank_*/): run under "
+                         f"torchrun with --nproc-per-node N to use it (`ckptlab inspect {cfg.ckpt_dir}` shows N), "
+                         f"or use another --ckpt-dir; nothing was changed")
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
         torch.cuda.set_device(device)
@@ -315,21 +359,21 @@ def train(cfg: TrainConfig) -> TrainResult:
         _check_something_to_resume(Path(cfg.ckpt_dir))  # before opening creates the directory
     had_lock = (Path(cfg.ckpt_dir) / LOCK_NAME).exists()
     try:  # before the model is built: a directory another writer holds fails fast
-        ck = open_checkpointer(cfg.checkpointer, cfg.ckpt_dir,
-                               cfg.checkpoint.replace(trace=cfg.checkpoint.trace or cfg.trace is not None))
+        ck = _open(cfg, ctx)
     except (CheckpointError, RuntimeError, ValueError) as exc:
         raise TrainError(f"--checkpointer {cfg.checkpointer} cannot open {cfg.ckpt_dir}: {exc}") from exc
     try:
-        state = _build_state(cfg, device)
+        state = _build_state(cfg, device, ctx)
     except BaseException:
         ck.close()
         raise
     result = TrainResult(cfg.checkpointer, str(device), cfg.preset, cfg.model_dtype,
-                         sum(p.numel() for p in state["model"].parameters()), snapshot=cfg.checkpoint.snapshot)
+                         sum(p.numel() for p in state["model"].parameters()), snapshot=cfg.checkpoint.snapshot,
+                         rank=ctx.rank, world_size=ctx.world_size)
     ck.guard(state["optim"])  # a deferred snapshot is read until the next optimizer.step()
     trace = _start_trace(cfg.trace, ck, cfg)
     try:
-        _run(cfg, ck, state, device, result, trace)
+        _run(cfg, ck, state, device, result, trace, ctx)
         if not result.abandon_threads:
             ck.close()  # raises a failure of the last checkpoints
     except _NothingToResume:
@@ -350,29 +394,33 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def _run(cfg: TrainConfig, ck: Checkpointer, state: dict[str, Any], device: torch.device,
-         result: TrainResult, trace: Any) -> None:
+         result: TrainResult, trace: Any, ctx: DistContext) -> None:
     from tqdm import tqdm
 
+    model = ctx.wrap(state["model"], device)  # DDP under torchrun; state keeps the plain module
+    # RNG and data position per rank under torchrun (DCP keeps each rank's side file itself)
+    saved = ctx.save_view(state) if cfg.checkpointer in ("pccheck", "torchsave") else state
+    loss_file = cfg.loss_file if ctx.is_main else None  # rank 0's shard loss: one file per run
     resumed = _resume(cfg, ck, state)
     start = resumed or 0
     result.resumed_from, result.first_step, result.last_step = resumed, start + 1, start
     if resumed is not None:
-        kept = truncate_loss_file(cfg.loss_file, start) if cfg.loss_file else start
+        kept = truncate_loss_file(loss_file, start) if loss_file else start
         _log(f"resumed from step {start} in {cfg.ckpt_dir}")
-        if cfg.loss_file and kept != start:
+        if loss_file and kept != start:
             _log(f"warning: {cfg.loss_file} has only {kept} lines for steps 1..{start}; "
                  f"it will not compare equal to an uninterrupted run's")
-    losses = LossWriter(cfg.loss_file, append=resumed is not None)
+    losses = LossWriter(loss_file, append=resumed is not None)
     bar = tqdm(total=cfg.training_steps, initial=start, unit="step", file=sys.stderr,
                desc=f"{cfg.checkpointer} {cfg.preset}", dynamic_ncols=True,
-               disable=None if cfg.progress is None else not cfg.progress)
+               disable=(None if cfg.progress is None else not cfg.progress) or not ctx.is_main)
     saved_at: int | None = None
     try:
-        with _StopSignal() as stop:
+        with _StopSignal(enabled=not ctx.active) as stop:
             for step in range(start + 1, cfg.training_steps + 1):
                 t0 = time.perf_counter()
                 with _phase("train_step", step=step):
-                    loss = _train_step(state, cfg, device, step)
+                    loss = _train_step(state, cfg, device, step, model)
                 result.iter_s.append(time.perf_counter() - t0)
                 result.last_step, result.last_loss = step, loss
                 if result.first_loss is None:
@@ -381,12 +429,12 @@ def _run(cfg: TrainConfig, ck: Checkpointer, state: dict[str, Any], device: torc
                 stall = 0.0
                 if cfg.checkpointer != "none" and cfg.checkpoint_freq and \
                         step % cfg.checkpoint_freq == 0:
-                    stall = _save(ck, step, state, result)
+                    stall = _save(ck, step, saved, result)
                     saved_at = step
                 bar.set_postfix(loss=f"{loss:.4f}", it=f"{result.iter_s[-1] * 1e3:.1f}ms",
                                 stall=f"{stall * 1e3:.1f}ms", refresh=False)
                 bar.update(1)
-                if cfg.fail_at_step == step:
+                if cfg.fail_at_step == step and (not ctx.active or ctx.rank == _fail_rank(cfg, ctx)):
                     _crash(ck, cfg, losses, bar, trace)
                 if stop.received_at is not None:
                     _final_checkpoint(ck, cfg, state, result, saved_at, stop.received_at)
@@ -413,6 +461,11 @@ def _save(ck: Checkpointer, step: int, state: dict[str, Any], result: TrainResul
     result.ckpt_steps.append(step)
     result.stall_s.append(stall)
     return stall
+
+
+def _fail_rank(cfg: TrainConfig, ctx: DistContext) -> int:
+    """The rank ``--fail-at-step`` and ``--fault`` act on under torchrun: ``--fail-rank``, else the last."""
+    return ctx.world_size - 1 if cfg.fail_rank is None else cfg.fail_rank
 
 
 def _crash(ck: Checkpointer, cfg: TrainConfig, losses: LossWriter, bar: Any, trace: Any) -> None:
