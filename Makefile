@@ -43,11 +43,18 @@ test-cpp: setup
 	$(CMAKE_BIN) --build $(DEV_BUILD) --target engine_selftest
 	$(CTEST_BIN) --test-dir $(DEV_BUILD) --output-on-failure
 
+# The suite runs on TEST_WORKERS pytest-xdist workers (default 2, CI's cores); each test file
+# stays on one worker (--dist loadfile) so module fixtures such as a shared 2-rank world start
+# once. Most tests wait on child processes (training runs, crash victims, rank worlds), so two
+# workers on two cores overlap their startup. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: setup test-cpp
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PARALLEL)
 
 test-slow: setup
-	$(PY) -m pytest -q -p no:cacheprovider -m slow
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PARALLEL) -m slow
 
 test-all: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not gpu"
