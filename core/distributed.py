@@ -279,6 +279,8 @@ class DistributedCheckpointer:
         self._inner: Checkpointer = open_local_checkpointer(
             kind, os.path.join(self.directory, gc.rank_dir_name(self.rank)), config.replace(keep_last=0))
         self._io = self._coordinator_io(config)
+        if self.rank == 0:  # no record is being written while the ranks open
+            gc.remove_record_leftovers(self.directory, self._io)
         self._cv = threading.Condition()
         self._queue: collections.deque[int] = collections.deque()
         self._failures: list[CheckpointError] = []

@@ -24,7 +24,7 @@ from ckptlab.core.commit import step_dir_name
 from ckptlab.core.durable import makedirs_durable, write_file_durable
 from ckptlab.core.errors import CorruptCheckpointError
 from ckptlab.core.manifest import MANIFEST_NAME
-from ckptlab.core.writer_io import NO_CHECKPOINT, CheckpointIO, FilePoints
+from ckptlab.core.writer_io import DISARMED, NO_CHECKPOINT, CheckpointIO, FilePoints, WriterIO
 
 GLOBAL_DIR = "global"
 RECORD_FORMAT = "ckptlab-global"
@@ -133,6 +133,24 @@ def write_record(directory: str, record: GlobalRecord, io: CheckpointIO = NO_CHE
     io.check("before_record_dir_fsync", gdir)
     io.io.fsync_dir(gdir)
     return final
+
+
+_RECORD_LEFTOVER = re.compile(r"\.step_\d+\.json\.tmp-.+")
+
+
+def remove_record_leftovers(directory: str, io: WriterIO = DISARMED) -> list[str]:
+    """Remove the temp files of record writes a crash interrupted (``global/.step_N.json.tmp-*``;
+    never a committed record). Run by rank 0 when the ranks open, before any record is written."""
+    gdir = os.path.join(directory, GLOBAL_DIR)
+    try:
+        names = [n for n in os.listdir(gdir) if _RECORD_LEFTOVER.fullmatch(n)]
+    except FileNotFoundError:
+        return []
+    for n in names:
+        io.unlink(os.path.join(gdir, n))
+    if names:
+        io.fsync_dir(gdir)
+    return names
 
 
 def read_record(path: str) -> GlobalRecord:

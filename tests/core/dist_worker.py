@@ -150,8 +150,13 @@ def main_world_main(rank: int, world: int, init_file: str, directory: str, out: 
         r["resave_warnings"] = [str(w.message) for w in caught if issubclass(w.category, CorruptCheckpointWarning)]
 
     # retention: keep_last globally committed steps; older records, their parts and parts of
-    # steps never committed (4, 5) go
+    # steps never committed (4, 5) go; opening removes a crashed record write's temp file
+    leftover = os.path.join(directory, "global", ".step_000000000009.json.tmp-1-deadbeef")
+    if rank == 0:
+        open(leftover, "wb").close()
+    dist.barrier()
     with open_checkpointer("pccheck", directory, config(keep_last=2)) as ck:
+        r["leftover_after_open"] = os.path.exists(leftover)
         for step in (30, 31):
             ck.save(step, state_of(model, opt, step))
         ck.wait()

@@ -82,6 +82,7 @@ def test_retention_keeps_the_newest_globally_committed_steps(main_world):
     for r in ranks:
         assert r["records_after_retention"] == ["step_000000000030.json", "step_000000000031.json"]
         assert r["parts_after_retention"] == [".ckptlab.lock", "step_000000000030", "step_000000000031"]
+    assert not ranks[0]["leftover_after_open"], "a crashed record write's temp file survived the open"
 
 
 def test_rank_that_never_saves_is_a_clear_error_not_a_hang(main_world):
