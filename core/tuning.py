@@ -31,13 +31,18 @@ durable), N = max_inflight, K = checkpoint interval in iterations.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ckptlab.core.storage_probe import StorageProfile, WriteMeasurement
 
-__all__ = ["TuningInputs", "Recommendation", "recommend", "THREADS_MARGIN", "MAX_CHUNK_BYTES"]
+__all__ = ["TuningInputs", "Recommendation", "recommend", "tune_document", "read_profile", "TUNE_SCHEMA",
+           "THREADS_MARGIN", "MAX_CHUNK_BYTES"]
+
+TUNE_SCHEMA = "ckptlab.tune/1"  # ckptlab tune --json / --save; CheckpointConfig.auto(probe=PATH) reads it
 
 THREADS_MARGIN = 0.05  # more threads must measure this much faster to be chosen
 MAX_CHUNK_BYTES = 16 << 20
@@ -190,3 +195,25 @@ def recommend(inputs: TuningInputs, profile: StorageProfile) -> Recommendation:
     return Recommendation(writer_threads=chosen.threads, io_mode=chosen.io_mode, chunk_bytes=chunk,
                           max_inflight=n, staging_bytes=staging, interval_steps=k, interval_s=k * t, bound=bound,
                           write_bps=w, time_to_durable_s=t1, stall_s=stall, reasons=tuple(reasons))
+
+
+def tune_document(profile: StorageProfile, inputs: TuningInputs, rec: Recommendation) -> dict[str, Any]:
+    """The ``ckptlab.tune/1`` JSON: what was measured, what was asked, what the rule gave."""
+    return {"schema": TUNE_SCHEMA, "measured": profile.to_json(),
+            "inputs": asdict(inputs) | {"staging_budget_bytes": inputs.staging_budget},
+            "recommendation": rec.to_json()}
+
+
+def read_profile(path: str | os.PathLike) -> StorageProfile:
+    """The measurements of a saved tune JSON (``ckptlab tune --save``); a clear ValueError else."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not JSON ({exc}); expected a {TUNE_SCHEMA} file from ckptlab tune --save") from None
+    if not isinstance(doc, dict) or doc.get("schema") != TUNE_SCHEMA or not isinstance(doc.get("measured"), dict):
+        raise ValueError(f"{path} is not a {TUNE_SCHEMA} file (ckptlab tune --save writes one)")
+    try:
+        return StorageProfile.from_json(doc["measured"])
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
