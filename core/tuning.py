@@ -55,8 +55,8 @@ def _mib(n: float) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
-def _gibps(bps: float) -> str:
-    return f"{bps / (1 << 30):.2f} GiB/s"
+def _gbps(bps: float) -> str:
+    return f"{bps / 1e9:.2f} GB/s"  # decimal, as the table and the JSON's *_gbps
 
 
 def _ceil(x: float) -> int:
@@ -144,11 +144,11 @@ def recommend(inputs: TuningInputs, profile: StorageProfile) -> Recommendation:
     t1 = m / w
     if chosen is fastest:
         reasons.append(f"{chosen.io_mode} I/O with {chosen.threads} writer thread(s) measured fastest "
-                       f"({_gibps(w)}).")
+                       f"({_gbps(w)}).")
     else:
-        reasons.append(f"{chosen.io_mode} I/O with {chosen.threads} writer thread(s) measured {_gibps(w)}, within "
+        reasons.append(f"{chosen.io_mode} I/O with {chosen.threads} writer thread(s) measured {_gbps(w)}, within "
                        f"{THREADS_MARGIN:.0%} of the fastest ({fastest.io_mode}, {fastest.threads} threads, "
-                       f"{_gibps(fastest.bps)}), so the extra threads are not worth their cores.")
+                       f"{_gbps(fastest.bps)}), so the extra threads are not worth their cores.")
     reasons.append(f"One checkpoint of {_mib(m)} takes {t1:.3g} s to be durable at that rate.")
 
     chunk = _chunk_bytes(m, chosen.threads)
@@ -177,10 +177,10 @@ def recommend(inputs: TuningInputs, profile: StorageProfile) -> Recommendation:
         reasons.append(f"Each checkpoint costs training {stall:.3g} s (measured lost_per_ckpt_s).")
     else:
         stall = m / profile.copy_bps + extra_wait
-        what = f"the copy into staging at {_gibps(profile.copy_bps)}"
+        what = f"the copy into staging at {_gbps(profile.copy_bps)}"
         if profile.d2h_bps is not None:
             stall += m / profile.d2h_bps
-            what += f" and the device-to-host copy at {_gibps(profile.d2h_bps)}"
+            what += f" and the device-to-host copy at {_gbps(profile.d2h_bps)}"
         reasons.append(f"Each checkpoint stalls training about {stall:.3g} s ({what}"
                        + (", and the wait for staging" if extra_wait else "") + ").")
 
