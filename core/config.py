@@ -4,8 +4,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ckptlab.core.fault_spec import FAULTS_ENV, IO_LOG_DATA_ENV, IO_LOG_ENV
+
+if TYPE_CHECKING:
+    from ckptlab.core.storage_probe import StorageProfile
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -135,6 +139,34 @@ class CheckpointConfig:
 
     def replace(self, **changes) -> "CheckpointConfig":
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def auto(cls, directory: str | os.PathLike, state_bytes: int, iteration_s: float, budget: float = 0.01,
+             probe: "str | os.PathLike | StorageProfile | None" = None, *, staging_budget_bytes: int | None = None,
+             probe_bytes: int = 256 * MiB, probe_threads: tuple[int, ...] = (1, 2, 4, 8),
+             **overrides) -> "CheckpointConfig":
+        """The config core/tuning.py recommends for ``directory`` (docs/API.md, "Tuned
+        configuration"): writer_threads, io_mode, chunk_bytes, max_inflight and staging_bytes.
+
+        probe: None measures ``directory`` now (core/storage_probe.py, up to ``probe_bytes`` per
+        write; it creates the directory); a path reads a saved ``ckptlab tune --save`` JSON
+        instead (no probing); a StorageProfile is used as it is. ``overrides`` are other
+        fields (or replace recommended ones), validated like any config. The recommended
+        checkpoint interval is core.tuning.recommend(...).interval_steps."""
+        from ckptlab.core.storage_probe import MIN_PROBE_BYTES, StorageProfile, probe_storage
+        from ckptlab.core.tuning import TuningInputs, read_profile, recommend
+
+        inputs = TuningInputs(state_bytes=state_bytes, iteration_s=iteration_s, budget=budget,
+                              staging_budget_bytes=staging_budget_bytes)
+        if isinstance(probe, StorageProfile):
+            profile = probe
+        elif probe is not None:
+            profile = read_profile(probe)
+        else:
+            os.makedirs(directory, exist_ok=True)
+            nbytes = max(MIN_PROBE_BYTES, min(probe_bytes, state_bytes)) // MIN_PROBE_BYTES * MIN_PROBE_BYTES
+            profile = probe_storage(directory, nbytes, threads=probe_threads)
+        return cls(**(recommend(inputs, profile).config_fields() | overrides))
 
 
 def parse_cpu_list(value: str | tuple[int, ...] | list[int], what: str = "CPU list") -> tuple[int, ...]:

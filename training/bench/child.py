@@ -42,7 +42,7 @@ def _peak_pinned_bytes() -> int:
 
 def _cold_load(kind: str, directory: Path) -> tuple[float, float]:
     from ckptlab.core import open_checkpointer
-    from ckptlab.training.bench.probes import drop_cache, resident_fraction
+    from ckptlab.core.storage_probe import drop_cache, resident_fraction
 
     files = _checkpoint_files(directory)
     drop_cache(files)
@@ -84,7 +84,7 @@ def _run(record: Path, flags: Sequence[str]) -> int:
 
 
 def _disk(record: Path, directory: Path, nbytes: int, d2h: bool) -> int:
-    from ckptlab.training.bench.probes import d2h_gbps, disk_probe
+    from ckptlab.core.storage_probe import d2h_gbps, disk_probe
 
     out: dict[str, Any] = disk_probe(directory, nbytes)
     out["d2h_gbps"] = d2h_gbps(nbytes) if d2h else None
