@@ -70,9 +70,11 @@ class PendingSnapshot:
     cpu_copies: list[_Copy]                 # run by the thread (deferred mode)
     cuda_copies: list[_Copy]                # enqueued on side streams
     devices: dict[torch.device, _DeviceCopies]
-    host_ready: threading.Event = field(default_factory=threading.Event)  # CPU tensors copied
+    host_ready: threading.Event = field(default_factory=threading.Event)  # CPU tensors copied and checked
     released: threading.Event = field(default_factory=threading.Event)    # barrier() passed
-    torn: list[str] = field(default_factory=list)  # set by barrier()
+    torn: list[str] = field(default_factory=list)  # tensors changed before their copy completed
+    checked: bool = False  # the thread judged the finished copies; changes after it are harmless
+    lock: threading.Lock = field(default_factory=threading.Lock)  # orders the verdict and barrier()
     error: BaseException | None = None
     finished: threading.Event = field(default_factory=threading.Event)   # handed over, or failed
 
@@ -184,11 +186,14 @@ class Snapshotter:
 
     @staticmethod
     def _copy_cpu(p: PendingSnapshot) -> None:
+        """Copy each CPU region and judge it at once: a change that moved a version counter
+        before its region's copy ended may be in the copy (torn); a later one cannot be."""
         try:
             if p.cpu_copies:
                 with phase("snapshot", step=p.step, nbytes=sum(c.nbytes for c in p.cpu_copies)):
                     for c in p.cpu_copies:
                         copy_pieces(c.dst, c.region)
+                        p.torn.extend(c.torn())
         finally:
             p.host_ready.set()
 
@@ -201,9 +206,13 @@ class Snapshotter:
                 t_end = time.monotonic_ns()
                 # the copy's span on the GPU, placed on the host clock where it ended
                 record("d2h", t_end - int(d.start.elapsed_time(d.done) * 1e6), t_end, step=p.step, nbytes=d.nbytes)
-            p.released.wait()
-            if p.torn:
-                raise SnapshotTornError(p.step, p.torn)
+            with p.lock:  # the copies are complete: judge them now, not at the next barrier()
+                if not p.released.is_set():  # else barrier() judged the CUDA copies: changes after it wait for them
+                    p.torn.extend(name for c in p.cuda_copies for name in c.torn())
+                p.checked = True
+                torn = list(p.torn)
+            if torn:
+                raise SnapshotTornError(p.step, torn)
             self._submit(p.step, p.captured)
         except BaseException as e:  # handed to the training thread at the next call
             p.error = e
@@ -218,12 +227,13 @@ class Snapshotter:
             return
         t0 = time.perf_counter()
         with phase("snapshot_barrier", step=p.step):
-            p.host_ready.wait()
-            # any change between save() and here breaks the contract, whether or not it raced
-            p.torn.extend(name for c in p.cpu_copies + p.cuda_copies for name in c.torn())
-            for dev, d in p.devices.items():
-                torch.cuda.current_stream(dev).wait_event(d.done)
-            p.released.set()
+            p.host_ready.wait()  # CPU regions: copied and judged by the thread
+            with p.lock:
+                if not p.checked:  # CUDA copies not judged yet: a change enqueued before here may race them
+                    p.torn.extend(name for c in p.cuda_copies for name in c.torn())
+                for dev, d in p.devices.items():
+                    torch.cuda.current_stream(dev).wait_event(d.done)
+                p.released.set()
         self.host_wait_s += time.perf_counter() - t0
 
     def settle(self, timeout: float | None = None) -> bool:
