@@ -9,9 +9,25 @@ save() returns once the copies are enqueued, and the next forward/backward run w
 proceed. The state must not change until ``barrier()``; ``checkpointer.guard(optimizer)``
 puts it in front of every ``optimizer.step()``. On the GPU the barrier is a stream
 dependency (the optimizer's kernels wait for the copies, the host does not); CPU tensors
-make it wait for their copy. A tensor changed in place before the barrier (its version
-counter moved) fails that checkpoint with ``SnapshotTornError`` rather than risking a torn
-state; changes that bypass version counters (``tensor.data`` writes) cannot be seen.
+make it wait for their copy.
+
+The snapshot is judged and submitted as soon as its copies complete, not at the barrier, so
+time to durable does not wait for the next ``optimizer.step()``. The judgement: a tensor
+whose version counter moved before its copy completed may be half in the copy, so that
+checkpoint fails with ``SnapshotTornError``; a change after the copy completed cannot reach
+the copy, so it is harmless and the checkpoint holds the values of save(). CPU regions are
+judged one by one right after their copy, on the copy thread. CUDA copies are judged after
+``done.synchronize()``: PyTorch moves a version counter on the host when the op is
+enqueued, so every op enqueued before the D2H ended has moved it by then. If barrier()
+comes first it judges them (a change enqueued before it is not ordered after the D2H);
+ops enqueued after it are ordered after the D2H by the stream dependency, so their
+version moves are not counted. ``PendingSnapshot.lock`` orders the two verdicts.
+
+What cannot be seen: PyTorch moves a version counter when an in-place op *returns*, so an
+unguarded change that is still running when the copy completes (started before, returned
+after the check) is not counted, and neither are writes that bypass version counters
+(``tensor.data``). Both break the contract (no change before the barrier); guard(optimizer)
+rules them out for optimizer steps.
 
 ``gpu`` (PCcheck's GPU buffer): CUDA tensors are copied into a GPU snapshot buffer on the
 current stream (device to device, a few ms); the copy to the host runs on the side stream.
@@ -19,8 +35,8 @@ No barrier is needed: later kernels on the stream run after the copy. Costs GPU 
 to the state's CUDA tensors. CPU tensors are copied inside save().
 
 Either way a background thread (``ckptlab-snapshot``, one per checkpointer) waits for the
-copies and hands the host buffers to the engine; a failure surfaces at the next save(),
-wait() or close().
+copies, judges them and hands the host buffers to the engine; a failure surfaces at the
+next save(), wait() or close().
 """
 from __future__ import annotations
 
