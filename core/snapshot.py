@@ -9,9 +9,25 @@ save() returns once the copies are enqueued, and the next forward/backward run w
 proceed. The state must not change until ``barrier()``; ``checkpointer.guard(optimizer)``
 puts it in front of every ``optimizer.step()``. On the GPU the barrier is a stream
 dependency (the optimizer's kernels wait for the copies, the host does not); CPU tensors
-make it wait for their copy. A tensor changed in place before the barrier (its version
-counter moved) fails that checkpoint with ``SnapshotTornError`` rather than risking a torn
-state; changes that bypass version counters (``tensor.data`` writes) cannot be seen.
+make it wait for their copy.
+
+The snapshot is judged and submitted as soon as its copies complete, not at the barrier, so
+time to durable does not wait for the next ``optimizer.step()``. The judgement: a tensor
+whose version counter moved before its copy completed may be half in the copy, so that
+checkpoint fails with ``SnapshotTornError``; a change after the copy completed cannot reach
+the copy, so it is harmless and the checkpoint holds the values of save(). CPU regions are
+judged one by one right after their copy, on the copy thread. CUDA copies are judged after
+``done.synchronize()``: PyTorch moves a version counter on the host when the op is
+enqueued, so every op enqueued before the D2H ended has moved it by then. If barrier()
+comes first it judges them (a change enqueued before it is not ordered after the D2H);
+ops enqueued after it are ordered after the D2H by the stream dependency, so their
+version moves are not counted. ``PendingSnapshot.lock`` orders the two verdicts.
+
+What cannot be seen: PyTorch moves a version counter when an in-place op *returns*, so an
+unguarded change that is still running when the copy completes (started before, returned
+after the check) is not counted, and neither are writes that bypass version counters
+(``tensor.data``). Both break the contract (no change before the barrier); guard(optimizer)
+rules them out for optimizer steps.
 
 ``gpu`` (PCcheck's GPU buffer): CUDA tensors are copied into a GPU snapshot buffer on the
 current stream (device to device, a few ms); the copy to the host runs on the side stream.
@@ -19,8 +35,8 @@ No barrier is needed: later kernels on the stream run after the copy. Costs GPU 
 to the state's CUDA tensors. CPU tensors are copied inside save().
 
 Either way a background thread (``ckptlab-snapshot``, one per checkpointer) waits for the
-copies and hands the host buffers to the engine; a failure surfaces at the next save(),
-wait() or close().
+copies, judges them and hands the host buffers to the engine; a failure surfaces at the
+next save(), wait() or close().
 """
 from __future__ import annotations
 
@@ -70,9 +86,11 @@ class PendingSnapshot:
     cpu_copies: list[_Copy]                 # run by the thread (deferred mode)
     cuda_copies: list[_Copy]                # enqueued on side streams
     devices: dict[torch.device, _DeviceCopies]
-    host_ready: threading.Event = field(default_factory=threading.Event)  # CPU tensors copied
+    host_ready: threading.Event = field(default_factory=threading.Event)  # CPU tensors copied and checked
     released: threading.Event = field(default_factory=threading.Event)    # barrier() passed
-    torn: list[str] = field(default_factory=list)  # set by barrier()
+    torn: list[str] = field(default_factory=list)  # tensors changed before their copy completed
+    checked: bool = False  # the thread judged the finished copies; changes after it are harmless
+    lock: threading.Lock = field(default_factory=threading.Lock)  # orders the verdict and barrier()
     error: BaseException | None = None
     finished: threading.Event = field(default_factory=threading.Event)   # handed over, or failed
 
@@ -184,11 +202,14 @@ class Snapshotter:
 
     @staticmethod
     def _copy_cpu(p: PendingSnapshot) -> None:
+        """Copy each CPU region and judge it at once: a change that moved a version counter
+        before its region's copy ended may be in the copy (torn); a later one cannot be."""
         try:
             if p.cpu_copies:
                 with phase("snapshot", step=p.step, nbytes=sum(c.nbytes for c in p.cpu_copies)):
                     for c in p.cpu_copies:
                         copy_pieces(c.dst, c.region)
+                        p.torn.extend(c.torn())
         finally:
             p.host_ready.set()
 
@@ -201,9 +222,13 @@ class Snapshotter:
                 t_end = time.monotonic_ns()
                 # the copy's span on the GPU, placed on the host clock where it ended
                 record("d2h", t_end - int(d.start.elapsed_time(d.done) * 1e6), t_end, step=p.step, nbytes=d.nbytes)
-            p.released.wait()
-            if p.torn:
-                raise SnapshotTornError(p.step, p.torn)
+            with p.lock:  # the copies are complete: judge them now, not at the next barrier()
+                if not p.released.is_set():  # else barrier() judged the CUDA copies: changes after it wait for them
+                    p.torn.extend(name for c in p.cuda_copies for name in c.torn())
+                p.checked = True
+                torn = list(p.torn)
+            if torn:
+                raise SnapshotTornError(p.step, torn)
             self._submit(p.step, p.captured)
         except BaseException as e:  # handed to the training thread at the next call
             p.error = e
@@ -218,12 +243,13 @@ class Snapshotter:
             return
         t0 = time.perf_counter()
         with phase("snapshot_barrier", step=p.step):
-            p.host_ready.wait()
-            # any change between save() and here breaks the contract, whether or not it raced
-            p.torn.extend(name for c in p.cpu_copies + p.cuda_copies for name in c.torn())
-            for dev, d in p.devices.items():
-                torch.cuda.current_stream(dev).wait_event(d.done)
-            p.released.set()
+            p.host_ready.wait()  # CPU regions: copied and judged by the thread
+            with p.lock:
+                if not p.checked:  # CUDA copies not judged yet: a change enqueued before here may race them
+                    p.torn.extend(name for c in p.cuda_copies for name in c.torn())
+                for dev, d in p.devices.items():
+                    torch.cuda.current_stream(dev).wait_event(d.done)
+                p.released.set()
         self.host_wait_s += time.perf_counter() - t0
 
     def settle(self, timeout: float | None = None) -> bool:

@@ -9,9 +9,25 @@ import torch
 
 from ckptlab.core import (CheckpointConfig, CheckpointWriteError, SnapshotTornError, list_checkpoints, load_latest,
                           open_checkpointer)
+from ckptlab.core import snapshot as snapshot_module
 from ckpt_testutil import assert_state_is_step, det_state
 
 CFG = CheckpointConfig(chunk_bytes=1 << 20, writer_threads=2, snapshot="deferred", keep_last=0)
+
+
+@pytest.fixture
+def copy_gate(monkeypatch):
+    """Holds the snapshot thread's host copies until set: a change made meanwhile is
+    deterministically before the copy completed (a later one would be harmless)."""
+    gate = threading.Event()
+    real = snapshot_module.copy_pieces
+
+    def held(dst, region, non_blocking=False):
+        assert gate.wait(30), "test never opened the copy gate"
+        real(dst, region, non_blocking=non_blocking)
+
+    monkeypatch.setattr(snapshot_module, "copy_pieces", held)
+    return gate
 
 
 @pytest.mark.parametrize("mode", ["deferred", "gpu"])
@@ -72,13 +88,16 @@ def test_guard_runs_the_barrier_before_each_optimizer_step(ckpt_dir):
             assert torch.equal(fresh.state_dict()[k], v), (step, k)
 
 
-def test_change_before_barrier_fails_that_checkpoint_and_keeps_the_previous(ckpt_dir):
+def test_change_before_the_copy_fails_that_checkpoint_and_keeps_the_previous(ckpt_dir, copy_gate):
     w = torch.ones(1 << 16)
     with open_checkpointer("pccheck", ckpt_dir, CFG) as ck:
+        copy_gate.set()
         ck.save(1, {"w": w})
         ck.barrier()
+        copy_gate.clear()
         ck.save(2, {"w": w})
-        w.add_(1)  # no barrier(): the snapshot of step 2 may be torn
+        w.add_(1)  # no barrier(), the copy still held: the snapshot of step 2 may be torn
+        copy_gate.set()
         with pytest.raises(SnapshotTornError, match=r"step 2 .*'w'.*guard\(optimizer\)") as info:
             ck.wait()
         assert info.value.step == 2 and info.value.names == ["w"]
@@ -88,11 +107,12 @@ def test_change_before_barrier_fails_that_checkpoint_and_keeps_the_previous(ckpt
     assert torch.equal(load_latest(ckpt_dir)[1]["w"], torch.full((1 << 16,), 2.0))
 
 
-def test_torn_snapshot_is_reported_by_the_next_save(ckpt_dir):
+def test_torn_snapshot_is_reported_by_the_next_save(ckpt_dir, copy_gate):
     w = torch.ones(1000)
     with open_checkpointer("pccheck", ckpt_dir, CFG) as ck:
         ck.save(1, {"w": w})
-        w.mul_(3)
+        w.mul_(3)  # before the held copy
+        copy_gate.set()
         with pytest.raises(SnapshotTornError):
             ck.save(2, {"w": w})
     assert list_checkpoints(ckpt_dir) == []

@@ -1,19 +1,49 @@
 """Deferred/gpu snapshots under random sequences of save, guarded and unguarded changes, barrier
 and wait (hypothesis): every checkpoint on disk holds exactly the state of its save() call,
-every change made too early fails exactly that checkpoint (SnapshotTornError, raised once, at
-the next save/wait/close), and nothing else is lost. Buffers are reused from save to save, so
-a reuse before the engine copied them would show up here as a wrong checkpoint."""
+every change made before its deferred copy completed fails exactly that checkpoint
+(SnapshotTornError, raised once, at the next save/wait/close), a change after the copy
+completed fails nothing, and nothing else is lost. Buffers are reused from save to save, so
+a reuse before the engine copied them would show up here as a wrong checkpoint.
+
+Each deferred save's host copy is held until the next operation, so an unguarded change is
+deterministically before the copy (``early_change``) or after it (``late_change``); a change
+racing the copy's end is the case docs/API.md "Snapshot modes" says cannot be told apart."""
 from __future__ import annotations
 
 import tempfile
+import threading
+from unittest import mock
 
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckptlab.core import CheckpointConfig, SnapshotTornError, list_checkpoints, load_latest, open_checkpointer
+from ckptlab.core.snapshot import PendingSnapshot, Snapshotter
 
-OPS = st.sampled_from(["save", "save", "guarded_change", "early_change", "barrier", "wait"])
+OPS = st.sampled_from(["save", "save", "guarded_change", "early_change", "late_change", "barrier", "wait"])
+
+
+class _CopyGate:
+    """Holds the host copy of chosen steps until opened (wraps Snapshotter._copy_cpu)."""
+
+    def __init__(self) -> None:
+        self.held: dict[int, threading.Event] = {}
+        self._real = Snapshotter._copy_cpu
+
+    def copy_cpu(self, p: PendingSnapshot) -> None:
+        gate = self.held.get(p.step)
+        if gate is not None:
+            assert gate.wait(30), f"the copy of step {p.step} was never let go"
+        self._real(p)
+
+    def hold(self, step: int) -> None:
+        self.held[step] = threading.Event()
+
+    def open(self) -> None:
+        for gate in self.held.values():
+            gate.set()
+        self.held.clear()
 CFG = CheckpointConfig(chunk_bytes=1 << 16, writer_threads=2, keep_last=0, max_inflight=2)
 
 
@@ -24,11 +54,15 @@ def _run(mode: str, ops: list[str], directory: str) -> None:
     torn: set[int] = set()          # steps whose checkpoint must fail
     raised: list[int] = []          # steps reported torn
     unreleased: int | None = None   # deferred: the last save whose barrier has not passed yet
+    held: int | None = None         # deferred: the last save whose copy is still held
+    gate = _CopyGate()
     step = 0
 
     def call(fn) -> bool:
         """Run fn; a SnapshotTornError must be the pending torn step's, and releases it."""
-        nonlocal unreleased
+        nonlocal unreleased, held
+        gate.open()  # every operation lets the held copy go first (barrier and save wait for it)
+        held = None
         try:
             fn()
         except SnapshotTornError as e:
@@ -40,27 +74,43 @@ def _run(mode: str, ops: list[str], directory: str) -> None:
         unreleased = None  # barrier, wait and save all pass the pending snapshot's barrier
         return True
 
-    with open_checkpointer("pccheck", directory, CFG.replace(snapshot=mode)) as ck:
+    with mock.patch.object(Snapshotter, "_copy_cpu", staticmethod(gate.copy_cpu)), \
+            open_checkpointer("pccheck", directory, CFG.replace(snapshot=mode)) as ck:
         for op in ops:
             if op == "save":
                 step += 1
                 state = {"big": big, "opt": {"small": small}, "n": step}
                 snapshot = (big.clone(), small.clone())
-                if call(lambda: ck.save(step, state)):
+
+                def save() -> None:
+                    if mode == "deferred":  # after call() opened the gates
+                        gate.hold(step)
+                    ck.save(step, state)
+
+                if call(save):
                     expected[step] = snapshot
                     unreleased = step if mode == "deferred" else None
+                    held = unreleased
             elif op == "guarded_change":  # what guard(optimizer) does before optimizer.step()
                 call(ck.barrier)
                 big.add_(1.0)
                 small.add_(1)
-            elif op == "early_change":    # a change before the barrier: tears a deferred snapshot
-                if unreleased is not None:
-                    torn.add(unreleased)
+            elif op == "early_change":    # unguarded, before the held copy: tears that snapshot
+                if held is not None:
+                    torn.add(held)
+                big.mul_(-1.0)
+            elif op == "late_change":     # unguarded, after the copy completed: harmless
+                gate.open()
+                held = None
+                pending = ck._snapshots.pending
+                if pending is not None:
+                    assert pending.host_ready.wait(30)
                 big.mul_(-1.0)
             elif op == "barrier":
                 call(ck.barrier)
             elif op == "wait":
                 call(ck.wait)
+        gate.open()
         try:
             ck.close()
         except SnapshotTornError as e:
