@@ -13,8 +13,8 @@
 #   trace              seed-1024 fp32, 40 steps, checkpoint every 10, --snapshot deferred, traced;
 #                      prints how much of d2h overlaps the training step, draws timelines (PNG)
 #                      of the whole run and of the checkpoint at step 20, and the writer stragglers
-#   modes              benchmarks/bench_snapshot_modes.py on seed-1024 (none, torchsave, pccheck sync/deferred/gpu)
-#   seed2048           benchmarks/bench_snapshot_modes.py on seed-2048 (none, pccheck sync/deferred; 12.85 GB checkpoints)
+#   modes              ckptlab bench on seed-1024 (none, torchsave, pccheck sync/deferred/gpu; docs/PERFORMANCE.md)
+#   seed2048           ckptlab bench on seed-2048 fp32 and bf16 (none, pccheck sync/deferred; 12.85 GB checkpoints)
 #   affinity           seed-1024, 30 steps, checkpoint every 10, 4 writers unpinned vs --writer-cpus on the
 #                      last 4 CPUs; writer stragglers and migrations of each (ckptlab trace threads)
 #   affinity-matrix    ckptlab experiment affinity: 1,2,4,8 writers x unpinned/compact/spread/disjoint,
@@ -69,12 +69,15 @@ EOF
       $PY -m ckptlab.analysis.cli trace plot "$RES/trace-deferred.arrow" -o "$RES/timeline-deferred.png"
       $PY -m ckptlab.analysis.cli trace threads "$RES/trace-deferred.arrow" | tee "$RES/trace-threads.txt"
       ;;
-    modes)
-      $PY benchmarks/bench_snapshot_modes.py --preset seed-1024 --device cuda --steps 40 --freq 10 --trace \
-        --out "$RES/snapshot_modes_${GPU}_seed-1024.json" ;;
+    modes)  # the D2H overlap comes from the `trace` stage's deferred trace
+      $PY -m ckptlab.core.cli bench --preset seed-1024 --device cuda --steps 40 --every 10 --repeats 1 \
+        --kinds none,torchsave,pccheck-sync,pccheck-deferred,pccheck-gpu --no-progress \
+        --out "$RES/bench_${GPU}_seed-1024" ;;
     seed2048)
-      $PY benchmarks/bench_snapshot_modes.py --preset seed-2048 --device cuda --steps 30 --freq 10 \
-        --runs none,pccheck-sync,pccheck-deferred --out "$RES/snapshot_modes_${GPU}_seed-2048.json" ;;
+      for dt in fp32 bf16; do
+        $PY -m ckptlab.core.cli bench --preset seed-2048 --model-dtype $dt --device cuda --steps 30 --every 10 \
+          --repeats 1 --kinds none,pccheck-sync,pccheck-deferred --no-progress --out "$RES/bench_${GPU}_seed-2048_$dt"
+      done ;;
     affinity)
       last4=$($PY -c "import os; c = sorted(os.sched_getaffinity(0)); print(f'{c[-4]}-{c[-1]}')")
       for placement in unpinned "$last4"; do
