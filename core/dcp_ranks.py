@@ -14,8 +14,8 @@ Only rank 0 locks, repairs and deletes in DIR. Loading: rank 0's list of committ
 is broadcast; per candidate, newest first, each rank checks its side file and the shapes,
 an all_gather decides (every rank falls back together), then ``dcp.load`` (collective; DCP
 raises on every rank if any fails). Synchronous: the collectives run on the calling thread,
-as DCP's own do. ``dcp-async`` across ranks is not offered (its commit would need a
-collective off the training thread). docs/DISTRIBUTED.md, "DCP across ranks".
+as DCP's own do; ``dcp-async`` runs the same steps on a background thread
+(core/dcp_ranks_async.py). docs/DISTRIBUTED.md, "DCP across ranks".
 """
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ from ckptlab.profiling.phases import phase
 @dataclass
 class _Job:
     pending: _Pending
-    staged: dict[str, Any]  # DCP's host copy of the model/optimizer state dicts
+    staged: Any  # DCP's host copy of the model/optimizer state dicts (its stager is synchronous)
     side: bytes
 
 
@@ -77,9 +77,9 @@ class DcpRanksAsyncCheckpointer(DcpRanksCheckpointer):
         self._check_open()
         check_step(step)
         self._raise_error()
+        t0 = time.perf_counter()  # the stall counts the back-pressure wait, as the one-process kind's
         self._wait_for_slot()
         self._raise_error()
-        t0 = time.perf_counter()
         with phase("capture", step=step):
             tensors, side = _split_state(state)
         buf = io.BytesIO()
