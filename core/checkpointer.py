@@ -158,6 +158,10 @@ def open_checkpointer(kind: str, directory: str | os.PathLike, config: Checkpoin
                 from ckptlab.core.dcp_ranks import DcpRanksCheckpointer
 
                 return DcpRanksCheckpointer(directory, config, process_group)
+            if kind == "dcp-async":  # the same off the training thread (core/dcp_ranks_async.py)
+                from ckptlab.core.dcp_ranks_async import DcpRanksAsyncCheckpointer
+
+                return DcpRanksAsyncCheckpointer(directory, config, process_group)
             return DistributedCheckpointer(kind, directory, config, process_group)
     return open_local_checkpointer(kind, directory, config)
 

@@ -14,8 +14,8 @@ Only rank 0 locks, repairs and deletes in DIR. Loading: rank 0's list of committ
 is broadcast; per candidate, newest first, each rank checks its side file and the shapes,
 an all_gather decides (every rank falls back together), then ``dcp.load`` (collective; DCP
 raises on every rank if any fails). Synchronous: the collectives run on the calling thread,
-as DCP's own do. ``dcp-async`` across ranks is not offered (its commit would need a
-collective off the training thread). docs/DISTRIBUTED.md, "DCP across ranks".
+as DCP's own do; ``dcp-async`` runs the same steps on a background thread
+(core/dcp_ranks_async.py). docs/DISTRIBUTED.md, "DCP across ranks".
 """
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ from ckptlab.core.errors import CheckpointError, CheckpointMismatchError, Corrup
 from ckptlab.profiling.phases import phase
 
 
+_CALLERS = object()  # the group the checkpointer was opened with (None is the default group)
+
+
 def side_file_name(rank: int) -> str:
     """Rank 0's side file keeps the one-process name, so one process can read rank 0's view."""
     return SIDE_FILE if rank == 0 else f"trainer_state.rank{rank}.pt"
@@ -48,7 +51,7 @@ class DcpRanksCheckpointer(DcpCheckpointer):
     calls every method with the same steps (module docstring)."""
 
     def __init__(self, directory: str | os.PathLike, config: CheckpointConfig,
-                 process_group: dist.ProcessGroup | None = None) -> None:
+                 process_group: dist.ProcessGroup | None = None, *, async_save: bool = False) -> None:
         if not (dist.is_available() and dist.is_initialized()):
             raise ValueError("DCP across ranks needs an initialized torch.distributed process group")
         self._group = process_group
@@ -56,16 +59,18 @@ class DcpRanksCheckpointer(DcpCheckpointer):
         self._world = dist.get_world_size(process_group)
         self._src = 0 if process_group is None else dist.get_global_rank(process_group, 0)
         self._side_file = side_file_name(self._rank)
-        super().__init__(directory, config, async_save=False)
+        super().__init__(directory, config, async_save=async_save)
 
-    def _from_rank0(self, value: Any) -> Any:
+    def _from_rank0(self, value: Any, group: Any = _CALLERS) -> Any:
+        """Rank 0's ``value`` on every rank, over ``group`` (default: the caller's group)."""
+        group, src = (self._group, self._src) if group is _CALLERS else (group, dist.get_global_rank(group, 0))
         box = [value if self._rank == 0 else None]
-        dist.broadcast_object_list(box, src=self._src, group=self._group)
+        dist.broadcast_object_list(box, src=src, group=group)
         return box[0]
 
-    def _gather(self, value: Any) -> list[Any]:
+    def _gather(self, value: Any, group: Any = _CALLERS) -> list[Any]:
         out: list[Any] = [None] * self._world
-        dist.all_gather_object(out, value, group=self._group)
+        dist.all_gather_object(out, value, group=self._group if group is _CALLERS else group)
         return out
 
     def _open_directory(self) -> commit.DirectoryLock | None:
@@ -95,31 +100,41 @@ class DcpRanksCheckpointer(DcpCheckpointer):
         buf = io.BytesIO()
         with phase("serialize", step=step):
             torch.save(side, buf)
-        ck = self._io.checkpoint(step)
+        self._save_collective(step, tensors, buf.getvalue(), self._io.checkpoint(step), _CALLERS)
+        with self._lock:
+            self._durable_s[step] = time.perf_counter() - t0
+        self._stalls.append(time.perf_counter() - t0)
+
+    def _save_collective(self, step: int, tensors: dict[str, Any], side: bytes, ck: Any, group: Any) -> None:
+        """The steps of the module docstring over ``group``, on the thread that owns it: temp
+        dir, side file, ``dcp.save``, rank 0's publish, its outcome on every rank. Raises
+        CheckpointError (the same on every rank) if the step did not become durable."""
         made: tuple[str | None, str | None] = (None, None)
         if self._rank == 0:
             try:
                 made = (commit.make_temp_dir(self.directory, step, ck), None)
             except OSError as exc:
                 made = (None, f"{exc.strerror} ({exc.filename})")
-        tmp, problem = self._from_rank0(made)
+        tmp, problem = self._from_rank0(made, group)
         if problem is not None:
+            ck.mark("fail")
             raise CheckpointError(f"DCP checkpoint of step {step} in {self.directory}: rank 0 could not make its "
                                   f"temp directory: {problem}; the previous checkpoint is kept")
         try:
-            write_file_durable(os.path.join(tmp, self._side_file), buf.getvalue(), step=step, io=ck)
+            write_file_durable(os.path.join(tmp, self._side_file), side, step=step, io=ck)
             problem = None
         except OSError as exc:
             problem = f"{exc.strerror} ({exc.filename})"
-        failed = [(r, p) for r, p in enumerate(self._gather(problem)) if p is not None]
+        failed = [(r, p) for r, p in enumerate(self._gather(problem, group)) if p is not None]
         if not failed:
             writer = self._dcp.FileSystemWriter(tmp, sync_files=True,
                                                 **_kwargs_supported(self._dcp.FileSystemWriter,
                                                                     thread_count=self.config.writer_threads))
+            dcp_group = self._group if group is _CALLERS else group
             try:
                 with phase("dcp_save", step=step):
                     self._dcp.save(tensors, storage_writer=writer, checkpoint_id=tmp,
-                                   **_kwargs_supported(self._dcp.save, process_group=self._group))
+                                   **_kwargs_supported(self._dcp.save, process_group=dcp_group))
             except Exception as exc:  # DCP raises on every rank when any rank fails
                 failed = [(self._rank, repr(exc))]
         outcome = None if not failed else "; ".join(f"rank {r}: {p}" for r, p in failed)
@@ -128,14 +143,11 @@ class DcpRanksCheckpointer(DcpCheckpointer):
                 outcome = self._publish(step, tmp, ck)
             else:
                 self._io.remove_tree(tmp)
-        outcome = self._from_rank0(outcome)
+        outcome = self._from_rank0(outcome, group)
         if outcome is not None:
             ck.mark("fail")
             raise CheckpointError(f"DCP checkpoint of step {step} in {self.directory} failed ({outcome}); the "
                                   f"previous checkpoint is kept")
-        with self._lock:
-            self._durable_s[step] = time.perf_counter() - t0
-        self._stalls.append(time.perf_counter() - t0)
 
     def _publish(self, step: int, tmp: str, ck: Any) -> str | None:
         """Rank 0: the commit protocol of core/commit.py, then retention; None or the problem."""

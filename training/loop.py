@@ -330,12 +330,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 def _open(cfg: TrainConfig, ctx: DistContext) -> Checkpointer:
     """The run's checkpointer: under torchrun the multi-rank one (collective), except for
-    ``none`` (nothing to coordinate); ``dcp`` is DCP over the group, ``dcp-async`` is refused."""
+    ``none`` (nothing to coordinate); ``dcp`` / ``dcp-async`` are DCP over the group."""
     config = cfg.checkpoint.replace(trace=cfg.checkpoint.trace or cfg.trace is not None)
-    if ctx.active and cfg.checkpointer == "dcp-async":
-        raise TrainError(f"--checkpointer dcp-async does not run under torchrun ({ctx.world_size} ranks): its "
-                         f"commit would need a collective off the training thread; use dcp (synchronous, "
-                         f"collective like DCP itself), pccheck or torchsave")
     if ctx.active and cfg.checkpointer == "none":
         return open_local_checkpointer("none", cfg.ckpt_dir, config)
     return open_checkpointer(cfg.checkpointer, cfg.ckpt_dir, config)
