@@ -300,6 +300,9 @@ class DcpCheckpointer:
         _check_shapes(metadata.state_dict_metadata, models, state, path)
         side = torch.load(os.path.join(path, side_file), map_location="cpu", weights_only=True)
         live = [k for k, v in state.items() if isinstance(v, (nn.Module, torch.optim.Optimizer))]
+        if not state:  # nothing to restore into: return every saved entry, as the other kinds do
+            planned = getattr(metadata, "planner_data", None) or {}
+            live = sorted({where[0] for where in planned.values() if where})
         for key in state:
             if key not in live and key not in side:
                 raise CheckpointMismatchError(f"entry {key!r} is missing from checkpoint {path}")

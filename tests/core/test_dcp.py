@@ -58,6 +58,19 @@ def test_round_trip_restores_every_entry(tmp_path: Path, async_save: bool) -> No
     assert dst["data"].state_dict() == src["data"].state_dict()
 
 
+def test_a_load_without_a_state_returns_the_saved_tensors(tmp_path: Path) -> None:
+    """load() with no objects to restore into returns what was saved, tensors included (as
+    every other kind does), instead of only the side file's entries."""
+    src = _state(seed=0)
+    with _dcp(tmp_path) as ck:
+        ck.save(3, src)
+        ck.wait()
+    with _dcp(tmp_path) as ck:
+        step, loaded = ck.load()
+    assert step == 3 and loaded["extra"] == {"note": "hello"}
+    assert _same_tensors(src["model"].state_dict(), loaded["model"])
+
+
 def test_async_save_snapshots_before_returning(tmp_path: Path) -> None:
     state = _state()
     before = {k: v.clone() for k, v in state["model"].state_dict().items()}
