@@ -110,9 +110,8 @@ def _check(checkpoints: list[dict], victim: str, *, at_least: float) -> None:
 def test_induced_cpu_wait_with_static_chunk_shares_is_named_every_time(tmp_path, capsys):
     """Each writer owns half the chunks (chunk_assignment="static"): the moved writer cannot
     dodge its share by taking fewer, so every measured checkpoint waits for it, and the
-    analyzer names it, and no other thread: with cpu-wait, or, where it waited for the busy
-    CPU before its first record (no counter sees that wait; seen when another test loads the
-    machine, as make test's second worker does), late-start, but in at most one of three."""
+    analyzer names it, and no other thread, as waiting for the CPU: cpu-wait, or late-start
+    where the wait fell before its first record (no counter sees it there; docs/TRACE.md)."""
     from ckptlab.analysis.cli import main
 
     run = induced_cpu_wait(saves=4, mib=8, out_dir=str(tmp_path), chunk_mib=1, chunk_assignment="static")
@@ -120,11 +119,20 @@ def test_induced_cpu_wait_with_static_chunk_shares_is_named_every_time(tmp_path,
     doc = json.loads(capsys.readouterr().out)
     measured = [c for c in doc["checkpoints"] if c["step"] > 2]  # step 1 warms up, step 2 meets the spinner
     assert len(measured) == 3
-    assert all(c["straggler"] == run.victim and c["cause"] in ("cpu-wait", "late-start") for c in measured), measured
-    waited = [c for c in measured if c["cause"] == "cpu-wait"]
-    assert len(waited) >= 2, measured
-    assert all(c["excess_cpu_wait_s"] >= 0.5 * c["gap_s"] for c in waited), waited
-    assert sum(run.victim in f and "cpu-wait" in f for f in doc["findings"]) >= len(waited)
+    for c in measured:
+        assert c["straggler"] == run.victim and c["cause"] in ("cpu-wait", "late-start"), c
+        cause_s = c["excess_cpu_wait_s"] if c["cause"] == "cpu-wait" else c["excess_late_start_s"]
+        assert cause_s >= 0.5 * c["gap_s"], c
+        assert c["excess_blocked_s"] < 0.25 * c["gap_s"] and c["excess_on_cpu_s"] < 0.25 * c["gap_s"], c
+
+
+@pytest.mark.slow  # how many of the waits fall inside records is up to the scheduler
+def test_induced_cpu_wait_with_static_chunk_shares_is_mostly_cpu_wait(tmp_path, capsys):
+    from ckptlab.analysis.cli import main
+
+    run = induced_cpu_wait(saves=8, mib=8, out_dir=str(tmp_path), chunk_mib=1, chunk_assignment="static")
+    assert main(["analyze", run.trace, "--json"]) == 0
+    _check(json.loads(capsys.readouterr().out)["checkpoints"], run.victim, at_least=0.5)
 
 
 @pytest.mark.slow  # timing-dependent: with the shared queue a starved writer may get no chunk at all (then
