@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ckptlab.faults.payload import TensorSpec, check_state, state_for
-from ckptlab.faults.saver import AckLog, child_main
+from ckptlab.faults.saver import AckLog, PollingThread, child_main
 
 COORDINATION_BROKEN_RC = 3
 EARLY_ACK_DELAY_S = 0.3
@@ -91,7 +91,7 @@ def _check(tree: Any, layout: list[TensorSpec], seed: int, step: int, rank: int,
     return problem
 
 
-class AckPoller:
+class AckPoller(PollingThread):
     """Logs ``commit S 1 N`` for each step this rank acknowledged, as soon as ``stats()`` shows
     it (a thread polls every millisecond while saves overlap). Steps resolve in order, so a
     step skipped between two polls goes unlogged: the log never claims more than was
@@ -100,10 +100,7 @@ class AckPoller:
     def __init__(self, ck: Any, ack: AckLog, steps: list[int]) -> None:
         self._ck, self._ack, self._number = ck, ack, {s: n for n, s in enumerate(steps, 1)}
         self._last: int | None = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ack-poll", daemon=True)
-        self._thread.start()
+        super().__init__("ack-poll")
 
     def poll(self) -> None:
         with self._lock:
@@ -111,15 +108,6 @@ class AckPoller:
             if last is not None and last != self._last:
                 self._ack.line(f"commit {last} 1 {self._number.get(last, 0)}")
                 self._last = last
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.001):
-            self.poll()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.poll()
 
 
 def _save(cfg: dict[str, Any], rank: int, layout: list[TensorSpec], seed: int) -> int:

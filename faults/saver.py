@@ -66,16 +66,36 @@ class AckLog:
                 os.fsync(self._fd)
 
 
-class Poller:
+class PollingThread:
+    """Calls ``poll()`` every millisecond on a thread of its own, and once more after stop(),
+    so an ack log is written as soon as the checkpointer reports something."""
+
+    def __init__(self, name: str) -> None:
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def poll(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.001):
+            self.poll()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()
+
+
+class Poller(PollingThread):
     """Records acknowledgements and failures as soon as the engine reports them."""
 
     def __init__(self, engine: Any, ack: AckLog, on_failure) -> None:
         self._engine, self._ack, self._on_failure = engine, ack, on_failure
         self._seen = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="saver-poll", daemon=True)
-        self._thread.start()
+        super().__init__("saver-poll")
 
     def poll(self) -> None:
         with self._lock:
@@ -86,15 +106,6 @@ class Poller:
             while (f := self._engine.take_failure()) is not None:
                 self._ack.line(f"fail {f['step']} {f['errno']} {f['op'].replace(' ', '_')}")
                 self._on_failure()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.001):
-            self.poll()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.poll()
 
 
 def run(cfg: dict[str, Any]) -> int:
