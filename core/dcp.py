@@ -117,11 +117,7 @@ class DcpCheckpointer:
         # (dcp-async: _commit's phases then run where DCP completes the write).
         if self.async_save:
             self._wait_for_slot()
-        with phase("capture", step=step):
-            tensors, side = _split_state(state)
-        buf = io.BytesIO()
-        with phase("serialize", step=step):
-            torch.save(side, buf)
+        tensors, side_bytes = capture_for_dcp(state, step)
         ck = self._io.checkpoint(step)
         tmp = commit.make_temp_dir(self.directory, step, ck)
         writer = self._dcp.FileSystemWriter(tmp, sync_files=True,
@@ -133,7 +129,7 @@ class DcpCheckpointer:
             try:
                 with phase("dcp_save", step=step):
                     self._dcp.save(tensors, storage_writer=writer, checkpoint_id=tmp, **extra)
-                self._commit(pending, buf.getvalue())
+                self._commit(pending, side_bytes)
             except Exception as exc:
                 self._io.remove_tree(tmp)
                 ck.mark("fail")
@@ -151,7 +147,7 @@ class DcpCheckpointer:
                 ck.mark("fail")
                 raise
             future: Future = getattr(result, "upload_completion", result)
-            future.add_done_callback(lambda f: self._on_done(pending, f, buf.getvalue()))
+            future.add_done_callback(lambda f: self._on_done(pending, f, side_bytes))
         self._stalls.append(time.perf_counter() - t0)
 
     def _on_done(self, pending: _Pending, future: Future, side: bytes) -> None:
@@ -409,6 +405,17 @@ def _tensor_template(state: Mapping[str, Any]) -> dict[str, Any]:
                 raise ValueError("an optimizer needs its nn.Module in the same checkpoint")
             template[key] = get_optimizer_state_dict(module, value)
     return template
+
+
+def capture_for_dcp(state: Mapping[str, Any], step: int) -> tuple[dict[str, Any], bytes]:
+    """(the DCP part of ``state``, the side file's bytes), recorded as the ``capture`` and
+    ``serialize`` phases: what every DCP kind's save() does first on the caller's thread."""
+    with phase("capture", step=step):
+        tensors, side = _split_state(state)
+    buf = io.BytesIO()
+    with phase("serialize", step=step):
+        torch.save(side, buf)
+    return tensors, buf.getvalue()
 
 
 def _split_state(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

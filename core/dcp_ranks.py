@@ -19,7 +19,6 @@ as DCP's own do; ``dcp-async`` runs the same steps on a background thread
 """
 from __future__ import annotations
 
-import io
 import os
 import time
 import warnings
@@ -32,7 +31,7 @@ import torch.distributed as dist
 from ckptlab.core import commit
 from ckptlab.core.checkpointer import check_step
 from ckptlab.core.config import CheckpointConfig
-from ckptlab.core.dcp import SIDE_FILE, DcpCheckpointer, _kwargs_supported, _restore, _split_state
+from ckptlab.core.dcp import SIDE_FILE, DcpCheckpointer, _kwargs_supported, _restore, capture_for_dcp
 from ckptlab.core.durable import makedirs_durable, write_file_durable
 from ckptlab.core.errors import CheckpointError, CheckpointMismatchError, CorruptCheckpointWarning, NoCheckpointError
 from ckptlab.profiling.phases import phase
@@ -95,12 +94,8 @@ class DcpRanksCheckpointer(DcpCheckpointer):
         self._check_open()
         check_step(step)
         t0 = time.perf_counter()
-        with phase("capture", step=step):
-            tensors, side = _split_state(state)
-        buf = io.BytesIO()
-        with phase("serialize", step=step):
-            torch.save(side, buf)
-        self._save_collective(step, tensors, buf.getvalue(), self._io.checkpoint(step), _CALLERS)
+        tensors, side_bytes = capture_for_dcp(state, step)
+        self._save_collective(step, tensors, side_bytes, self._io.checkpoint(step), _CALLERS)
         with self._lock:
             self._durable_s[step] = time.perf_counter() - t0
         self._stalls.append(time.perf_counter() - t0)

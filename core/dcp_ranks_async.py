@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import datetime
-import io
 import os
 import threading
 import time
@@ -31,12 +30,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.distributed as dist
 
 from ckptlab.core.checkpointer import check_step
 from ckptlab.core.config import CheckpointConfig
-from ckptlab.core.dcp import _Pending, _split_state
+from ckptlab.core.dcp import _Pending, capture_for_dcp
 from ckptlab.core.dcp_ranks import DcpRanksCheckpointer
 from ckptlab.core.errors import CheckpointError
 from ckptlab.profiling.phases import phase
@@ -80,14 +78,10 @@ class DcpRanksAsyncCheckpointer(DcpRanksCheckpointer):
         t0 = time.perf_counter()  # the stall counts the back-pressure wait, as the one-process kind's
         self._wait_for_slot()
         self._raise_error()
-        with phase("capture", step=step):
-            tensors, side = _split_state(state)
-        buf = io.BytesIO()
-        with phase("serialize", step=step):
-            torch.save(side, buf)
+        tensors, side_bytes = capture_for_dcp(state, step)
         with phase("dcp_stage", step=step):
             staged = self._stager.stage(tensors)
-        job = _Job(_Pending(step, "", t0, self._io.checkpoint(step)), staged, buf.getvalue())
+        job = _Job(_Pending(step, "", t0, self._io.checkpoint(step)), staged, side_bytes)
         with self._lock:
             self._pending.append(job.pending)
             self._jobs.append(job)
