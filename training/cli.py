@@ -23,7 +23,7 @@ from ckptlab.core.checkpointer import KINDS
 from ckptlab.core.config import SNAPSHOT_MODES, CheckpointConfig
 from ckptlab.core.fault_spec import add_fault_arguments, apply_fault_arguments
 from ckptlab.training.config import MODEL_DTYPES, TrainConfig
-from ckptlab.training.presets import PRESETS, get_preset
+from ckptlab.training.presets import PRESETS, preset_argument
 
 __all__ = ["build_parser", "add_train_arguments", "add_train_subcommand", "run_train", "main",
            "config_from_args", "CHECKPOINT_FLAGS", "checkpoint_config_from_args", "flag_message"]
@@ -45,14 +45,6 @@ def _non_negative_int(text: str) -> int:
 
 def _positive_int(text: str) -> int:
     return _int_at_least(text, 1)
-
-
-def _preset(text: str) -> str:
-    try:
-        get_preset(text)
-    except KeyError as exc:
-        raise argparse.ArgumentTypeError(exc.args[0]) from None
-    return text
 
 
 @dataclass(frozen=True)
@@ -131,7 +123,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, *,
                        help="resume from the newest valid checkpoint in --ckpt-dir "
                             "(exit 2 if there is none, unless --allow-fresh-start)")
     run = parser.add_argument_group("model, device, checkpointing")
-    run.add_argument("--preset", type=_preset, default="tiny", metavar="NAME",
+    run.add_argument("--preset", type=preset_argument, default="tiny", metavar="NAME",
                      help=f"model preset: {', '.join(PRESETS)} (default tiny)")
     run.add_argument("--batch-size", type=_positive_int, default=None,
                      help="samples per step (default: the preset's)")

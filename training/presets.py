@@ -10,10 +10,11 @@ allocating anything.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass
 
-__all__ = ["ModelConfig", "Preset", "PRESETS", "get_preset", "preset_names"]
+__all__ = ["ModelConfig", "Preset", "PRESETS", "get_preset", "preset_argument", "preset_names"]
 
 
 @dataclass(frozen=True)
@@ -112,3 +113,12 @@ def get_preset(name: str) -> Preset:
     except KeyError:
         raise KeyError(f"unknown preset {name!r}; known presets: "
                        f"{', '.join(PRESETS)}") from None
+
+
+def preset_argument(text: str) -> str:
+    """argparse ``type=`` for ``--preset``: the name, or the unknown-preset message as a usage error."""
+    try:
+        get_preset(text)
+    except KeyError as exc:
+        raise argparse.ArgumentTypeError(exc.args[0]) from None
+    return text

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ckptlab.training.bench.spec import BENCH_KINDS, CPU_KINDS, SHAPE_FLAGS, WORK_FLAGS, BenchSpec
+from ckptlab.training.presets import preset_argument
 
 __all__ = ["add_bench_parser", "run_bench_command", "main"]
 
@@ -31,20 +32,10 @@ def _int_list(value: str) -> tuple[int, ...]:
     return out
 
 
-def _preset(value: str) -> str:
-    from ckptlab.training.presets import get_preset
-
-    try:
-        get_preset(value)
-    except KeyError as exc:
-        raise argparse.ArgumentTypeError(exc.args[0]) from None
-    return value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="results directory (must not hold a bench.json)")
     model = p.add_argument_group("model (as `ckptlab train`)")
-    model.add_argument("--preset", type=_preset, default="tiny", help="model preset (default tiny)")
+    model.add_argument("--preset", type=preset_argument, default="tiny", help="model preset (default tiny)")
     for name in (*SHAPE_FLAGS, *WORK_FLAGS):
         model.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help="override the preset's")
     model.add_argument("--state-mb", type=int, default=None,
