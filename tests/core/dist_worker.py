@@ -52,6 +52,15 @@ def part_bytes(directory: str, rank: int, step: int) -> tuple[int, int]:
     return sum(t.nbytes for t in m.tensors if t.name.startswith("tensors/")), m.total_bytes
 
 
+def error_of(call) -> str | None:
+    """The CheckpointError ``call()`` raised, as text; None if it returned."""
+    try:
+        call()
+    except CheckpointError as e:
+        return str(e)
+    return None
+
+
 def write(out: str, name: str, rank: int, result: dict) -> None:
     with open(os.path.join(out, f"{name}_rank{rank}.json"), "w") as f:
         json.dump(result, f)
@@ -112,11 +121,7 @@ def main_world_main(rank: int, world: int, init_file: str, directory: str, out: 
         # mismatched steps: a clear error on every rank, nothing committed
         t0 = time.monotonic()
         ck.save(4 if rank == 0 else 5, state_of(model, opt, 4))
-        try:
-            ck.wait()
-            r["mismatch_error"] = None
-        except CheckpointError as e:
-            r["mismatch_error"] = str(e)
+        r["mismatch_error"] = error_of(ck.wait)
         r["mismatch_s"] = time.monotonic() - t0
     r["records_after_mismatch"] = sorted(os.listdir(os.path.join(directory, "global")))
 
@@ -169,11 +174,7 @@ def main_world_main(rank: int, world: int, init_file: str, directory: str, out: 
         t0 = time.monotonic()
         if rank == 0:
             ck.save(20, state_of(model, opt, 20))
-            try:
-                ck.wait()
-                r["absent_error"] = None
-            except CheckpointError as e:
-                r["absent_error"] = str(e)
+            r["absent_error"] = error_of(ck.wait)
         else:
             time.sleep(6.0)  # never arrives (ends only after rank 0 has given up)
         r["absent_s"] = time.monotonic() - t0
@@ -198,11 +199,7 @@ def kill_main(rank: int, world: int, init_file: str, directory: str, out: str) -
     train_step(model, opt, rank)
     t0 = time.monotonic()
     ck.save(2, state_of(model, opt, 2))
-    try:
-        ck.wait()
-        r["error"] = None
-    except CheckpointError as e:
-        r["error"] = str(e)
+    r["error"] = error_of(ck.wait)
     r["error_after_s"] = time.monotonic() - t0
     write(out, "kill", rank, r)
     os._exit(0)  # the group lost a member: no orderly teardown
@@ -225,11 +222,7 @@ def torchrun_load() -> None:
     rank = dist.get_rank()
     r: dict = {"world": dist.get_world_size()}
     with open_checkpointer("pccheck", directory, config()) as ck:
-        try:
-            ck.load()
-            r["without_per_rank_of"] = None
-        except CheckpointError as e:
-            r["without_per_rank_of"] = str(e)
+        r["without_per_rank_of"] = error_of(ck.load)
         step, loaded = ck.load(per_rank_of=0)
         r["step"] = step
         r["params"] = [loaded["model"][k].flatten().tolist() for k in sorted(loaded["model"])]

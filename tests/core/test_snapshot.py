@@ -9,25 +9,9 @@ import torch
 
 from ckptlab.core import (CheckpointConfig, CheckpointWriteError, SnapshotTornError, list_checkpoints, load_latest,
                           open_checkpointer)
-from ckptlab.core import snapshot as snapshot_module
 from ckpt_testutil import assert_state_is_step, det_state
 
 CFG = CheckpointConfig(chunk_bytes=1 << 20, writer_threads=2, snapshot="deferred", keep_last=0)
-
-
-@pytest.fixture
-def copy_gate(monkeypatch):
-    """Holds the snapshot thread's host copies until set: a change made meanwhile is
-    deterministically before the copy completed (a later one would be harmless)."""
-    gate = threading.Event()
-    real = snapshot_module.copy_pieces
-
-    def held(dst, region, non_blocking=False):
-        assert gate.wait(30), "test never opened the copy gate"
-        real(dst, region, non_blocking=non_blocking)
-
-    monkeypatch.setattr(snapshot_module, "copy_pieces", held)
-    return gate
 
 
 @pytest.mark.parametrize("mode", ["deferred", "gpu"])

@@ -3,30 +3,14 @@ to durable does not wait for the next barrier()/optimizer.step(). A change that 
 before the copy did still fails the checkpoint (SnapshotTornError); a change after the copy
 is harmless, and the checkpoint holds the values of save(). The copy is held with a gate
 around core/snapshot.py's copy_pieces, so no test races the copy thread."""
-import threading
 
 import pytest
 import torch
 
 from ckptlab.core import CheckpointConfig, SnapshotTornError, list_checkpoints, load_latest, open_checkpointer
-from ckptlab.core import snapshot as snapshot_module
 
 CFG = CheckpointConfig(chunk_bytes=1 << 20, writer_threads=2, snapshot="deferred", keep_last=0)
 HANDOVER_S = 5.0  # generous on a loaded 2-core machine; today the hand-over never comes
-
-
-@pytest.fixture
-def copy_gate(monkeypatch):
-    """An event the snapshot thread's host copies wait for before they start."""
-    gate = threading.Event()
-    real = snapshot_module.copy_pieces
-
-    def held(dst, region, non_blocking=False):
-        assert gate.wait(30), "test never opened the copy gate"
-        real(dst, region, non_blocking=non_blocking)
-
-    monkeypatch.setattr(snapshot_module, "copy_pieces", held)
-    return gate
 
 
 def test_checkpoint_is_durable_without_a_barrier(ckpt_dir):
