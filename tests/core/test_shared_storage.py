@@ -235,14 +235,15 @@ def test_deferred_snapshots_copy_each_storage_once(mode, ckpt_dir):
         assert same_storage(got["w"], got["wT"]) and same_storage(got["w"], got["tied"])
 
 
-def test_deferred_snapshot_sees_a_change_through_any_tensor_of_a_shared_storage(ckpt_dir):
+def test_deferred_snapshot_sees_a_change_through_any_tensor_of_a_shared_storage(ckpt_dir, copy_gate):
     from ckptlab.core import SnapshotTornError
 
     w = torch.zeros(1 << 20)
     a, b = w[: 1 << 19], w[1 << 19:]
     with open_checkpointer("pccheck", ckpt_dir, CFG.replace(snapshot="deferred")) as ck:
         ck.save(1, {"a": a, "b": b})
-        b.add_(1)  # before the barrier: the checkpoint must fail, not hold a torn w
+        b.add_(1)  # before the copy of w completed (the gate holds it): the checkpoint must fail, not hold a torn w
+        copy_gate.set()
         with pytest.raises(SnapshotTornError, match="b"):
             ck.wait()
 
