@@ -195,6 +195,17 @@ class Engine:
     def submit(self, step: int, meta_json: str, segments: Sequence[tuple[int, int, int]], total_bytes: int) -> int:
         """Copy (ptr, nbytes, stream_offset) segments into staging and queue the checkpoint. Returns its id."""
 
+    def open_stream(self, step: int, meta_json: str, total_bytes: int) -> int:
+        """Admit a checkpoint the caller fills chunk by chunk (acquire_chunk, queue_chunk), then
+        seal() or abort(); blocks while max_inflight are in flight. Returns its id."""
+    def acquire_chunk(self, id: int) -> tuple[int, int, int, int]:
+        """The stream's next chunk as (chunk, address, stream_offset, nbytes); blocks while staging is full."""
+    def queue_chunk(self, id: int, chunk: int) -> None:
+        """Hand a filled chunk to the writer threads."""
+    def seal(self, id: int) -> None:
+        """Every chunk is queued and the copy is judged: commit once durable."""
+    def abort(self, id: int, reason: str) -> None:
+        """Fail the stream's checkpoint; nothing of it is committed."""
     def wait(self, timeout: float | None = None) -> bool:
         """True once every submitted checkpoint is committed or failed; False if `timeout` s passed first."""
 

@@ -325,6 +325,40 @@ PYBIND11_MODULE(_engine, m) {
            },
            py::arg("step"), py::arg("meta_json"), py::arg("segments"), py::arg("total_bytes"),
            "Copy (ptr, nbytes, stream_offset) segments into staging and queue the checkpoint. Returns its id.")
+      .def("open_stream",
+           [](Engine& e, int64_t step, const std::string& meta_json, uint64_t total_bytes) {
+             return interruptible([&](const InterruptCheck& ic) {
+               return e.open_stream(step, meta_json, total_bytes, ic);
+             });
+           },
+           py::arg("step"), py::arg("meta_json"), py::arg("total_bytes"),
+           "Admit a checkpoint the caller fills chunk by chunk (acquire_chunk, queue_chunk), then seal() or "
+           "abort(); blocks while max_inflight are in flight. Returns its id.")
+      .def("acquire_chunk",
+           [](Engine& e, uint64_t id) {
+             StreamChunk c = interruptible([&](const InterruptCheck& ic) { return e.acquire_chunk(id, ic); });
+             return py::make_tuple(c.chunk, reinterpret_cast<uintptr_t>(c.data), c.stream_offset, c.nbytes);
+           },
+           py::arg("id"),
+           "The stream's next chunk as (chunk, address, stream_offset, nbytes); blocks while staging is full.")
+      .def("queue_chunk",
+           [](Engine& e, uint64_t id, uint32_t chunk) {
+             py::gil_scoped_release release;
+             e.queue_chunk(id, chunk);
+           },
+           py::arg("id"), py::arg("chunk"), "Hand a filled chunk to the writer threads.")
+      .def("seal",
+           [](Engine& e, uint64_t id) {
+             py::gil_scoped_release release;
+             e.seal(id);
+           },
+           py::arg("id"), "Every chunk is queued and the copy is judged: commit once durable.")
+      .def("abort",
+           [](Engine& e, uint64_t id, const std::string& reason) {
+             py::gil_scoped_release release;
+             e.abort(id, reason);
+           },
+           py::arg("id"), py::arg("reason"), "Fail the stream's checkpoint; nothing of it is committed.")
       .def("wait",
            [](Engine& e, std::optional<double> timeout) {
              std::optional<Engine::Clock::time_point> deadline;

@@ -161,6 +161,12 @@ void Engine::close() {
     if (closed_) return;
     closed_ = true;
   }
+  std::vector<uint64_t> open;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, ck] : streams_) open.push_back(id);
+  }
+  for (uint64_t id : open) abort(id, "the checkpointer was closed while this checkpoint was being filled");
   wait_all(nullptr);
   {
     std::lock_guard<std::mutex> lock(wq_mu_);
@@ -179,6 +185,7 @@ void Engine::close() {
 }
 
 TraceRing* Engine::submit_ring() {
+  std::lock_guard<std::mutex> lock(rings_mu_);
   int32_t tid = current_tid();
   auto it = submit_threads_.find(tid);
   if (it == submit_threads_.end())
@@ -186,10 +193,7 @@ TraceRing* Engine::submit_ring() {
   return it->second->ring();
 }
 
-uint64_t Engine::submit(int64_t step, const std::string& meta_json, const std::vector<Segment>& segments,
-                        uint64_t total_bytes, const InterruptCheck& interrupted) {
-  std::lock_guard<std::mutex> submit_lock(submit_mu_);
-  const uint64_t t_submit = monotonic_ns();
+void Engine::admit(int64_t step, const InterruptCheck& interrupted) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_) throw std::runtime_error("checkpointer is closed");
@@ -197,6 +201,22 @@ uint64_t Engine::submit(int64_t step, const std::string& meta_json, const std::v
       throw std::invalid_argument("step " + std::to_string(step) + " must be greater than the last saved step " +
                                   std::to_string(last_submitted_step_));
   }
+  // Back-pressure: at most max_inflight checkpoints between submit and acknowledgement.
+  std::unique_lock<std::mutex> lock(mu_);
+  while (pending_.size() >= static_cast<size_t>(opt_.max_inflight)) {
+    cv_.wait_for(lock, std::chrono::milliseconds(100));
+    if (pending_.size() >= static_cast<size_t>(opt_.max_inflight) && interrupted) {
+      lock.unlock();
+      if (interrupted()) throw Interrupted();
+      lock.lock();
+    }
+  }
+}
+
+uint64_t Engine::submit(int64_t step, const std::string& meta_json, const std::vector<Segment>& segments,
+                        uint64_t total_bytes, const InterruptCheck& interrupted) {
+  std::lock_guard<std::mutex> submit_lock(submit_mu_);
+  const uint64_t t_submit = monotonic_ns();
   uint64_t expect = 0;
   for (const Segment& s : segments) {
     if (s.stream_offset < expect || s.stream_offset + s.nbytes > total_bytes)
@@ -205,20 +225,7 @@ uint64_t Engine::submit(int64_t step, const std::string& meta_json, const std::v
   }
   TraceRing* ring = submit_ring();
   ScopedPhase snapshot(&tracer_, ring, Phase::kSnapshot, next_id_ + 1, step, -1, 0, total_bytes);
-
-  // Back-pressure: at most max_inflight checkpoints between submit and acknowledgement.
-  {
-    std::unique_lock<std::mutex> lock(mu_);
-    while (pending_.size() >= static_cast<size_t>(opt_.max_inflight)) {
-      cv_.wait_for(lock, std::chrono::milliseconds(100));
-      if (pending_.size() >= static_cast<size_t>(opt_.max_inflight) && interrupted) {
-        lock.unlock();
-        if (interrupted()) throw Interrupted();
-        lock.lock();
-      }
-    }
-  }
-
+  admit(step, interrupted);
   std::shared_ptr<Checkpoint> ck = begin_checkpoint(step, meta_json, total_bytes);
   ck->t_submit_ns = t_submit;
   stage_chunks(ck, segments, interrupted, ring);
@@ -226,9 +233,138 @@ uint64_t Engine::submit(int64_t step, const std::string& meta_json, const std::v
   return ck->id;
 }
 
+uint64_t Engine::open_stream(int64_t step, const std::string& meta_json, uint64_t total_bytes,
+                             const InterruptCheck& interrupted) {
+  std::lock_guard<std::mutex> submit_lock(submit_mu_);
+  const uint64_t t_submit = monotonic_ns();
+  admit(step, interrupted);
+  std::shared_ptr<Checkpoint> ck = begin_checkpoint(step, meta_json, total_bytes, /*sealed=*/false);
+  ck->t_submit_ns = t_submit;
+  return ck->id;
+}
+
+std::shared_ptr<Engine::Checkpoint> Engine::open_stream_checkpoint(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = streams_.find(id);
+  if (it == streams_.end())
+    throw std::invalid_argument("checkpoint " + std::to_string(id) + " is not an open stream (sealed, aborted or "
+                                "never opened)");
+  return it->second;
+}
+
+StreamChunk Engine::acquire_chunk(uint64_t id, const InterruptCheck& interrupted) {
+  std::shared_ptr<Checkpoint> ck = open_stream_checkpoint(id);
+  uint32_t c;
+  {
+    std::lock_guard<std::mutex> lock(ck->stream_mu);
+    if (ck->next_chunk >= ck->nchunks)
+      throw std::invalid_argument("checkpoint " + std::to_string(id) + " has no chunk left to fill (" +
+                                  std::to_string(ck->nchunks) + " chunks)");
+    c = ck->next_chunk;
+  }
+  int buf = pool_->acquire(interrupted);  // back-pressure: a writer returns a buffer
+  if (buf < 0) throw Interrupted();
+  {
+    std::lock_guard<std::mutex> lock(ck->stream_mu);
+    ck->held[c] = buf;
+    ck->stage_begin_ns[c] = monotonic_ns();
+    ck->next_chunk = c + 1;
+  }
+  return StreamChunk{c, pool_->data(buf), static_cast<uint64_t>(c) * opt_.chunk_bytes, ck->chunk_len[c]};
+}
+
+void Engine::queue_chunk(uint64_t id, uint32_t chunk) {
+  std::shared_ptr<Checkpoint> ck = open_stream_checkpoint(id);
+  int buf;
+  {
+    std::lock_guard<std::mutex> lock(ck->stream_mu);
+    if (chunk >= ck->nchunks || ck->held[chunk] < 0)
+      throw std::invalid_argument("chunk " + std::to_string(chunk) + " of checkpoint " + std::to_string(id) +
+                                  " was not handed out, or was queued already");
+    buf = ck->held[chunk];
+    ck->held[chunk] = -1;
+  }
+  if (tracer_.records_enabled()) {  // the chunk's fill, from hand-out to here (the caller's copy)
+    TraceRecord r{};
+    r.ckpt_id = ck->id;
+    r.step = ck->step;
+    r.thread = current_tid();
+    r.cpu_begin = r.cpu_end = current_cpu();
+    r.phase = static_cast<int16_t>(Phase::kStage);
+    r.chunk = chunk;
+    r.offset = static_cast<uint64_t>(chunk) * opt_.chunk_bytes;
+    r.nbytes = ck->chunk_len[chunk];
+    r.t_begin_ns = ck->stage_begin_ns[chunk];
+    r.t_end_ns = monotonic_ns();
+    r.run_ns = r.wait_ns = -1;  // the fill ran in the caller, between calls: not measured
+    r.ctx_vol = r.ctx_invol = -1;
+    submit_ring()->push(r);
+  }
+  queue_write(ck, chunk, buf);
+}
+
+void Engine::seal(uint64_t id) {
+  std::shared_ptr<Checkpoint> ck = open_stream_checkpoint(id);
+  {
+    std::lock_guard<std::mutex> lock(ck->stream_mu);
+    bool all_queued = ck->next_chunk == ck->nchunks;
+    for (int b : ck->held) all_queued = all_queued && b < 0;
+    if (!all_queued)
+      throw std::invalid_argument("checkpoint " + std::to_string(id) + " cannot be sealed before every chunk is "
+                                  "queued");
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ck->sealed = true;
+    ck->t_staged_ns = monotonic_ns();
+    streams_.erase(id);
+  }
+  cv_.notify_all();
+}
+
+void Engine::abort(uint64_t id, const std::string& reason) {
+  std::shared_ptr<Checkpoint> ck = open_stream_checkpoint(id);
+  fail(*ck, "snapshot", ck->tmp_path, 0, reason);
+  std::vector<uint32_t> unqueued;
+  {
+    std::lock_guard<std::mutex> lock(ck->stream_mu);
+    for (uint32_t c = 0; c < ck->nchunks; ++c) {
+      if (c >= ck->next_chunk) {
+        unqueued.push_back(c);
+      } else if (ck->held[c] >= 0) {
+        pool_->release(ck->held[c]);
+        ck->held[c] = -1;
+        unqueued.push_back(c);
+      }
+    }
+    ck->next_chunk = ck->nchunks;
+  }
+  TraceRing* ring = nullptr;  // finish_chunk records no phase for a failed checkpoint
+  for (uint32_t c : unqueued) finish_chunk(ck, c, ring);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ck->aborted = true;
+    ck->sealed = true;
+    ck->t_staged_ns = monotonic_ns();
+    streams_.erase(id);
+  }
+  cv_.notify_all();
+}
+
+void Engine::queue_write(const std::shared_ptr<Checkpoint>& ck, uint32_t chunk, int buffer) {
+  {
+    std::lock_guard<std::mutex> lock(wq_mu_);
+    write_queues_[static_chunks_ ? chunk % write_queues_.size() : 0].push_back(WriteTask{ck, chunk, buffer});
+  }
+  // A fixed share has one writer that may take it: wake them all, it is among them.
+  if (static_chunks_) wq_cv_.notify_all();
+  else wq_cv_.notify_one();
+}
+
 std::shared_ptr<Engine::Checkpoint> Engine::begin_checkpoint(int64_t step, const std::string& meta_json,
-                                                             uint64_t total_bytes) {
+                                                             uint64_t total_bytes, bool sealed) {
   auto ck = std::make_shared<Checkpoint>();
+  ck->sealed = sealed;
   ck->step = step;
   ck->meta_json = meta_json;
   ck->total_bytes = total_bytes;
@@ -283,6 +419,11 @@ std::shared_ptr<Engine::Checkpoint> Engine::begin_checkpoint(int64_t step, const
     std::lock_guard<std::mutex> lock(mu_);
     last_submitted_step_ = step;
     pending_.push_back(ck);
+    if (!sealed) {
+      ck->held.assign(ck->nchunks, -1);
+      ck->stage_begin_ns.assign(ck->nchunks, 0);
+      streams_.emplace(id, ck);
+    }
   }
   return ck;
 }
@@ -314,13 +455,7 @@ void Engine::stage_chunks(const std::shared_ptr<Checkpoint>& ck, const std::vect
       }
       if (pos < begin + len) std::memset(dst + (pos - begin), 0, begin + len - pos);
     }
-    {
-      std::lock_guard<std::mutex> lock(wq_mu_);
-      write_queues_[static_chunks_ ? c % write_queues_.size() : 0].push_back(WriteTask{ck, c, buf});
-    }
-    // A fixed share has one writer that may take it: wake them all, it is among them.
-    if (static_chunks_) wq_cv_.notify_all();
-    else wq_cv_.notify_one();
+    queue_write(ck, c, buf);
   }
 }
 
@@ -410,9 +545,9 @@ void Engine::committer_main() {
       for (;;) {
         if (!pending_.empty()) {
           if (opt_.unsafe_unordered_commit) {
-            auto it = std::find_if(pending_.begin(), pending_.end(), [](const auto& c) { return c->data_done; });
+            auto it = std::find_if(pending_.begin(), pending_.end(), [](const auto& c) { return committable(*c); });
             if (it != pending_.end()) ck = *it;
-          } else if (pending_.front()->data_done) {
+          } else if (committable(*pending_.front())) {
             ck = pending_.front();
           }
         }
@@ -446,7 +581,7 @@ void Engine::committer_main() {
       if (ok) last_committed_step_ = std::max(last_committed_step_, ck->step);
       records_.push_back(CommitRecord{ck->id, ck->step, ck->total_bytes, ck->t_submit_ns, ck->t_staged_ns,
                                       monotonic_ns(), ok, ok ? ck->final_path : ck->tmp_path});
-      if (!ok && ck->failure) failures_.push_back(*ck->failure);
+      if (!ok && ck->failure && !ck->aborted) failures_.push_back(*ck->failure);
       pending_.erase(std::find(pending_.begin(), pending_.end(), ck));
     }
     cv_.notify_all();  // acknowledged: wait() returns and a new save may start; gc is not on that path

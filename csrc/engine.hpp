@@ -84,6 +84,15 @@ struct Segment {
   uint64_t stream_offset;
 };
 
+// A staging chunk handed to the caller of acquire_chunk() to fill: chunk `chunk` of the
+// stream covers stream bytes [stream_offset, stream_offset + nbytes) and lives at `data`.
+struct StreamChunk {
+  uint32_t chunk;
+  char* data;
+  uint64_t stream_offset;
+  uint64_t nbytes;
+};
+
 struct CheckpointFailure {
   uint64_t ckpt_id;
   int64_t step;
@@ -115,6 +124,22 @@ class Engine {
   // Blocks while max_inflight checkpoints are in flight or staging is full (back-pressure).
   uint64_t submit(int64_t step, const std::string& meta_json, const std::vector<Segment>& segments,
                   uint64_t total_bytes, const InterruptCheck& interrupted);
+  // A checkpoint the caller fills itself, chunk by chunk, straight into staging (the snapshot
+  // pipeline: a device-to-host copy or a copy from live memory lands in the chunk the engine
+  // writes, no second host copy). open_stream() admits it as submit() does (step order,
+  // max_inflight back-pressure) and creates its files; acquire_chunk() hands out its chunks in
+  // stream order, blocking while staging is full (back-pressure per chunk); queue_chunk()
+  // gives a filled chunk to the writers, in any order; seal() lets the committer commit it
+  // once every chunk is durable, so the caller can hold the commit until it has judged the
+  // copy; abort() fails it instead (nothing of it is committed; the caller reports the
+  // reason, so it is not queued for take_failure()). Each stream must end in seal() or
+  // abort(); close() aborts any still open.
+  uint64_t open_stream(int64_t step, const std::string& meta_json, uint64_t total_bytes,
+                       const InterruptCheck& interrupted);
+  StreamChunk acquire_chunk(uint64_t id, const InterruptCheck& interrupted);
+  void queue_chunk(uint64_t id, uint32_t chunk);
+  void seal(uint64_t id);
+  void abort(uint64_t id, const std::string& reason);
   // Blocks until every submitted checkpoint is committed or failed, or until `deadline`
   // passes (none: no limit). Returns whether nothing submitted was still pending then; a
   // deadline already past only polls. `interrupted` is consulted every 100 ms.
@@ -157,6 +182,14 @@ class Engine {
     std::mutex failure_mu;
     std::optional<CheckpointFailure> failure;
     bool data_done = false;  // guarded by Engine::mu_
+    bool sealed = true;      // guarded by Engine::mu_; false while an open stream may still abort it
+    bool aborted = false;    // guarded by Engine::mu_; the caller reports the reason, not take_failure()
+    // Open streams only (guarded by stream_mu): the next chunk to hand out, and the staging
+    // buffer of each chunk handed out and not yet queued (-1 otherwise).
+    std::mutex stream_mu;
+    uint32_t next_chunk = 0;
+    std::vector<int> held;
+    std::vector<uint64_t> stage_begin_ns;  // when each chunk was handed out (its stage record)
     uint64_t t_submit_ns = 0, t_staged_ns = 0;
   };
   struct WriteTask {
@@ -167,7 +200,12 @@ class Engine {
 
   void writer_main(int index);
   void committer_main();
-  std::shared_ptr<Checkpoint> begin_checkpoint(int64_t step, const std::string& meta_json, uint64_t total_bytes);
+  void admit(int64_t step, const InterruptCheck& interrupted);
+  std::shared_ptr<Checkpoint> open_stream_checkpoint(uint64_t id);
+  void queue_write(const std::shared_ptr<Checkpoint>& ck, uint32_t chunk, int buffer);
+  static bool committable(const Checkpoint& ck) { return ck.data_done && ck.sealed; }
+  std::shared_ptr<Checkpoint> begin_checkpoint(int64_t step, const std::string& meta_json, uint64_t total_bytes,
+                                               bool sealed = true);
   void stage_chunks(const std::shared_ptr<Checkpoint>& ck, const std::vector<Segment>& segments,
                     const InterruptCheck& interrupted, TraceRing* ring);
   void write_chunk(const WriteTask& t, TraceRing* ring);
@@ -191,11 +229,13 @@ class Engine {
   std::unique_ptr<StagingPool> pool_;
 
   std::mutex submit_mu_;  // one submit at a time (the stream copy is sequential by design)
+  std::mutex rings_mu_;   // submit_threads_: submit() and a stream's queue_chunk() on other threads
   std::map<int32_t, std::unique_ptr<TraceThread>> submit_threads_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Checkpoint>> pending_;  // submitted, not yet committed/failed
+  std::map<uint64_t, std::shared_ptr<Checkpoint>> streams_;  // opened, neither sealed nor aborted
   std::deque<CheckpointFailure> failures_;
   std::vector<CommitRecord> records_;
   uint64_t next_id_ = 0;

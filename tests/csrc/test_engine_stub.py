@@ -323,6 +323,13 @@ def _exercise(tmp_path: Path) -> dict[str, list]:
         rec("Engine.wait", eng.wait())
         rec("Engine.take_failure", eng.take_failure())
         rec("Engine.take_failure", eng.take_failure())
+        sid = rec("Engine.open_stream", eng.open_stream(step=3, meta_json="{}", total_bytes=100))
+        chunk = rec("Engine.acquire_chunk", eng.acquire_chunk(id=sid))
+        rec("Engine.queue_chunk", eng.queue_chunk(id=sid, chunk=chunk[0]))
+        rec("Engine.seal", eng.seal(id=sid))
+        sid = eng.open_stream(4, "{}", 100)
+        rec("Engine.abort", eng.abort(id=sid, reason="test"))
+        eng.wait()
         for prop in ("last_committed_step", "inflight", "io_mode", "direct_io_note", "writer_cpus",
                      "chunk_assignment", "pin_failures", "staging_region", "staging_free_buffers", "staging_buffers", "trace_dropped"):
             rec(f"Engine.{prop}", getattr(eng, prop))
@@ -332,7 +339,7 @@ def _exercise(tmp_path: Path) -> dict[str, list]:
     finally:
         rec("Engine.close", eng.close())
     assert [f is None for f in seen["Engine.take_failure"]] == [False, True], seen["Engine.take_failure"]
-    assert [c["ok"] for c in seen["Engine.commit_records"][0]] == [True, False]
+    assert [c["ok"] for c in seen["Engine.commit_records"][0]] == [True, False, True, False]
 
     log = e.IoLog(path=str(tmp_path / "io.log"), record_data=True)
     rec("IoLog.op", log.op(op="mkdir", path="/d/x", err=0))
