@@ -15,7 +15,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 IO_MODES = ("auto", "direct", "buffered")
-SNAPSHOT_MODES = ("sync", "deferred", "gpu")  # core/snapshot.py
+SNAPSHOT_MODES = ("sync", "deferred", "gpu", "auto")  # core/snapshot.py
 CHUNK_ASSIGNMENTS = ("queue", "static")  # csrc/engine.hpp, EngineOptions::chunk_assignment
 
 
@@ -45,6 +45,8 @@ class CheckpointConfig:
         stream; the state may change only after checkpointer.barrier(), which
         checkpointer.guard(optimizer) runs before each optimizer.step()). "gpu": after a
         device-to-device copy into a GPU snapshot buffer (GPU memory equal to the state).
+        "auto": "gpu" when the free GPU memory holds the snapshot buffer with room to spare,
+        else "deferred" (decided at the first save; core/snapshot.py choose_mode).
     io_log: record the writer's file-system operations (the engine's, or torchsave's and dcp's
         through core/writer_io.py, same format) to this file for crash-state replay
         (docs/FAULTS.md); the CKPTLAB_IO_LOG environment variable sets it for child processes.

@@ -9,12 +9,13 @@ enqueued and a background thread submits them (core/snapshot.py).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -54,9 +55,8 @@ class PCcheckCheckpointer(CheckpointerBase):
         self._engine: _engine.Engine | None = None
         self._recovered = False  # _recover_before_reading ran (or the engine did)
         self._snapshots = None
-        if config.snapshot != "sync":  # the config guarantees pinned_host_copies for these modes
-            assert self._host_cache is not None
-            self._snapshots = Snapshotter(config.snapshot, self._submit, self._host_cache)
+        if config.snapshot != "sync":
+            self._snapshots = Snapshotter(config.snapshot, self._open_stream)
         if config.staging_bytes is not None:
             self._engine = self._open_engine(config.staging_bytes)
 
@@ -132,12 +132,13 @@ class PCcheckCheckpointer(CheckpointerBase):
         else:
             with phase("capture", step=step):
                 skeleton, tensors = lift_tensors(state)
-                plan = plan_storages(tensors)  # before any copy: each storage is copied once
             check_loadable(skeleton, self.config.allow_pickle)
-            if self._engine is None:  # sized from the layout; take() lays out the host copies
+            plan = None  # the snapshot thread plans the storages, off the training thread
+            if self._engine is None:  # the first save sizes staging from the layout
+                plan = plan_storages(tensors)
                 self._ensure_engine(planned_total_bytes(skeleton, plan))
             with phase("snapshot_enqueue", step=step):
-                self._snapshots.take(step, skeleton, plan)
+                self._snapshots.take(step, skeleton, tensors, plan)
         self._record_stall(now() - t0)
 
     def _ensure_engine(self, total_bytes: int) -> None:
@@ -146,16 +147,25 @@ class PCcheckCheckpointer(CheckpointerBase):
                                                  self.config.max_auto_staging_bytes))
 
     def _submit(self, step: int, captured: CapturedState) -> None:
-        """Copy `captured` into staging and queue it (on a snapshot thread in deferred modes)."""
+        """Copy `captured` into staging and queue it (the sync mode)."""
         assert self._engine is not None
-        meta = captured.layout_meta()
-        meta.update(saved_unix=time.time(), host=platform.node(), torch=torch.__version__)
         skeleton = captured.skeleton
         segments = [(_bytes_ptr(skeleton), len(skeleton), 0)]
         segments += [(s.buffer.data_ptr(), s.nbytes, s.offset) for s in captured.storages if s.nbytes]
+        with phase("submit", step=step, nbytes=captured.total_bytes), self._engine_errors(step):
+            self._engine.submit(step, _meta_json(captured.layout_meta()), segments, captured.total_bytes)
+
+    def _open_stream(self, step: int, layout: dict[str, Any], total_bytes: int) -> tuple[_engine.Engine, int]:
+        """Open the engine stream a snapshot fills (on the snapshot thread)."""
+        assert self._engine is not None
+        with self._engine_errors(step):
+            return self._engine, self._engine.open_stream(step, _meta_json(layout), total_bytes)
+
+    @contextlib.contextmanager
+    def _engine_errors(self, step: int) -> Iterator[None]:
+        """The engine's refusals as ckptlab errors."""
         try:
-            with phase("submit", step=step, nbytes=captured.total_bytes):
-                self._engine.submit(step, json.dumps(meta, separators=(",", ":")), segments, captured.total_bytes)
+            yield
         except ValueError as e:
             raise CheckpointError(str(e)) from None
         except OSError as e:  # raised before anything was queued (mkdir, open, fallocate)
@@ -192,8 +202,10 @@ class PCcheckCheckpointer(CheckpointerBase):
         s = super().stats()
         s["snapshot"] = self.config.snapshot
         if self._snapshots is not None:
+            s["snapshot_mode"] = self._snapshots.mode  # what "auto" chose (after the first save)
             s.update(snapshot_host_bytes=self._snapshots.host_bytes, snapshot_gpu_bytes=self._snapshots.gpu_bytes,
-                     snapshot_wait_s=self._snapshots.host_wait_s)
+                     snapshot_wait_s=self._snapshots.host_wait_s,
+                     pinned_staging_bytes=self._snapshots.pinned_staging_bytes)
         if self._engine is None:
             return s
         records = self._engine.commit_records()
@@ -249,6 +261,11 @@ class PCcheckCheckpointer(CheckpointerBase):
         if snapshot_error is not None:
             raise snapshot_error
         self._raise_failure()
+
+
+def _meta_json(layout: dict[str, Any]) -> str:
+    meta = dict(layout, saved_unix=time.time(), host=platform.node(), torch=torch.__version__)
+    return json.dumps(meta, separators=(",", ":"))
 
 
 def _bytes_ptr(data: bytes) -> int:

@@ -3,10 +3,11 @@
 In the default ``sync`` mode save() copies every tensor to the host before it returns. The
 two modes here cut the stall down to enqueueing the copies:
 
-``deferred`` (low GPU memory): CUDA tensors are copied device-to-host on a side stream into
-pinned buffers kept across saves, CPU tensors by a background thread into host buffers.
-save() returns once the copies are enqueued, and the next forward/backward run while they
-proceed. The state must not change until ``barrier()``; ``checkpointer.guard(optimizer)``
+``deferred`` (low GPU memory): save() lifts the tensors out of the state, notes their
+version counters and returns; a background thread copies them straight into the engine's
+staging chunks (core/staging_fill.py: one copy, chunk by chunk, each chunk written as soon as
+its bytes are there), CUDA tensors device-to-host on a side stream into the page-locked
+staging, CPU tensors by the thread itself. The next forward/backward run while they proceed. The state must not change until ``barrier()``; ``checkpointer.guard(optimizer)``
 puts it in front of every ``optimizer.step()``. On the GPU the barrier is a stream
 dependency (the optimizer's kernels wait for the copies, the host does not); CPU tensors
 make it wait for their copy.
@@ -30,13 +31,14 @@ after the check) is not counted, and neither are writes that bypass version coun
 rules them out for optimizer steps.
 
 ``gpu`` (PCcheck's GPU buffer): CUDA tensors are copied into a GPU snapshot buffer on the
-current stream (device to device, a few ms); the copy to the host runs on the side stream.
-No barrier is needed: later kernels on the stream run after the copy. Costs GPU memory equal
-to the state's CUDA tensors. CPU tensors are copied inside save().
+current stream (device to device, a few ms); the chunked copy into staging runs from there
+on the side stream. No barrier is needed: later kernels on the stream run after the copy.
+Costs GPU memory equal to the state's CUDA tensors. CPU tensors are copied inside save().
 
-Either way a background thread (``ckptlab-snapshot``, one per checkpointer) waits for the
-copies, judges them and hands the host buffers to the engine; a failure surfaces at the
-next save(), wait() or close().
+Either way a background thread (``ckptlab-snapshot``, one per checkpointer) plans the
+storages, fills the staging chunks, judges the copies and then seals the checkpoint (the
+engine commits it once durable) or aborts it (torn); a failure surfaces at the next save(),
+wait() or close(). Host memory is the staging pool: no host copy of the state is kept.
 """
 from __future__ import annotations
 
@@ -45,29 +47,53 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from ckptlab import _engine
 from ckptlab.core.errors import SnapshotTornError
-from ckptlab.core.state import (BufferCache, CapturedState, PinnedHostCache, Region, StoragePiece, StoragePlan,
-                                copy_pieces, host_region, lay_out)
+from ckptlab.core.staging_fill import ChunkFiller, StagingWindow, stream_bytes, stream_extents
+from ckptlab.core.state import BufferCache, Region, StoragePlan, host_region, plan_storages, stream_layout
 from ckptlab.profiling.phases import phase, record
 
+# opens the engine's stream for (step, layout meta, total bytes): the engine and the stream id
+OpenStream = Callable[[int, dict[str, Any], int], tuple[_engine.Engine, int]]
 
-@dataclass
-class _Copy:
-    """One region's copy: each storage of the state is copied once, however many tensors use it."""
 
-    region: Region             # its pieces are the live memory, or the GPU snapshot buffer's
-    dst: torch.Tensor          # host buffer the engine reads
-    versions: list[tuple[str, torch.Tensor, int]]  # the state's tensors in it and _version at save()
+# "auto" takes gpu mode only if the snapshot buffer leaves this share of the free memory
+# (and at least GPU_HEADROOM_BYTES) to the training's own allocations and fragmentation.
+GPU_HEADROOM_SHARE = 0.25
+GPU_HEADROOM_BYTES = 2 << 30
 
-    @property
-    def nbytes(self) -> int:
-        return self.dst.numel()
 
-    def torn(self) -> list[str]:
-        return [name for name, t, version in self.versions if t._version != version]
+def choose_mode(cuda_bytes: dict[torch.device, int], free_bytes: dict[torch.device, int]) -> str:
+    """The mode "auto" means for a state with `cuda_bytes` per device, given each device's
+    free memory: "gpu" (no barrier, the shortest stall) where every device's buffer fits with
+    headroom, else "deferred" (no GPU memory). A CPU-only state gets "deferred"."""
+    if not cuda_bytes:
+        return "deferred"
+    for dev, need in cuda_bytes.items():
+        free = free_bytes.get(dev, 0)
+        if need + max(GPU_HEADROOM_BYTES, int(free * GPU_HEADROOM_SHARE)) > free:
+            return "deferred"
+    return "gpu"
+
+
+def resolve_mode(tensors: list[tuple[str, torch.Tensor]]) -> str:
+    """choose_mode() for the live state: its CUDA storages' bytes and torch's free memory."""
+    need: dict[torch.device, dict[int, int]] = {}
+    for _, t in tensors:
+        if t.device.type == "cuda":
+            st = t.untyped_storage()
+            need.setdefault(t.device, {})[st.data_ptr()] = st.nbytes()
+    cuda_bytes = {dev: sum(s.values()) for dev, s in need.items()}
+    return choose_mode(cuda_bytes, {dev: torch.cuda.mem_get_info(dev)[0] for dev in cuda_bytes})
+
+
+def copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """One host copy of snapshot bytes (the seam tests hold to order a change before it)."""
+    dst.copy_(src)
 
 
 @dataclass
@@ -79,38 +105,40 @@ class _DeviceCopies:
 
 @dataclass
 class PendingSnapshot:
-    """One save()'s copies in flight, and the thread that hands them to the engine."""
+    """One save()'s state, its copies in flight, and the verdict on them."""
 
     step: int
-    captured: CapturedState
-    cpu_copies: list[_Copy]                 # run by the thread (deferred mode)
-    cuda_copies: list[_Copy]                # enqueued on side streams
-    devices: dict[torch.device, _DeviceCopies]
-    host_ready: threading.Event = field(default_factory=threading.Event)  # CPU tensors copied and checked
+    skeleton: bytes
+    tensors: list[tuple[str, torch.Tensor]]
+    versions: dict[int, int]  # id(tensor) -> its _version at save()
+    plan: StoragePlan | None  # planned in save() (first save, gpu mode), else by the thread
+    private: dict[int, torch.Tensor] = field(default_factory=dict)  # region index -> its copy taken in save()
+    ready: dict[torch.device, torch.cuda.Event] = field(default_factory=dict)  # current streams at save()
+    devices: dict[torch.device, _DeviceCopies] = field(default_factory=dict)
+    cuda_regions: list[Region] = field(default_factory=list)  # copied live from the GPU (deferred)
+    host_ready: threading.Event = field(default_factory=threading.Event)  # CPU copied and judged, CUDA enqueued
     released: threading.Event = field(default_factory=threading.Event)    # barrier() passed
     torn: list[str] = field(default_factory=list)  # tensors changed before their copy completed
     checked: bool = False  # the thread judged the finished copies; changes after it are harmless
     lock: threading.Lock = field(default_factory=threading.Lock)  # orders the verdict and barrier()
     error: BaseException | None = None
-    finished: threading.Event = field(default_factory=threading.Event)   # handed over, or failed
+    finished: threading.Event = field(default_factory=threading.Event)   # sealed or aborted, or failed
 
-
-def _versions(region: Region) -> list[tuple[str, torch.Tensor, int]]:
-    return [(name, t, t._version) for name, t in region.members]
+    def changed(self, region: Region) -> list[str]:
+        return [name for name, t in region.members if t._version != self.versions[id(t)]]
 
 
 class Snapshotter:
-    """Takes deferred/gpu snapshots (CheckpointConfig.snapshot) and submits them with
-    ``submit(step, captured)``; CUDA tensors land in the checkpointer's `pinned` cache."""
+    """Takes deferred/gpu snapshots (CheckpointConfig.snapshot) and streams them into the
+    engine through ``open_stream``."""
 
-    def __init__(self, mode: str, submit: Callable[[int, CapturedState], None], pinned: PinnedHostCache) -> None:
+    def __init__(self, mode: str, open_stream: OpenStream) -> None:
         self.mode = mode
-        self._submit = submit
-        self._host = BufferCache("cpu")
-        self._pinned = pinned
-        self._gpu = BufferCache(None)                 # gpu mode: same device as the tensor
+        self._open_stream = open_stream
+        self._host = BufferCache("cpu")   # gpu mode: CPU regions copied in save()
+        self._gpu = BufferCache(None)     # gpu mode: same device as the tensor
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
-        self._last_done: dict[torch.device, torch.cuda.Event] = {}
+        self._window: StagingWindow | None = None
         self._pending: PendingSnapshot | None = None
         self._queue: queue.SimpleQueue[PendingSnapshot | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
@@ -122,38 +150,44 @@ class Snapshotter:
 
     @property
     def host_bytes(self) -> int:
-        return self._host.nbytes + self._pinned.nbytes
+        """Host memory of the snapshots' own (gpu mode's copies of CPU tensors); staging aside."""
+        return self._host.nbytes
 
     @property
     def gpu_bytes(self) -> int:
         return self._gpu.nbytes
 
-    def take(self, step: int, skeleton: bytes, plan: StoragePlan) -> PendingSnapshot:
-        """Start copying the regions of `plan` off the state; returns once the copies are enqueued.
+    @property
+    def pinned_staging_bytes(self) -> int:
+        """Staging memory page-locked for CUDA copies (0 until a device copy needed it)."""
+        return self._window.nbytes if self._window is not None and self._window.registered else 0
 
-        The previous snapshot must be settled (its buffers, one per region name, are reused)."""
+    def take(self, step: int, skeleton: bytes, tensors: list[tuple[str, torch.Tensor]],
+             plan: StoragePlan | None = None) -> PendingSnapshot:
+        """Note the state's versions and start its snapshot; returns at once in deferred mode
+        (the thread plans and copies), after the device-to-device copies in gpu mode.
+
+        The previous snapshot must be settled (its buffers are reused)."""
         if self._pending is not None:
             raise RuntimeError("the previous snapshot is not settled")
-        host: list[torch.Tensor] = []
-        cpu_copies: list[_Copy] = []
-        by_device: dict[torch.device, list[tuple[Region, torch.Tensor]]] = {}
-        for region in plan.regions:
-            if region.device.type == "cuda":
-                dst = self._pinned.buffer_for(region)
-                by_device.setdefault(region.device, []).append((region, dst))
-            elif region.device.type == "cpu":
-                dst = self._host.buffer_for(region)
-                cpu_copies.append(_Copy(region, dst, _versions(region)))
-            else:  # another accelerator: no stream API here, copied now as capture() does
-                dst = host_region(region, None, set())
-            host.append(dst)
-        captured = lay_out(skeleton, plan, host)
-        cuda_copies: list[_Copy] = []
-        devices = {dev: self._enqueue(step, dev, items, cuda_copies) for dev, items in by_device.items()}
-        p = PendingSnapshot(step, captured, cpu_copies, cuda_copies, devices)
-        if self.mode == "gpu":  # CPU tensors now; the GPU copies need no barrier
-            self._copy_cpu(p)
+        if self.mode == "auto":  # decided once: buffers and the barrier's meaning stay the same
+            self.mode = resolve_mode(tensors)
+        versions = {id(t): t._version for _, t in tensors}
+        if plan is None and (self.mode == "gpu" or any(t.device.type not in ("cpu", "cuda") for _, t in tensors)):
+            plan = plan_storages(tensors)
+        p = PendingSnapshot(step, skeleton, tensors, versions, plan)
+        if plan is not None:
+            for i, region in enumerate(plan.regions):
+                if region.device.type not in ("cpu", "cuda"):  # no stream API here: copied now, as capture() does
+                    p.private[i] = host_region(region, None, set())
+        if self.mode == "gpu":
+            self._copy_private(p)
             p.released.set()
+        else:
+            for dev in {t.device for _, t in tensors if t.device.type == "cuda"}:
+                ev = torch.cuda.Event()
+                ev.record(torch.cuda.current_stream(dev))  # the copies start after the kernels before save()
+                p.ready[dev] = ev
         if self._worker is None:  # a daemon: a process that never closes the checkpointer still exits
             self._worker = threading.Thread(target=self._serve, name="ckptlab-snapshot", daemon=True)
             self._worker.start()
@@ -161,62 +195,70 @@ class Snapshotter:
         self._queue.put(p)
         return p
 
+    def _copy_private(self, p: PendingSnapshot) -> None:
+        """gpu mode, in save(): every region into a buffer of the snapshot's own, CUDA ones
+        device to device on the current stream, CPU ones on the host; nothing can change them."""
+        assert p.plan is not None
+        cuda_bytes = sum(r.nbytes for r in p.plan.regions if r.device.type == "cuda")
+        with phase("snapshot", step=p.step, nbytes=cuda_bytes):
+            for i, region in enumerate(p.plan.regions):
+                if i in p.private or region.device.type not in ("cpu", "cuda"):
+                    continue
+                buf = (self._gpu if region.device.type == "cuda" else self._host).buffer_for(region)
+                for piece in region.pieces:
+                    if region.device.type == "cuda":  # on the current stream, after the kernels that produced it
+                        buf[piece.offset:piece.offset + piece.source.numel()].copy_(piece.source)
+                    else:
+                        copy_into(buf[piece.offset:piece.offset + piece.source.numel()], piece.source)
+                p.private[i] = buf
+        for dev in {r.device for r in p.plan.regions if r.device.type == "cuda"}:
+            ev = torch.cuda.Event()
+            ev.record(torch.cuda.current_stream(dev))
+            p.ready[dev] = ev
+
     def _serve(self) -> None:
         while (p := self._queue.get()) is not None:
-            self._finish(p)
+            self._run(p)
 
-    def _enqueue(self, step: int, dev: torch.device, items: list[tuple[Region, torch.Tensor]],
-                 out: list[_Copy]) -> _DeviceCopies:
-        current = torch.cuda.current_stream(dev)
-        side = self._streams.get(dev)
-        if side is None:
-            side = self._streams[dev] = torch.cuda.Stream(dev)
-        sources: list[tuple[Region, torch.Tensor, list[tuple[str, torch.Tensor, int]]]] = []
-        if self.mode == "gpu":
-            with phase("snapshot", step=step, nbytes=sum(d.numel() for _, d in items)):
-                previous = self._last_done.get(dev)
-                if previous is not None:  # the last D2H read these buffers: let it finish first
-                    current.wait_event(previous)
-                for region, dst in items:
-                    buf = self._gpu.buffer_for(region)
-                    copy_pieces(buf, region)  # on the current stream, after the kernels that produced it
-                    private = Region(region.name, region.device, region.nbytes, [StoragePiece(buf, 0)], [])
-                    sources.append((private, dst, []))  # private: nothing can change it before the D2H
-        else:
-            sources = [(region, dst, _versions(region)) for region, dst in items]
-        side.wait_stream(current)
-        start = torch.cuda.Event(enable_timing=True, blocking=True)
-        done = torch.cuda.Event(enable_timing=True, blocking=True)
-        nbytes = 0
-        with torch.cuda.stream(side):
-            start.record(side)
-            for region, dst, versions in sources:
-                for piece in region.pieces:
-                    piece.source.record_stream(side)  # its memory is not reused before the side stream read it
-                copy_pieces(dst, region, non_blocking=True)
-                nbytes += dst.numel()
-                out.append(_Copy(region, dst, versions))
-            done.record(side)
-        self._last_done[dev] = done
-        return _DeviceCopies(start, done, nbytes)
-
-    @staticmethod
-    def _copy_cpu(p: PendingSnapshot) -> None:
-        """Copy each CPU region and judge it at once: a change that moved a version counter
-        before its region's copy ended may be in the copy (torn); a later one cannot be."""
+    def _run(self, p: PendingSnapshot) -> None:
+        engine = stream = None
+        sealed = False
         try:
-            if p.cpu_copies:
-                with phase("snapshot", step=p.step, nbytes=sum(c.nbytes for c in p.cpu_copies)):
-                    for c in p.cpu_copies:
-                        copy_pieces(c.dst, c.region)
-                        p.torn.extend(c.torn())
-        finally:
-            p.host_ready.set()
+            plan = p.plan if p.plan is not None else plan_storages(p.tensors)
+            offsets, total, meta = stream_layout(p.skeleton, plan)
+            sources = [[(0, p.private[i])] if i in p.private else [(pc.offset, pc.source) for pc in r.pieces]
+                       for i, r in enumerate(plan.regions)]
+            p.cuda_regions = [r for i, r in enumerate(plan.regions) if r.device.type == "cuda" and i not in p.private]
+            devices = {src.device for pieces in sources for _, src in pieces if src.device.type == "cuda"}
+            engine, stream = self._open_stream(p.step, meta, total)
+            window = self._window_for(engine)
+            if devices:
+                window.register_for_cuda()
+            sides = {dev: self._side_stream(dev, p.ready[dev]) for dev in devices}
+            for pieces in sources:
+                for _, src in pieces:
+                    if src.device.type == "cuda":  # its memory is not reused before the side stream read it
+                        src.record_stream(sides[src.device])
+            starts = {dev: _timing_event(side) for dev, side in sides.items()}
+            skeleton = torch.frombuffer(bytearray(p.skeleton), dtype=torch.uint8) if p.skeleton else torch.empty(0, dtype=torch.uint8)
+            extents = stream_extents(skeleton, sources, offsets)
 
-    def _finish(self, p: PendingSnapshot) -> None:
-        try:
-            if not p.host_ready.is_set():
-                self._copy_cpu(p)
+            def region_done(i: int) -> None:
+                region = plan.regions[i]
+                if region.device.type == "cpu" and i not in p.private:  # judged now: a later change cannot reach it
+                    p.torn.extend(p.changed(region))
+
+            filler = ChunkFiller(engine, stream, window, extents, [o + r.nbytes for o, r in zip(offsets, plan.regions)],
+                                 sides, copy_into, region_done)
+            try:
+                self._fill(p, filler, stream_bytes(total))
+            finally:
+                # the barrier orders the next change after every copy enqueued so far
+                p.devices = {dev: _DeviceCopies(starts[dev], _timing_event(side),
+                                                sum(s.numel() for pieces in sources for _, s in pieces
+                                                    if s.device == dev)) for dev, side in sides.items()}
+                p.host_ready.set()
+            filler.drain()
             for d in p.devices.values():
                 d.done.synchronize()
                 t_end = time.monotonic_ns()
@@ -224,17 +266,39 @@ class Snapshotter:
                 record("d2h", t_end - int(d.start.elapsed_time(d.done) * 1e6), t_end, step=p.step, nbytes=d.nbytes)
             with p.lock:  # the copies are complete: judge them now, not at the next barrier()
                 if not p.released.is_set():  # else barrier() judged the CUDA copies: changes after it wait for them
-                    p.torn.extend(name for c in p.cuda_copies for name in c.torn())
+                    p.torn.extend(name for r in p.cuda_regions for name in p.changed(r))
                 p.checked = True
                 torn = list(p.torn)
             if torn:
                 raise SnapshotTornError(p.step, torn)
-            self._submit(p.step, p.captured)
+            engine.seal(stream)
+            sealed = True
         except BaseException as e:  # handed to the training thread at the next call
             p.error = e
+            if stream is not None and not sealed:
+                engine.abort(stream, f"snapshot of step {p.step} failed: {e}")
         finally:
             p.host_ready.set()
+            p.tensors = []  # the state's memory is no longer needed here
             p.finished.set()
+
+    @staticmethod
+    def _fill(p: PendingSnapshot, filler: ChunkFiller, nbytes: int) -> None:
+        """Copy the snapshot into staging (a seam: tests hold a step's copy here)."""
+        with phase("snapshot", step=p.step, nbytes=nbytes):
+            filler.fill(nbytes)
+
+    def _side_stream(self, dev: torch.device, ready: torch.cuda.Event) -> torch.cuda.Stream:
+        side = self._streams.get(dev)
+        if side is None:
+            side = self._streams[dev] = torch.cuda.Stream(dev)
+        side.wait_event(ready)
+        return side
+
+    def _window_for(self, engine: _engine.Engine) -> StagingWindow:
+        if self._window is None:  # one engine per checkpointer
+            self._window = StagingWindow(engine)
+        return self._window
 
     def barrier(self) -> None:
         """Order the next change of the state after the pending snapshot's copies."""
@@ -243,10 +307,10 @@ class Snapshotter:
             return
         t0 = time.perf_counter()
         with phase("snapshot_barrier", step=p.step):
-            p.host_ready.wait()  # CPU regions: copied and judged by the thread
+            p.host_ready.wait()  # CPU regions: copied and judged by the thread; CUDA ones enqueued
             with p.lock:
                 if not p.checked:  # CUDA copies not judged yet: a change enqueued before here may race them
-                    p.torn.extend(name for c in p.cuda_copies for name in c.torn())
+                    p.torn.extend(name for r in p.cuda_regions for name in p.changed(r))
                 for dev, d in p.devices.items():
                     torch.cuda.current_stream(dev).wait_event(d.done)
                 p.released.set()
@@ -254,7 +318,7 @@ class Snapshotter:
 
     def settle(self, timeout: float | None = None) -> bool:
         """Barrier, then wait (at most ``timeout`` seconds) until the pending snapshot is
-        handed to the engine; raise its failure. False if it was not handed over in time."""
+        sealed (or failed); raise its failure. False if it was not done in time."""
         p = self._pending
         if p is None:
             return True
@@ -270,7 +334,7 @@ class Snapshotter:
         return True
 
     def close(self) -> None:
-        """Settle, then stop the worker thread."""
+        """Settle, then stop the worker thread and unregister the staging memory."""
         try:
             self.settle()
         finally:
@@ -278,3 +342,11 @@ class Snapshotter:
                 self._queue.put(None)
                 self._worker.join()
                 self._worker = None
+            if self._window is not None:
+                self._window.close()
+
+
+def _timing_event(stream: torch.cuda.Stream) -> torch.cuda.Event:
+    ev = torch.cuda.Event(enable_timing=True, blocking=True)
+    ev.record(stream)
+    return ev

@@ -196,15 +196,7 @@ class CapturedState:
 
     def layout_meta(self) -> dict[str, Any]:
         """The manifest's meta for this layout (format version 2, docs/FORMAT.md)."""
-        return {
-            "objects": [0, len(self.skeleton)],
-            "storages": [{"offset": s.offset, "nbytes": s.nbytes} for s in self.storages],
-            "tensors": [
-                {"name": v.name, "dtype": v.dtype, "shape": list(v.shape), "stride": list(v.stride),
-                 "storage": v.storage, "byte_offset": v.byte_offset}
-                for v in self.views
-            ],
-        }
+        return _layout_meta(len(self.skeleton), [(s.offset, s.nbytes) for s in self.storages], self.views)
 
     def host_tensors(self) -> list[torch.Tensor]:
         """The state's tensors as views of the captured host buffers (sharing as they did)."""
@@ -215,6 +207,18 @@ class CapturedState:
         torch.save (which writes whole storages) writes the region and nothing more."""
         return [b if b.storage_offset() == 0 and b.untyped_storage().nbytes() == b.numel() else b.clone()
                 for b in (s.buffer for s in self.storages)]
+
+
+def _layout_meta(skeleton_bytes: int, storages: list[tuple[int, int]], views: list[TensorEntry]) -> dict[str, Any]:
+    return {
+        "objects": [0, skeleton_bytes],
+        "storages": [{"offset": offset, "nbytes": nbytes} for offset, nbytes in storages],
+        "tensors": [
+            {"name": v.name, "dtype": v.dtype, "shape": list(v.shape), "stride": list(v.stride),
+             "storage": v.storage, "byte_offset": v.byte_offset}
+            for v in views
+        ],
+    }
 
 
 def views_on(buffers: list[torch.Tensor], views: list[TensorEntry]) -> list[torch.Tensor]:
@@ -367,6 +371,14 @@ def _offsets(skeleton: bytes, sizes: list[int]) -> tuple[list[int], int]:
 def planned_total_bytes(skeleton: bytes, plan: StoragePlan) -> int:
     """The stream size lay_out() will give `plan` (to size staging before the copies exist)."""
     return _offsets(skeleton, [r.nbytes for r in plan.regions])[1]
+
+
+def stream_layout(skeleton: bytes, plan: StoragePlan) -> tuple[list[int], int, dict[str, Any]]:
+    """Where lay_out() would place each region (stream offsets), the stream's size, and the
+    manifest's layout meta, without any host buffer (a snapshot streamed into staging)."""
+    sizes = [r.nbytes for r in plan.regions]
+    offsets, total = _offsets(skeleton, sizes)
+    return offsets, total, _layout_meta(len(skeleton), list(zip(offsets, sizes)), plan.views)
 
 
 def lay_out(skeleton: bytes, plan: StoragePlan, buffers: list[torch.Tensor]) -> CapturedState:

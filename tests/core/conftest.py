@@ -13,11 +13,11 @@ def copy_gate(monkeypatch):
     """Holds the snapshot thread's host copies until set: a change made meanwhile is
     deterministically before the copy completed (a later one would be harmless)."""
     gate = threading.Event()
-    real = snapshot_module.copy_pieces
+    real = snapshot_module.copy_into
 
-    def held(dst, region, non_blocking=False):
+    def held(dst, src):
         assert gate.wait(30), "test never opened the copy gate"
-        real(dst, region, non_blocking=non_blocking)
+        real(dst, src)
 
-    monkeypatch.setattr(snapshot_module, "copy_pieces", held)
+    monkeypatch.setattr(snapshot_module, "copy_into", held)
     return gate

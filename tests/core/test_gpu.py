@@ -119,8 +119,11 @@ def test_cuda_tensor_changed_before_the_barrier_fails_the_checkpoint(ckpt_dir):
 
     w = torch.ones(1 << 22, device="cuda")
     with open_checkpointer("pccheck", ckpt_dir, CFG.replace(snapshot="deferred")) as ck:
-        ck.save(1, {"w": w})
-        w.add_(1)  # enqueued before barrier(): may run while the side stream reads w
+        ck.save(1, {"w": 0 * w})  # the first save opens the engine and registers staging
+        ck.wait()
+        torch.cuda._sleep(1 << 30)  # about 0.5 s of GPU time before save(): its D2H waits behind it
+        ck.save(2, {"w": w})
+        w.add_(1)  # enqueued before barrier() and before the D2H can have ended: torn, every time
         with pytest.raises(SnapshotTornError, match="'w'"):
             ck.wait()
 
@@ -142,3 +145,34 @@ def test_deferred_d2h_is_recorded_and_runs_after_save_returned(ckpt_dir, tmp_pat
     enqueue = [r for r in table if r["phase"] == "snapshot_enqueue"]
     assert len(d2h) == 1 and d2h[0]["nbytes"] == w.numel() * 4 and len(enqueue) == 1
     assert d2h[0]["t_end_ns"] > enqueue[0]["t_end_ns"], "the copy should finish after save() returned"
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["deferred", "gpu"])
+def test_cuda_state_larger_than_staging_streams_through_registered_staging(mode, ckpt_dir):
+    """One copy: chunks go D2H straight into the page-locked staging pool, a quarter of the
+    state, and each is written once its copy completed; bit-exact, host memory = staging."""
+    torch.manual_seed(0)
+    state = {"a": torch.randn(1 << 22, device="cuda"), "b": torch.randn(3, 1 << 20, device="cuda").t()}
+    expected = {k: v.cpu() for k, v in state.items()}
+    cfg = CFG.replace(snapshot=mode, staging_bytes=4 << 20)  # 4 MiB of a 28 MiB state
+    with open_checkpointer("pccheck", ckpt_dir, cfg) as ck:
+        ck.save(1, state)
+        ck.barrier()
+        ck.wait()
+        s = ck.stats()
+        assert s["pinned_staging_bytes"] == s["staging_bytes"] == 4 << 20 and s["snapshot_host_bytes"] == 0
+    got = load_latest(ckpt_dir)[1]
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+
+
+@cuda
+@pytest.mark.gpu
+def test_auto_mode_takes_the_gpu_buffer_when_it_fits(ckpt_dir):
+    w = torch.randn(1 << 20, device="cuda")
+    with open_checkpointer("pccheck", ckpt_dir, CFG.replace(snapshot="auto")) as ck:
+        ck.save(1, {"w": w})
+        ck.wait()
+        assert ck.stats()["snapshot_mode"] == "gpu"
+    assert torch.equal(load_latest(ckpt_dir)[1]["w"], w.cpu())

@@ -162,3 +162,63 @@ def test_bad_snapshot_settings_are_refused(ckpt_dir):
     with pytest.raises(ValueError, match="torchsave saves synchronously"):
         open_checkpointer("torchsave", ckpt_dir, CFG)
     assert os.listdir(ckpt_dir) == []
+
+
+# --- one copy: straight into staging, chunk by chunk (core/staging_fill.py) -------------------
+
+def test_deferred_state_larger_than_staging_streams_through_it_bit_exact(ckpt_dir):
+    """Staging of 2 chunks, a checkpoint of about 6: each chunk is written while later ones are
+    still being copied (back-pressure per chunk), and no host copy of the state is kept."""
+    cfg = CFG.replace(chunk_bytes=1 << 16, staging_bytes=2 << 16)
+    with open_checkpointer("pccheck", ckpt_dir, cfg) as ck:
+        for step in (1, 2, 3):
+            ck.save(step, det_state(step, 6 << 16))
+            ck.barrier()
+        ck.wait()
+        s = ck.stats()
+        assert s["committed"] == 3 and s["staging_bytes"] == 2 << 16 and s["snapshot_host_bytes"] == 0
+        assert ck.engine.staging_free_buffers == ck.engine.staging_buffers
+    for step in (1, 2, 3):
+        assert_state_is_step(load_latest(ckpt_dir, step=step)[1], step, 6 << 16)
+
+
+def test_torn_snapshot_larger_than_staging_commits_nothing_and_returns_every_buffer(ckpt_dir, copy_gate):
+    cfg = CFG.replace(chunk_bytes=1 << 16, staging_bytes=2 << 16)
+    w = torch.ones(5 << 14)  # 320 KiB: 5+ chunks through 2 staging buffers
+    with open_checkpointer("pccheck", ckpt_dir, cfg) as ck:
+        copy_gate.set()
+        ck.save(1, {"w": w})
+        ck.wait()
+        copy_gate.clear()
+        ck.save(2, {"w": w})
+        w.add_(1)  # before the held copy
+        copy_gate.set()
+        with pytest.raises(SnapshotTornError, match="'w'"):
+            ck.wait()
+        assert ck.engine.wait(30)  # the aborted step's queued chunks are skipped by the writers
+        assert ck.engine.staging_free_buffers == ck.engine.staging_buffers
+        assert not ck.engine.take_failure(), "the torn step is reported once, as SnapshotTornError"
+    assert [c.step for c in list_checkpoints(ckpt_dir)] == [1]
+    assert not [n for n in os.listdir(ckpt_dir) if n.startswith(".step")], "the torn step's files are removed"
+    assert torch.equal(load_latest(ckpt_dir)[1]["w"], torch.ones(5 << 14))
+
+
+def test_auto_mode_takes_deferred_for_a_cpu_state(ckpt_dir):
+    with open_checkpointer("pccheck", ckpt_dir, CFG.replace(snapshot="auto")) as ck:
+        ck.save(1, det_state(1, 1 << 20))
+        ck.wait()
+        assert ck.stats()["snapshot"] == "auto" and ck.stats()["snapshot_mode"] == "deferred"
+    assert_state_is_step(load_latest(ckpt_dir)[1], 1, 1 << 20)
+
+
+def test_auto_mode_chooses_the_gpu_buffer_only_where_it_fits_with_headroom():
+    from ckptlab.core.snapshot import GPU_HEADROOM_BYTES, choose_mode
+
+    d0, d1 = torch.device("cuda", 0), torch.device("cuda", 1)
+    gib = 1 << 30
+    assert choose_mode({}, {}) == "deferred"
+    assert choose_mode({d0: 13 * gib}, {d0: 60 * gib}) == "gpu"          # seed-2048 on an H100
+    assert choose_mode({d0: 48 * gib}, {d0: 60 * gib}) == "deferred"     # seed-full on an H100: 12 GiB < 15 GiB headroom
+    assert choose_mode({d0: 48 * gib}, {d0: 130 * gib}) == "gpu"         # seed-full on an H200
+    assert choose_mode({d0: gib}, {d0: gib + GPU_HEADROOM_BYTES - 1}) == "deferred"
+    assert choose_mode({d0: gib, d1: gib}, {d0: 40 * gib, d1: gib}) == "deferred"  # every device must fit

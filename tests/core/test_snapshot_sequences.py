@@ -25,17 +25,17 @@ OPS = st.sampled_from(["save", "save", "guarded_change", "early_change", "late_c
 
 
 class _CopyGate:
-    """Holds the host copy of chosen steps until opened (wraps Snapshotter._copy_cpu)."""
+    """Holds the copy into staging of chosen steps until opened (wraps Snapshotter._fill)."""
 
     def __init__(self) -> None:
         self.held: dict[int, threading.Event] = {}
-        self._real = Snapshotter._copy_cpu
+        self._real = Snapshotter._fill
 
-    def copy_cpu(self, p: PendingSnapshot) -> None:
+    def fill(self, p: PendingSnapshot, filler, nbytes: int) -> None:
         gate = self.held.get(p.step)
         if gate is not None:
             assert gate.wait(30), f"the copy of step {p.step} was never let go"
-        self._real(p)
+        self._real(p, filler, nbytes)
 
     def hold(self, step: int) -> None:
         self.held[step] = threading.Event()
@@ -74,7 +74,7 @@ def _run(mode: str, ops: list[str], directory: str) -> None:
         unreleased = None  # barrier, wait and save all pass the pending snapshot's barrier
         return True
 
-    with mock.patch.object(Snapshotter, "_copy_cpu", staticmethod(gate.copy_cpu)), \
+    with mock.patch.object(Snapshotter, "_fill", staticmethod(gate.fill)), \
             open_checkpointer("pccheck", directory, CFG.replace(snapshot=mode)) as ck:
         for op in ops:
             if op == "save":
