@@ -55,6 +55,16 @@ def injected(err: int, path: str) -> OSError:
     return OSError(err, os.strerror(err), path)
 
 
+def naming(e: OSError, path: str) -> OSError:
+    """``e`` with ``path`` as its filename if it has none: calls on a descriptor (write, fsync)
+    fail without one, and the error must say which file failed, not only which checkpoint."""
+    if e.filename is not None:
+        return e
+    named = OSError(e.errno, e.strerror, path)
+    named.__cause__, named.__suppress_context__ = e, True  # as `raise named from e`
+    return named
+
+
 class WriterIO:
     """One writer's operations; armed with a fault spec and/or an I/O log, else plain."""
 
@@ -106,7 +116,7 @@ class WriterIO:
             out = fn(*args)
         except OSError as e:
             self._did(op, path, e.errno or errnos.EIO)
-            raise
+            raise naming(e, path)
         self._did(op, path)
         return out
 
@@ -157,7 +167,7 @@ class WriterIO:
             except OSError as e:
                 if self._log is not None:
                     self._log.write(path, offset + done, b"", e.errno or errnos.EIO)
-                raise
+                raise naming(e, path)
             if self._log is not None:
                 self._log.write(path, offset + done, data[done:done + wrote], 0)
             if wrote == 0:

@@ -405,10 +405,14 @@ std::shared_ptr<Engine::Checkpoint> Engine::begin_checkpoint(int64_t step, const
       sh.remaining.fetch_add(1, std::memory_order_relaxed);
     }
     // Reserve the space now: a full disk fails here, before anything is staged. Where the
-    // file system cannot (FUSE, some NFS) the first refusal turns it off for the checkpoint:
-    // its chunk writes then allocate, and a full disk fails them instead.
-    for (auto& sh : ck->shards)
-      if (!preallocate(sh->fd.get(), sh->nbytes, sh->path, io_log_.get())) break;
+    // file system cannot (FUSE, some NFS) the first refusal turns it off for this engine:
+    // chunk writes then allocate, and a full disk fails them instead.
+    if (!preallocation_refused_.load(std::memory_order_relaxed))
+      for (auto& sh : ck->shards)
+        if (!preallocate(sh->fd.get(), sh->nbytes, sh->path, io_log_.get())) {
+          preallocation_refused_.store(true, std::memory_order_relaxed);
+          break;
+        }
   } catch (...) {
     ck->shards.clear();
     remove_tree(ck->tmp_path, io_log_.get());

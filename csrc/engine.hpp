@@ -222,6 +222,10 @@ class Engine {
   EngineOptions opt_;
   std::string io_mode_, direct_io_note_;
   bool direct_ = false;
+  // Set by the first fallocate the file system refuses (EOPNOTSUPP, ENOSYS, EINVAL): one
+  // directory, one file system, so later checkpoints skip asking (each refusal is a syscall
+  // per checkpoint, and an I/O-log record).
+  std::atomic<bool> preallocation_refused_{false};
   UniqueFd lock_fd_;
   FaultInjector faults_;
   std::unique_ptr<IoLog> io_log_;  // null unless options.io_log is set

@@ -102,6 +102,21 @@ def flag_message(message: str) -> str:
     return _FIELD.sub(say, message)
 
 
+class _StrayValue(argparse.Action):
+    """A hidden positional catching a stray word. After ``--load-checkpoint`` (a switch) it is
+    most likely the directory to resume from: say the flag takes no value and where the
+    directory goes, instead of argparse's bare "unrecognized arguments"."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        if values is None:
+            return
+        if getattr(namespace, "load_checkpoint", False):
+            parser.error(f"--load-checkpoint takes no value (it is a switch), got {values!r}; the checkpoint "
+                         f"directory is --ckpt-dir: --load-checkpoint --ckpt-dir {values}")
+        parser.error(f"unrecognized arguments: {values}")
+
+
 def add_train_arguments(parser: argparse.ArgumentParser, *,
                         default_checkpointer: str = "none") -> argparse.ArgumentParser:
     """The training flags (the seeds' names first), added to ``parser``."""
@@ -120,8 +135,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, *,
                        help="write each step's loss: '<step> <repr(loss)>' lines, or a CSV with a "
                             "'step,loss' header when FILE ends in .csv; byte-comparable across runs")
     seeds.add_argument("--load-checkpoint", action="store_true",
-                       help="resume from the newest valid checkpoint in --ckpt-dir "
-                            "(exit 2 if there is none, unless --allow-fresh-start)")
+                       help="resume from the newest valid checkpoint in --ckpt-dir; a switch, "
+                            "takes no value (exit 2 if there is none, unless --allow-fresh-start)")
+    parser.add_argument("stray_value", nargs="?", action=_StrayValue, help=argparse.SUPPRESS)
     run = parser.add_argument_group("model, device, checkpointing")
     run.add_argument("--preset", type=preset_argument, default="tiny", metavar="NAME",
                      help=f"model preset: {', '.join(PRESETS)} (default tiny)")

@@ -104,6 +104,9 @@ ENOSPC_CHILD = textwrap.dedent(
 )
 
 
+FIRST_DATA_FILE = {"pccheck": "data_000.bin", "torchsave": "state.pt"}  # what the big save fills
+
+
 @pytest.mark.parametrize("kind", ["pccheck", "torchsave"])
 def test_real_enospc_on_a_size_limited_tmpfs(kind, tmp_path):
     if shutil.which("unshare") is None:
@@ -121,4 +124,29 @@ def test_real_enospc_on_a_size_limited_tmpfs(kind, tmp_path):
                        env=child_env(), timeout=120)
     assert r.returncode == 0, r.stderr
     assert f"ERRNO {errno.ENOSPC}" in r.stdout, r.stdout
+    filename = r.stdout.split(f"ERRNO {errno.ENOSPC} ", 1)[1].splitlines()[0]
+    assert filename.endswith("/" + FIRST_DATA_FILE[kind]), f"the error names {filename}, not the file written"
     assert "RECOVERED 1" in r.stdout
+
+
+def test_torchsave_names_the_file_whose_real_fsync_failed(ckpt_dir, monkeypatch):
+    """A real fsync error carries no filename (its argument is a descriptor): the writer adds
+    the file's path, so the error says which file, not just the checkpoint directory."""
+    fsync = os.fsync
+
+    def failing_fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/state.pt"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))  # as the kernel's error arrives: no filename
+        fsync(fd)
+
+    with open_checkpointer("torchsave", ckpt_dir, CheckpointConfig(**SMALL)) as ck:
+        ck.save(1, {"x": torch.zeros(3)})
+        monkeypatch.setattr(os, "fsync", failing_fsync)
+        with pytest.raises(CheckpointWriteError) as info:
+            ck.save(2, {"x": torch.zeros(3)})
+        monkeypatch.undo()
+    assert info.value.errno == errno.EIO and info.value.step == 2
+    assert info.value.filename.endswith("/state.pt") and ".step_000000000002" in info.value.filename, \
+        info.value.filename
+    assert "state.pt" in str(info.value)
+    assert load_latest(ckpt_dir)[0] == 1

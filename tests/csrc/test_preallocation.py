@@ -66,17 +66,19 @@ def test_a_full_disk_from_fallocate_still_fails_the_save_cleanly(tmp_path, err):
 
 
 def test_a_skipped_preallocation_is_logged_as_refused_and_replays_as_no_extension(tmp_path):
-    """The I/O log says what happened (fallocate refused with EOPNOTSUPP, once per checkpoint:
-    the first refusal ends its preallocation), and replaying it gives the directory on disk."""
+    """The I/O log says what happened (fallocate refused with EOPNOTSUPP once: the engine
+    remembers the refusal and no later checkpoint asks again), and replaying it gives the
+    directory on disk."""
     from ckptlab.faults.iolog import read_io_log
     from ckptlab.faults.replay import CrashModel, snapshot
 
     d, log = tmp_path / "ck", str(tmp_path / "io.log")
     d.mkdir()
-    out = run_child(d, 2, CHUNK, io_log=log)
+    out = run_child(d, 3, CHUNK, io_log=log)
     assert out["failures"] == [] and out["submit_errors"] == {}, out
     records = read_io_log(log)
-    assert [(r.err, r.offset) for r in records if r.op == "fallocate"] == [(95, 0), (95, 0)]
+    assert [(r.err, r.offset) for r in records if r.op == "fallocate"] == [(95, 0)]
+    assert sum(r.op == "mark" and r.path == "submit" for r in records) == 3  # three checkpoints asked once
     model = CrashModel(records)
     assert not any(op.kind == "extend" for op in model.ops)
     assert model.build(len(records), keep=lambda op: True, tear=lambda op: None) == snapshot(str(d))

@@ -205,3 +205,31 @@ def test_a_csv_loss_file_resumes_byte_identical(tmp_path: Path, capsys: pytest.C
     code, err = _exit_code_and_stderr([*run, "--load-checkpoint"], capsys)
     assert code == 0 and "resumed from step 2" in err, err
     assert loss.read_bytes() == uninterrupted
+
+
+@pytest.mark.parametrize("via", ["train-module", "ckptlab-train"])
+def test_load_checkpoint_given_a_directory_says_it_is_a_switch(
+        via: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--load-checkpoint DIR` (a natural guess) is refused naming --ckpt-dir, not with
+    argparse's bare "unrecognized arguments"; nothing is created."""
+    ckpt = tmp_path / "ck"
+    argv = ["--checkpointer", "dcp", "--training-steps", "2", "--load-checkpoint", str(ckpt), "--no-progress"]
+    if via == "train-module":
+        code, err = _exit_code_and_stderr(argv, capsys)
+    else:
+        from ckptlab.core.cli import main as ckptlab_main
+        try:
+            code = ckptlab_main(["train", *argv])
+        except SystemExit as exc:
+            code = exc.code
+        err = capsys.readouterr().err
+    assert code == 2
+    assert "--load-checkpoint takes no value" in err and f"--ckpt-dir {ckpt}" in err, err
+    assert not ckpt.exists()
+
+
+def test_a_stray_argument_is_still_unrecognized(capsys: pytest.CaptureFixture[str]) -> None:
+    """Only a value after --load-checkpoint gets the switch's message."""
+    code, err = _exit_code_and_stderr(["stray", "--load-checkpoint"], capsys)
+    error = err.strip().splitlines()[-1]
+    assert code == 2 and error.endswith("error: unrecognized arguments: stray") and "takes no value" not in err, err

@@ -5,7 +5,9 @@
 
 Entry point ``bench`` (group ``ckptlab.commands``, pyproject.toml). Writes OUT/bench.json,
 OUT/bench.md, OUT/bench.png and each run's record under OUT/runs/ (docs/PERFORMANCE.md).
-Exit codes: 0; 2 for bad flags (nothing is written); 1 when a measured run fails.
+Exit codes: 0; 2 for bad flags (nothing is written); 1 when a measured run fails; 128 + the
+signal (143, 130) when SIGTERM or SIGINT stops it: the running child is stopped (SIGTERM, SIGKILL
+after a grace period), the work dir removed, and no bench.json written.
 """
 from __future__ import annotations
 
@@ -97,7 +99,7 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
 
 
 def run_bench_command(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
-    from ckptlab.training.bench.runner import BenchError
+    from ckptlab.training.bench.runner import BenchError, BenchInterrupted
 
     try:
         spec = spec_from_args(args)
@@ -114,6 +116,11 @@ def run_bench_command(args: argparse.Namespace, parser: argparse.ArgumentParser 
     except BenchError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
+    except BenchInterrupted as exc:
+        where = f" {exc.work_dir}" if exc.work_dir is not None else ""
+        print(f"{PROG}: {exc}: stopped the running measurement and removed the work dir{where}; "
+              f"no bench.json written (finished runs' records stay in {spec.out / 'runs'})", file=sys.stderr)
+        return 128 + exc.signum
     from ckptlab.training.bench.report import markdown
 
     print(markdown(doc))

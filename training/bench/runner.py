@@ -10,12 +10,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from ckptlab.training.bench.interrupt import BenchInterrupted, stop_on_signals
 from ckptlab.training.bench.metrics import aggregate, run_figures, spread, targets
 from ckptlab.training.bench.spec import BENCH_KINDS, SHAPE_FLAGS, BenchSpec, Run, schedule, vocab_for_state
 
-__all__ = ["BenchError", "train_flags", "shape_flags", "run_bench"]
+__all__ = ["BenchError", "BenchInterrupted", "STOP_GRACE_S", "train_flags", "shape_flags", "run_bench"]
 
 _CHILD = "ckptlab.training.bench.child"
+STOP_GRACE_S = 5.0  # a stopped child's time to exit on SIGTERM before SIGKILL
 
 
 class BenchError(RuntimeError):
@@ -51,17 +53,51 @@ def train_flags(spec: BenchSpec, run: Run, ckpt_dir: Path) -> list[str]:
 
 def _child(args: list[str], what: str, timeout: float) -> None:
     cmd = [sys.executable, "-m", _CHILD, *args]
+    proc: subprocess.Popen[str] | None = None
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         raise BenchError(f"{what} ran over {timeout:g} s") from None
+    finally:  # a timeout, a signal (BenchInterrupted) or any error: the child does not outlive this
+        if proc is not None:
+            _stop(proc)
     if proc.returncode != 0:
-        raise BenchError(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise BenchError(f"{what} failed (exit {proc.returncode}):\n{stderr[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, then SIGKILL after STOP_GRACE_S; returns once the child is reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+def _remove(path: Path) -> None:
+    """rmtree that finishes even if a stop signal lands inside it (the handler raises only once)."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except BenchInterrupted:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def run_bench(spec: BenchSpec, progress: Callable[[str], None] = lambda what: None) -> dict[str, Any]:
     """Every run of ``schedule(spec)`` plus one disk probe per round; the aggregate document
-    (without machine and versions, which report.py adds)."""
+    (without machine and versions, which report.py adds). SIGTERM/SIGINT meanwhile stop the
+    running child, remove the work dir and raise BenchInterrupted (its ``work_dir`` set)."""
+    with stop_on_signals():
+        return _run_all(spec, progress)
+
+
+def _run_all(spec: BenchSpec, progress: Callable[[str], None]) -> dict[str, Any]:
     runs_dir = spec.out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ckptlab-bench-", dir=spec.dir or spec.out))
@@ -76,7 +112,7 @@ def run_bench(spec: BenchSpec, progress: Callable[[str], None] = lambda what: No
             try:
                 _child(["run", str(record), "--", *train_flags(spec, run, ckpt)], run.name, spec.timeout_s)
             finally:
-                shutil.rmtree(ckpt, ignore_errors=True)
+                _remove(ckpt)
             records.append(json.loads(record.read_text()) | {"kind": run.kind, "every": run.every,
                                                               "round": run.round})
             if i + 1 == len(plan) or plan[i + 1].round != run.round:
@@ -87,8 +123,11 @@ def run_bench(spec: BenchSpec, progress: Callable[[str], None] = lambda what: No
                     _child(["disk", str(probe), "--dir", str(work / "raw"), "--bytes", str(nbytes),
                             *(["--d2h"] if spec.device == "cuda" else [])], "raw disk probe", spec.timeout_s)
                     disk.append(json.loads(probe.read_text()) | {"bytes": nbytes, "round": run.round})
+    except BenchInterrupted as exc:
+        exc.work_dir = work
+        raise
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        _remove(work)
     results = aggregate(records)
     raw = _raw_disk(disk)
     return {"runs": [run_figures(r) for r in records], "results": results, "raw_disk": raw,
