@@ -111,7 +111,7 @@ def _plan(path: str, m: Manifest, targets: list[Target], batch_bytes: int | None
         b = _Batch()
         for i in chunk_range:
             c = m.chunks[i]
-            out = []
+            out: list[tuple[int, int | None, int, int]] = []
             for coff, ti, toff, n in pieces[i]:
                 t = targets[ti]
                 if not t.staged:
@@ -129,7 +129,7 @@ def _plan(path: str, m: Manifest, targets: list[Target], batch_bytes: int | None
     return batches
 
 
-def run_reads(path: str, m: Manifest, tasks: list[ReadTask], threads: int) -> dict[str, Any]:
+def run_reads(path: str, m: Manifest, tasks: list[ReadTask], threads: int) -> _engine.ReadResult:
     """One read_verified call; its records go to an active trace, its first bad chunk raises."""
     trace = recording()  # a ckptlab.profiling trace session wants the read/verify records
     result = _engine.read_verified(tasks, threads=threads, trace=trace, ckpt_id=0, step=m.step)

@@ -112,7 +112,7 @@ def _read_torchsave(path: str, m: Manifest, threads: int, allow_pickle: tuple[st
     buf = torch.empty(m.total_bytes, dtype=torch.uint8)
     read_into(path, m, [Target(0, buf)] if m.total_bytes else [], threads, buffer_bytes=None)
     try:
-        payload = torch.load(io.BytesIO(memoryview(buf.numpy())), map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(buf.numpy().data), map_location="cpu", weights_only=True)
         skeleton = payload["skeleton"]
         if "storages" in payload:  # format 2: byte storages and the views on them (core/torchsave.py)
             views = [TensorEntry(*v) for v in payload["views"]]
