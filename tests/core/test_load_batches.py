@@ -120,6 +120,26 @@ def test_a_corrupt_chunk_in_the_last_batch_falls_back_and_leaves_the_target_unto
     assert torch.equal(target["w"], _state(1)["big"]) and torch.equal(got["big"], _state(1)["big"])
 
 
+def test_a_bad_chunk_reports_the_same_error_in_batches_as_in_one_read(ckpt_dir):
+    _save(ckpt_dir, 1, 2)
+    n_chunks = _flip_last_chunk(ckpt_dir, 2)
+    path = _step_dir(ckpt_dir, 2)
+    m = read_manifest(path)
+    c = m.chunks[n_chunks // 2]  # a middle chunk too: the first bad one is named
+    with open(os.path.join(path, m.files[c.file].name), "r+b") as f:
+        f.seek(c.offset + 3)
+        b = f.read(1)[0]
+        f.seek(c.offset + 3)
+        f.write(bytes([b ^ 0x01]))
+    reasons = []
+    for buffer_bytes in (2 * CHUNK, 1 << 30):
+        with pytest.warns(CorruptCheckpointWarning) as w:
+            assert load_latest(ckpt_dir, load_buffer_bytes=buffer_bytes)[0] == 1
+        reasons.append(str(w[0].message))
+    assert f"chunk {n_chunks // 2} " in reasons[0]
+    assert reasons[0] == reasons[1].split(" (and ")[0]  # one read also counts the later bad chunk
+
+
 def test_staged_copies_assemble_the_same_bytes(tmp_path):
     """The staging path (pinned slots + copies on a CUDA device) run with host buffers: every
     byte lands where the direct read puts it, whatever the batch size."""

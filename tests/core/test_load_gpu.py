@@ -114,7 +114,8 @@ def test_trace_shows_each_batch_h2d_overlapping_the_next_batch_reads(tmp_path):
     reads = df[df.phase == "read"]
     load = df[df.phase == "load"].iloc[0]
     assert len(h2d) == len(batches) and h2d.nbytes.sum() == sum(s.nbytes for s in m.storages)
-    assert (h2d.t_begin_ns >= load.t_begin_ns).all() and (h2d.t_end_ns <= load.t_end_ns).all()
+    # placed on the host clock never early, late by at most the origin's synchronize latency
+    assert (h2d.t_begin_ns >= load.t_begin_ns).all() and (h2d.t_end_ns <= load.t_end_ns + 1_000_000).all()
     overlapped = 0
     for k, r in enumerate(batches):
         mine = reads[reads.chunk.isin(list(r))]
