@@ -213,6 +213,10 @@ def read_into(path: str, m: Manifest, targets: list[Target], threads: int, buffe
     `buffer_bytes` bounds the host staging (two slots of at most half of it, or of the
     largest chunk if that is bigger); batches hold at most half of it. None: one batch.
     """
+    for t in targets:
+        if t.buffer.dtype != torch.uint8 or t.buffer.dim() != 1 or not t.buffer.is_contiguous():
+            raise ValueError(f"a read target must be a contiguous 1-D uint8 tensor, got {t.buffer.dtype} "
+                             f"of shape {tuple(t.buffer.shape)}")
     batch_bytes = None if buffer_bytes is None else max(1, buffer_bytes // 2)
     batches = _plan(path, m, targets, batch_bytes)
     stats = LoadStats(batches=len(batches))
