@@ -7,7 +7,8 @@
 #   bash benchmarks/gpu_checks.sh tests validate-torchsave trace modes seed2048
 #
 # stages (rough wall time on an H100):
-#   tests              pytest -m gpu (tests/core/test_gpu.py: pinned D2H, deferred and gpu snapshots)
+#   tests              pytest -m gpu (tests/core/test_gpu.py: pinned D2H, deferred and gpu snapshots;
+#                      tests/core/test_load_gpu.py and tests/profiling/test_trace_gpu.py: pinned batched loads, h2d)
 #   validate-torchsave the seeds' validation, --checkpointer torchsave, seed-1024 fp32 and bf16
 #   validate-deferred  the same with pccheck --snapshot deferred (fp32)
 #   trace              seed-1024 fp32, 40 steps, checkpoint every 10, --snapshot deferred, traced;
@@ -39,7 +40,7 @@ for stage in "$@"; do
   log "stage $stage"
   case "$stage" in
     tests)
-      $PY -m pytest -m gpu tests/core/test_gpu.py -q -p no:cacheprovider -o addopts="" 2>&1 | tee "$RES/tests.log" ;;
+      $PY -m pytest -m gpu tests/core/test_gpu.py tests/core/test_load_gpu.py tests/profiling/test_trace_gpu.py -q -p no:cacheprovider -o addopts="" 2>&1 | tee "$RES/tests.log" ;;
     validate-torchsave)
       for dt in fp32 bf16; do
         $PY -m ckptlab.training.validate --checkpointer torchsave --preset seed-1024 --model-dtype $dt \

@@ -72,7 +72,8 @@ class CheckpointerBase:
         step: int | None = None,
     ) -> tuple[int, dict[str, Any]]:
         return load_latest(self.directory, state, map_location, threads=self.config.reader_threads,
-                           allow_pickle=self.config.allow_pickle, step=step)
+                           allow_pickle=self.config.allow_pickle, step=step,
+                           load_buffer_bytes=self.config.load_buffer_bytes)
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -14,17 +14,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from ckptlab import _engine
 from ckptlab.core.errors import (CheckpointError, CorruptCheckpointError, CorruptCheckpointWarning, ManifestError,
                                  NoCheckpointError)
 from ckptlab.core.commit import committed_step_dirs
+from ckptlab.core.config import DEFAULT_LOAD_BUFFER_BYTES
+from ckptlab.core.load_pipeline import Target, read_into
 from ckptlab.core.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, TensorEntry, decode_manifest
 from ckptlab.core.restore import restore
 from ckptlab.core.state import stored_bytes, to_device, unpickle_skeleton, views_on
-from ckptlab.profiling.phases import add_engine_records, phase, recording
+from ckptlab.profiling.phases import phase
 
 
 @dataclass(frozen=True)
@@ -63,76 +63,56 @@ def read_manifest(path: str) -> Manifest:
     return manifest
 
 
-def _read_tasks(path: str, m: Manifest, ranges: list[tuple[int, int, int]]) -> list[tuple]:
-    """Read tasks for every chunk; `ranges` are (stream_offset, nbytes, dst_ptr), sorted."""
-    tasks = []
-    r = 0
-    for i, c in enumerate(m.chunks):
-        begin = m.chunk_stream_offset(i)
-        end = begin + c.nbytes
-        while r < len(ranges) and ranges[r][0] + ranges[r][1] <= begin:
-            r += 1
-        pieces = []
-        k = r
-        while k < len(ranges) and ranges[k][0] < end:
-            off, n, dst = ranges[k]
-            lo, hi = max(off, begin), min(off + n, end)
-            if hi > lo:
-                pieces.append((lo - begin, dst + (lo - off), hi - lo))
-            k += 1
-        tasks.append((os.path.join(path, m.files[c.file].name), c.offset, c.nbytes, c.crc, i, pieces))
-    return tasks
-
-
-def _run_reads(path: str, m: Manifest, tasks: list[tuple], threads: int) -> dict:
-    trace = recording()  # a ckptlab.profiling trace session wants the read/verify records
-    result = _engine.read_verified(tasks, threads=threads, trace=trace, ckpt_id=0, step=m.step)
-    if trace:
-        add_engine_records(result["records"], result["thread_names"])
-    if result["failures"]:
-        f = sorted(result["failures"], key=lambda x: x["chunk"])[0]
-        more = len(result["failures"]) - 1
-        raise CorruptCheckpointError(
-            f["path"] or path,
-            f"chunk {f['chunk']} at offset {f['offset']}: {f['kind']}: {f['detail']}"
-            + (f" (and {more} more bad chunks)" if more else ""),
-        )
-    return result
-
-
 def verify_checkpoint(path: str, threads: int = 4) -> Manifest:
     """Read every chunk and check its CRC32C; raises CorruptCheckpointError on the first problem."""
     m = read_manifest(path)
-    _run_reads(path, m, _read_tasks(path, m, []), threads)
+    read_into(path, m, [], threads, buffer_bytes=None)  # no targets: nothing to bound, one batch
     return m
 
 
-def read_checkpoint(path: str, threads: int = 4, allow_pickle: tuple[str, ...] = ()) -> tuple[Manifest, Any, list[torch.Tensor]]:
-    """Read and verify one checkpoint into CPU memory: (manifest, skeleton tree, tensors)."""
+def read_checkpoint(path: str, threads: int = 4, allow_pickle: tuple[str, ...] = (),
+                    device: torch.device | None = None,
+                    buffer_bytes: int | None = DEFAULT_LOAD_BUFFER_BYTES) -> tuple[Manifest, Any, list[torch.Tensor]]:
+    """Read and verify one checkpoint: (manifest, skeleton tree, tensors on `device`, default CPU).
+
+    Onto a CUDA device the storages are fresh device allocations filled batch by batch
+    through at most `buffer_bytes` of pinned host memory, each batch's copy overlapping the
+    next batch's read (core/load_pipeline.py); onto the host they are read into directly.
+    """
     m = read_manifest(path)
     if m.writer == "torchsave":
-        return _read_torchsave(path, m, threads, allow_pickle)
+        m, tree, tensors = _read_torchsave(path, m, threads, allow_pickle)
+        return m, tree, _moved(tensors, device, m.step)
+    staged = device is not None and device.type == "cuda"
     storages = []  # each read once; the tensors are views of them, shared as they were saved
-    ranges = []
+    targets = []
     for s in m.storages:
-        dst = torch.empty(s.nbytes, dtype=torch.uint8)
+        dst = torch.empty(s.nbytes, dtype=torch.uint8, device=device if staged else None)
         storages.append(dst)
         if s.nbytes:
-            ranges.append((s.offset, s.nbytes, dst.data_ptr()))
-    objects = np.empty(m.objects[1], dtype=np.uint8)
+            targets.append(Target(s.offset, dst, staged=staged))
+    objects = torch.empty(m.objects[1], dtype=torch.uint8)
     if m.objects[1]:
-        ranges.append((m.objects[0], m.objects[1], objects.ctypes.data))
-    ranges.sort()
-    _run_reads(path, m, _read_tasks(path, m, ranges), threads)
-    tree = unpickle_skeleton(objects.tobytes(), allow_pickle, source=path)
-    return m, tree, views_on(storages, list(m.tensors))
+        targets.append(Target(m.objects[0], objects))
+    read_into(path, m, targets, threads, buffer_bytes)
+    tree = unpickle_skeleton(objects.numpy().tobytes(), allow_pickle, source=path)
+    tensors = views_on(storages, list(m.tensors))
+    return m, tree, tensors if staged else _moved(tensors, device, m.step)
+
+
+def _moved(tensors: list[torch.Tensor], device: torch.device | None, step: int) -> list[torch.Tensor]:
+    """Tensors read to the host, moved to a non-CPU `device` (each storage once: ties stay ties)."""
+    if device is None or device.type == "cpu":
+        return tensors
+    with phase("h2d", step=step, nbytes=stored_bytes(tensors)):
+        return to_device(tensors, device)
 
 
 def _read_torchsave(path: str, m: Manifest, threads: int, allow_pickle: tuple[str, ...]):
-    buf = np.empty(m.total_bytes, dtype=np.uint8)
-    _run_reads(path, m, _read_tasks(path, m, [(0, m.total_bytes, buf.ctypes.data)]), threads)
+    buf = torch.empty(m.total_bytes, dtype=torch.uint8)
+    read_into(path, m, [Target(0, buf)] if m.total_bytes else [], threads, buffer_bytes=None)
     try:
-        payload = torch.load(io.BytesIO(memoryview(buf)), map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(buf.numpy().data), map_location="cpu", weights_only=True)
         skeleton = payload["skeleton"]
         if "storages" in payload:  # format 2: byte storages and the views on them (core/torchsave.py)
             views = [TensorEntry(*v) for v in payload["views"]]
@@ -186,11 +166,14 @@ def load_latest(
     threads: int = 4,
     allow_pickle: tuple[str, ...] = (),
     step: int | None = None,
+    load_buffer_bytes: int = DEFAULT_LOAD_BUFFER_BYTES,
 ) -> tuple[int, dict[str, Any]]:
     """Load the newest valid checkpoint (or exactly `step`), falling back past corrupt ones.
 
     With `state`, objects in it are restored in place (load_state_dict, tensor copy_); the
     plain loaded state is returned either way, its tensors on `map_location` (default CPU).
+    Chunks are read in batches of at most load_buffer_bytes / 2; onto a CUDA device through
+    that much pinned host memory, each batch's copy overlapping the next batch's read.
     Raises NoCheckpointError when nothing valid exists, listing what was skipped.
     """
     directory = os.fspath(directory)
@@ -205,7 +188,7 @@ def load_latest(
     for s, path in reversed(candidates):
         try:
             with phase("load", step=s):
-                m, tree, tensors = read_checkpoint(path, threads, allow_pickle)
+                m, tree, tensors = read_checkpoint(path, threads, allow_pickle, device, load_buffer_bytes)
         except CorruptCheckpointError as e:
             skipped.append(str(e))
             warnings.warn(CorruptCheckpointWarning(path, s, e.reason), stacklevel=2)  # the one report
@@ -213,9 +196,6 @@ def load_latest(
         if m.step != s:
             skipped.append(f"{path}: directory says step {s}, manifest says {m.step}")
             continue
-        if device is not None and device.type != "cpu":
-            with phase("h2d", step=m.step, nbytes=stored_bytes(tensors)):
-                tensors = to_device(tensors, device)  # each storage once: ties stay ties
         with phase("restore", step=m.step):
             loaded = restore(state, tree, tensors)
         return m.step, loaded

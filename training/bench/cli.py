@@ -160,7 +160,7 @@ def _run(spec: BenchSpec, progress: bool | None) -> dict:
             "command": sys.argv, "machine": machine_info(spec.dir or spec.out), "versions": version_info(),
             "config": config, **doc,
             "notes": {"cold_load": "posix_fadvise(DONTNEED) on the checkpoint's files after it is durable, then "
-                                   "load(); cold_load_resident is the share of its pages still cached (mincore)",
+                                   "load() onto the run's device; cold_load_resident is the share of its pages still cached (mincore)",
                       "raw_disk": "per round, after its runs: the largest checkpoint's bytes written once "
                                   "O_DIRECT+fdatasync and once buffered+fsync; best_write_s is the faster"}}
     write_outputs(full, spec.out)
