@@ -46,8 +46,9 @@ class CheckpointConfig:
         torchsave at every point, dcp at the commit protocol's).
     trace: keep per-thread timing records (drain with Checkpointer.drain_trace()).
     allow_pickle: extra "module.QualName" types allowed in pickled leaves on load.
-    pinned_host_copies: copy CUDA tensors into page-locked host buffers kept across saves
-        (fast D2H; costs host memory equal to the GPU state), instead of pageable copies.
+    pinned_host_copies: page-locked device-to-host copies: pccheck copies CUDA tensors
+        straight into its staging pool, registered with CUDA (no host memory beyond staging);
+        torchsave into page-locked buffers kept across saves. False: pageable copies.
     snapshot: when save() may return (pccheck; docs/API.md "Snapshot modes"). "sync": after
         every tensor is on the host. "deferred": once the copies are enqueued (D2H on a side
         stream; the state may change only after checkpointer.barrier(), which

@@ -1,7 +1,7 @@
 """The ckptlab checkpointer: PCcheck-style concurrent checkpoints on the C++ engine.
 
-save() captures the state (GPU tensors are copied to the host first), copies it into the
-engine's reusable staging buffers and returns; the engine persists chunks on its writer
+save() captures the state, copies it into the engine's reusable staging buffers and returns
+(CUDA tensors go device-to-host in chunks straight into the page-locked staging, core/staging_fill.py); the engine persists chunks on its writer
 threads and commits checkpoints in step order while training goes on. Up to
 `max_inflight` checkpoints may be in flight; a further save waits (back-pressure).
 With CheckpointConfig.snapshot "deferred" or "gpu", save() returns once the copies are
@@ -29,7 +29,8 @@ from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.errors import CheckpointError, CheckpointWriteError
 from ckptlab.core.recovery import CheckpointInfo
 from ckptlab.core.snapshot import Snapshotter
-from ckptlab.core.state import CapturedState, capture, check_loadable, lift_tensors, plan_storages, planned_total_bytes
+from ckptlab.core.state import (CapturedState, capture_lifted, check_loadable, lift_tensors, plan_storages,
+                                planned_total_bytes)
 from ckptlab.profiling.metadata import cpu_list_string
 from ckptlab.profiling.phases import phase, recording
 from ckptlab.profiling.sources import DrainedRecords, announce
@@ -54,8 +55,8 @@ class PCcheckCheckpointer(CheckpointerBase):
             raise ValueError(f"bad fault spec {self._faults!r}: {e}") from None
         self._engine: _engine.Engine | None = None
         self._recovered = False  # _recover_before_reading ran (or the engine did)
-        self._snapshots = None
-        if config.snapshot != "sync":
+        self._snapshots = None  # sync mode: CUDA state goes D2H straight into page-locked staging through it
+        if config.snapshot != "sync" or config.pinned_host_copies:
             self._snapshots = Snapshotter(config.snapshot, self._open_stream)
         if config.staging_bytes is not None:
             self._engine = self._open_engine(config.staging_bytes)
@@ -123,23 +124,29 @@ class PCcheckCheckpointer(CheckpointerBase):
         if self._snapshots is not None:
             self._snapshots.settle()  # the previous snapshot's buffers are about to be reused
         self._raise_failure()
-        if self._snapshots is None:
-            with phase("capture", step=step):
-                captured = capture(state, self._host_cache)
-            check_loadable(captured.skeleton, self.config.allow_pickle)
+        with phase("capture", step=step):
+            skeleton, tensors = lift_tensors(state)
+        check_loadable(skeleton, self.config.allow_pickle)
+        if self._snapshots is None or not self._streamed(tensors):
+            captured = capture_lifted(skeleton, tensors, self._host_cache)
             self._ensure_engine(captured.total_bytes)
             self._submit(step, captured)
         else:
-            with phase("capture", step=step):
-                skeleton, tensors = lift_tensors(state)
-            check_loadable(skeleton, self.config.allow_pickle)
             plan = None  # the snapshot thread plans the storages, off the training thread
             if self._engine is None:  # the first save sizes staging from the layout
                 plan = plan_storages(tensors)
                 self._ensure_engine(planned_total_bytes(skeleton, plan))
             with phase("snapshot_enqueue", step=step):
                 self._snapshots.take(step, skeleton, tensors, plan)
+            if self.config.snapshot == "sync":  # the copies are complete (and sealed) before save() returns
+                self._snapshots.settle()
         self._record_stall(now() - t0)
+
+    def _streamed(self, tensors: list[tuple[str, torch.Tensor]]) -> bool:
+        """Whether this save streams into staging (core/staging_fill.py): every deferred/gpu
+        snapshot, and a sync one with CUDA tensors (one D2H into staging, no host cache). A
+        sync save of CPU tensors is one copy already: the engine's own submit()."""
+        return self.config.snapshot != "sync" or any(t.device.type == "cuda" for _, t in tensors)
 
     def _ensure_engine(self, total_bytes: int) -> None:
         if self._engine is None:  # staging sized to one checkpoint (capped); _open_engine rounds up
