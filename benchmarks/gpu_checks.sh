@@ -10,12 +10,15 @@
 #   tests              pytest -m gpu (tests/core/test_gpu.py: pinned D2H, deferred and gpu snapshots;
 #                      tests/core/test_load_gpu.py and tests/profiling/test_trace_gpu.py: pinned batched loads, h2d)
 #   validate-torchsave the seeds' validation, --checkpointer torchsave, seed-1024 fp32 and bf16
+#   validate-pccheck   the same with pccheck (default sync: D2H straight into staging), fp32 and bf16
 #   validate-deferred  the same with pccheck --snapshot deferred (fp32)
 #   trace              seed-1024 fp32, 40 steps, checkpoint every 10, --snapshot deferred, traced;
 #                      prints how much of d2h overlaps the training step, draws timelines (PNG)
 #                      of the whole run and of the checkpoint at step 20, and the writer stragglers
 #   modes              ckptlab bench on seed-1024 (none, torchsave, pccheck sync/deferred/gpu; docs/PERFORMANCE.md)
-#   seed2048           ckptlab bench on seed-2048 fp32 and bf16 (none, pccheck sync/deferred; 12.85 GB checkpoints)
+#   seed2048           ckptlab bench on seed-2048 fp32 and bf16 (none, pccheck sync/deferred/gpu; 12.85 GB checkpoints)
+#   seedfull           ckptlab bench on seed-full fp32 (48.25 GB): pccheck-auto (gpu on an H200, deferred on an
+#                      H100), 12 steps, a checkpoint every 6; needs >= 64 GiB free disk
 #   affinity           seed-1024, 30 steps, checkpoint every 10, 4 writers unpinned vs --writer-cpus on the
 #                      last 4 CPUs; writer stragglers and migrations of each (ckptlab trace threads)
 #   affinity-matrix    ckptlab experiment affinity: 1,2,4,8 writers x unpinned/compact/spread/disjoint,
@@ -47,6 +50,12 @@ for stage in "$@"; do
           --device cuda --steps 24 --freq 8 --kill-after 8 --out "$RES/validate-torchsave-$dt" 2>&1 | tail -15
         rm -rf "$RES/validate-torchsave-$dt"/ckpt-*
       done ;;
+    validate-pccheck)
+      for dt in fp32 bf16; do
+        $PY -m ckptlab.training.validate --checkpointer pccheck --preset seed-1024 --model-dtype $dt \
+          --device cuda --steps 24 --freq 8 --kill-after 8 --out "$RES/validate-pccheck-$dt" 2>&1 | tail -15
+        rm -rf "$RES/validate-pccheck-$dt"/ckpt-*
+      done ;;
     validate-deferred)
       $PY -m ckptlab.training.validate --checkpointer pccheck --preset seed-1024 --model-dtype fp32 \
         --device cuda --steps 24 --freq 8 --kill-after 8 --out "$RES/validate-deferred-fp32" -- --snapshot deferred 2>&1 | tail -15
@@ -77,8 +86,11 @@ EOF
     seed2048)
       for dt in fp32 bf16; do
         $PY -m ckptlab.core.cli bench --preset seed-2048 --model-dtype $dt --device cuda --steps 30 --every 10 \
-          --repeats 1 --kinds none,pccheck-sync,pccheck-deferred --no-progress --out "$RES/bench_${GPU}_seed-2048_$dt"
+          --repeats 1 --kinds none,pccheck-sync,pccheck-deferred,pccheck-gpu --no-progress --out "$RES/bench_${GPU}_seed-2048_$dt"
       done ;;
+    seedfull)
+      $PY -m ckptlab.core.cli bench --preset seed-full --model-dtype fp32 --device cuda --steps 12 --every 6 \
+        --repeats 1 --kinds none,pccheck-auto --no-progress --out "$RES/bench_${GPU}_seed-full" ;;
     affinity)
       last4=$($PY -c "import os; c = sorted(os.sched_getaffinity(0)); print(f'{c[-4]}-{c[-1]}')")
       for placement in unpinned "$last4"; do

@@ -35,9 +35,11 @@ def _peak_pinned_bytes() -> int:
     if not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return 0  # no CUDA: nothing can be page-locked through torch
     try:
-        return int(torch.cuda.host_memory_stats().get("allocated_bytes.all.peak", 0))
+        stats = torch.cuda.host_memory_stats()
     except (AttributeError, RuntimeError):
         return 0
+    # the key's spelling differs between torch versions
+    return int(stats.get("allocated_bytes.all.peak", stats.get("allocated_bytes.peak", 0)))
 
 
 def _cold_load(kind: str, directory: Path, device: str) -> tuple[float, float]:
@@ -70,7 +72,8 @@ def _run(record: Path, flags: Sequence[str]) -> int:
     wall = time.perf_counter() - t0
     out: dict[str, Any] = result.as_dict()
     out.update(wall_s=wall, peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-               peak_pinned_bytes=_peak_pinned_bytes(), checkpoint_bytes=None, cold_load_s=None,
+               # torch's page-locked allocations plus pccheck's staging pool registered with CUDA
+               peak_pinned_bytes=_peak_pinned_bytes() + result.pinned_staging_bytes, checkpoint_bytes=None, cold_load_s=None,
                cold_load_resident=None)
     latest = None
     if cfg.checkpointer != "none":

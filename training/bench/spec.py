@@ -19,8 +19,9 @@ BENCH_KINDS: dict[str, tuple[str, ...]] = {
     "pccheck-sync": ("--checkpointer", "pccheck", "--snapshot", "sync"),
     "pccheck-deferred": ("--checkpointer", "pccheck", "--snapshot", "deferred"),
     "pccheck-gpu": ("--checkpointer", "pccheck", "--snapshot", "gpu"),
+    "pccheck-auto": ("--checkpointer", "pccheck", "--snapshot", "auto"),  # gpu if it fits, else deferred
 }
-CPU_KINDS = tuple(k for k in BENCH_KINDS if k != "pccheck-gpu")
+CPU_KINDS = tuple(k for k in BENCH_KINDS if k not in ("pccheck-gpu", "pccheck-auto"))
 SHAPE_FLAGS = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size")
 WORK_FLAGS = ("batch_size", "sequence_length")  # tokens per step: how much compute a step has
 
