@@ -116,3 +116,43 @@ def test_targets_not_measured_are_not_met():
     verdicts = {t["name"]: t for t in targets([r for r in _results() if r["kind"] != "pccheck-deferred"],
                                               raw_write_s=None)}
     assert all(t["met"] is None and "not measured" in t["why"] for t in verdicts.values())
+
+
+def _gpu_results(stall=0.004, inflation=0.004, lost=0.03, durable=2.2, cold=2.0, pinned=2 << 30, every=10):
+    def row(kind, **figures):
+        return {"kind": kind, "every": None if kind == "none" else every,
+                **{k: spread([v]) for k, v in figures.items()}}
+    return [row("none", iter_s=0.258),
+            row("pccheck-deferred", stall_s=stall, inflation=inflation, lost_per_ckpt_s=lost, durable_s=durable,
+                cold_load_s=cold, peak_pinned_bytes=pinned, overhead=lost / (every * 0.258))]
+
+
+RAW_GPU = {"direct_write_s": spread([2.0]), "read_s": spread([1.9])}
+
+
+def test_gpu_targets_met_with_figures():
+    from ckptlab.training.bench.metrics import gpu_targets
+
+    v = {t["name"]: t for t in gpu_targets(_gpu_results(), RAW_GPU, pinned_budget_bytes=4 << 30)}
+    assert all(t["met"] for t in v.values()), [t for t in v.values() if not t["met"]]
+    assert v["pccheck-deferred-lost"]["figure"] == pytest.approx(0.03 / 0.258)
+    assert v["pccheck-deferred-durable"]["figure"] == pytest.approx(2.0 / 2.2)  # share of O_DIRECT bandwidth
+    assert v["pccheck-deferred-cold-load"]["figure"] == pytest.approx(2.0 / 1.9)
+    # K=25 and 50 were not run: derived from lost/ckpt, and said so
+    assert v["pccheck-deferred-overhead-every-25"]["figure"] == pytest.approx(0.03 / (25 * 0.258))
+    assert v["pccheck-deferred-overhead-every-25"]["derived_from_every"] == 10
+    assert "pccheck-gpu-stall" not in v  # only modes that ran
+
+
+def test_gpu_targets_missed_and_unmeasured():
+    from ckptlab.training.bench.metrics import gpu_targets
+    from ckptlab.training.bench.report import _verdict
+
+    v = {t["name"]: t for t in gpu_targets(_gpu_results(stall=0.05, durable=2.5, lost=0.2, pinned=8 << 30, cold=None),
+                                           RAW_GPU, pinned_budget_bytes=4 << 30)}
+    for name in ("stall", "durable", "lost", "pinned", "overhead-every-50"):
+        assert v[f"pccheck-deferred-{name}"]["met"] is False, name
+    assert v["pccheck-deferred-cold-load"]["met"] is None
+    assert _verdict(v["pccheck-deferred-stall"]).endswith("MISSED: 50.00 ms against 10.00 ms")
+    assert "80 % against 90 %" in _verdict(v["pccheck-deferred-durable"])
+    assert "(derived from lost/ckpt at every 10)" in _verdict(v["pccheck-deferred-overhead-every-25"])

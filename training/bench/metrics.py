@@ -26,7 +26,7 @@ from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
 __all__ = ["persisting_steps", "durable_from_save", "run_figures", "lost_per_checkpoint", "spread", "aggregate", "targets",
-           "HEADLINE", "PEERS", "DEFERRED_STALL_LIMIT_S", "DURABLE_VS_RAW_LIMIT"]
+           "gpu_targets", "HEADLINE", "PEERS", "DEFERRED_STALL_LIMIT_S", "DURABLE_VS_RAW_LIMIT"]
 
 HEADLINE = "pccheck-deferred"  # the kind the issue's targets are about
 PEERS = ("torchsave", "dcp", "dcp-async")  # the other systems it must beat
@@ -182,3 +182,71 @@ def targets(results: Sequence[Mapping[str, Any]], raw_write_s: float | None) -> 
                             ours, limit, None if ours is None or limit is None else ours < limit, unit="s",
                             every=every, peer=best, **({"why": why} if why else {})))
     return out
+
+
+# The issue's GPU targets (H100/H200, seed-2048): per pccheck mode run, each with its figure.
+GPU_STALL_LIMIT_S = 10e-3
+GPU_INFLATION_LIMIT = 0.01
+GPU_LOST_LIMIT_ITERATIONS = 0.25
+GPU_DURABLE_BANDWIDTH_SHARE = 0.90
+GPU_OVERHEAD_LIMITS = {25: 0.03, 50: 0.015}
+GPU_COLD_LOAD_LIMIT = 1.1
+GPU_KINDS = ("pccheck-deferred", "pccheck-gpu", "pccheck-auto", "pccheck-sync")
+
+
+def gpu_targets(results: Sequence[Mapping[str, Any]], raw: Mapping[str, Any],
+                pinned_budget_bytes: int) -> list[dict[str, Any]]:
+    """The GPU targets for every pccheck mode that was run, at its first K.
+
+    `raw` is the bench's raw-disk summary (``direct_write_s`` and ``read_s`` spreads over the
+    same bytes as the checkpoint). Overheads at K=25/50 are the run's own where it ran at that
+    K, else derived from its training time lost per checkpoint: lost / (K x iteration), which
+    holds while a checkpoint is durable within K iterations."""
+    iteration = _figure(results, "none", "iter_s")
+    direct = (raw.get("direct_write_s") or {}).get("median")
+    read = (raw.get("read_s") or {}).get("median")
+    out: list[dict[str, Any]] = []
+    for kind in GPU_KINDS:
+        everys = sorted({r["every"] for r in results if r["kind"] == kind and r["every"] is not None})
+        if not everys:
+            continue
+        every = everys[0]
+
+        def fig(name: str, k: int | None = every) -> float | None:
+            return _figure(results, kind, name, k)
+
+        stall = fig("stall_s")
+        out.append(_limit_verdict(f"{kind}-stall", f"{kind} stall per checkpoint <= 10 ms", stall,
+                                  GPU_STALL_LIMIT_S, "s", every))
+        inflation = fig("inflation")
+        out.append(_limit_verdict(f"{kind}-inflation", f"{kind} iteration inflation while persisting <= 1 %",
+                                  inflation, GPU_INFLATION_LIMIT, "%", every))
+        lost = fig("lost_per_ckpt_s")
+        share = lost / iteration if lost is not None and iteration else None
+        out.append(_limit_verdict(f"{kind}-lost", f"{kind} training time lost per checkpoint <= 0.25 of one "
+                                  f"iteration", share, GPU_LOST_LIMIT_ITERATIONS, "iterations", every))
+        durable = fig("durable_s")
+        bandwidth = direct / durable if direct and durable else None
+        out.append(_limit_verdict(f"{kind}-durable", f"{kind} time to durable at >= 90 % of the O_DIRECT "
+                                  f"bandwidth of the same run", bandwidth, GPU_DURABLE_BANDWIDTH_SHARE, "share",
+                                  every, at_least=True))
+        for k, limit in GPU_OVERHEAD_LIMITS.items():
+            measured = fig("overhead", k)
+            derived = lost / (k * iteration) if measured is None and lost is not None and iteration else None
+            out.append(_limit_verdict(f"{kind}-overhead-every-{k}", f"{kind} overhead with a checkpoint every {k} "
+                                      f"iterations <= {limit:.1%}", measured if measured is not None else derived,
+                                      limit, "%", k, **({"derived_from_every": every} if derived is not None else {})))
+        cold = fig("cold_load_s")
+        out.append(_limit_verdict(f"{kind}-cold-load", f"{kind} cold load to the GPU <= 1.1 x size / read bandwidth",
+                                  cold / read if cold is not None and read else None, GPU_COLD_LOAD_LIMIT, "x", every))
+        pinned = fig("peak_pinned_bytes")
+        out.append(_limit_verdict(f"{kind}-pinned", f"{kind} pinned host memory <= the configured budget "
+                                  f"(staging cap + load buffer)", pinned, pinned_budget_bytes, "bytes", every))
+    return out
+
+
+def _limit_verdict(name: str, text: str, figure: float | None, limit: float, unit: str, every: int | None,
+                   at_least: bool = False, **more: Any) -> dict[str, Any]:
+    met = None if figure is None else (figure >= limit if at_least else figure <= limit)
+    why = {} if figure is not None else {"why": "not measured"}
+    return _verdict(name, text, figure, limit, met, unit=unit, every=every, **why, **more)

@@ -92,10 +92,25 @@ def _verdict(t: Mapping[str, Any]) -> str:
     if t["figure"] is None:
         return f"{t['target']}: {met} ({t.get('why', '')})"
     unit = t.get("unit")
-    figure = f"{t['figure'] * 1e3:.2f} ms" if unit == "s" else f"{t['figure']:.2f}x"
-    limit = "" if t["limit"] is None else (f"{t['limit'] * 1e3:.2f} ms" if unit == "s" else f"{t['limit']:.2f}x")
+    figure = _in_unit(t["figure"], unit)
+    limit = "" if t["limit"] is None else _in_unit(t["limit"], unit)
     peer = f" ({t['peer']})" if t.get("peer") else ""
-    return f"{t['target']}: {met}: {figure} against {limit}{peer}"
+    derived = f" (derived from lost/ckpt at every {t['derived_from_every']})" if t.get("derived_from_every") else ""
+    return f"{t['target']}: {met}: {figure} against {limit}{peer}{derived}"
+
+
+def _in_unit(value: float, unit: str | None) -> str:
+    if unit == "s":
+        return f"{value * 1e3:.2f} ms"
+    if unit == "%":
+        return f"{value * 100:.2f} %"
+    if unit == "share":
+        return f"{value * 100:.0f} %"
+    if unit == "iterations":
+        return f"{value:.3f} iterations"
+    if unit == "bytes":
+        return f"{value / 2**20:.0f} MiB"
+    return f"{value:.2f}x"
 
 
 def markdown(doc: Mapping[str, Any]) -> str:

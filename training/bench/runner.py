@@ -131,7 +131,17 @@ def _run_all(spec: BenchSpec, progress: Callable[[str], None]) -> dict[str, Any]
     results = aggregate(records)
     raw = _raw_disk(disk)
     return {"runs": [run_figures(r) for r in records], "results": results, "raw_disk": raw,
-            "targets": targets(results, raw["best_write_s"]["median"])}
+            "targets": gpu_targets(results, raw, _pinned_budget()) if spec.device == "cuda"
+            else targets(results, raw["best_write_s"]["median"])}
+
+
+def _pinned_budget() -> int:
+    """The page-locked memory pccheck may use with the default config: its staging cap (the
+    staging pool is registered with CUDA) plus the load's pinned batches."""
+    from ckptlab.core import CheckpointConfig
+
+    c = CheckpointConfig()
+    return c.max_auto_staging_bytes + c.load_buffer_bytes
 
 
 def _raw_disk(probes: list[dict[str, Any]]) -> dict[str, Any]:
