@@ -57,7 +57,8 @@ class PCcheckCheckpointer(CheckpointerBase):
         self._recovered = False  # _recover_before_reading ran (or the engine did)
         self._snapshots = None  # sync mode: CUDA state goes D2H straight into page-locked staging through it
         if config.snapshot != "sync" or config.pinned_host_copies:
-            self._snapshots = Snapshotter(config.snapshot, self._open_stream)
+            self._snapshots = Snapshotter(config.snapshot, self._open_stream,
+                                          lambda skeleton: check_loadable(skeleton, config.allow_pickle))
         if config.staging_bytes is not None:
             self._engine = self._open_engine(config.staging_bytes)
 
@@ -126,18 +127,23 @@ class PCcheckCheckpointer(CheckpointerBase):
         self._raise_failure()
         with phase("capture", step=step):
             skeleton, tensors = lift_tensors(state)
-        check_loadable(skeleton, self.config.allow_pickle)
         if self._snapshots is None or not self._streamed(tensors):
+            check_loadable(skeleton, self.config.allow_pickle)
             captured = capture_lifted(skeleton, tensors, self._host_cache)
             self._ensure_engine(captured.total_bytes)
             self._submit(step, captured)
         else:
             plan = None  # the snapshot thread plans the storages, off the training thread
+            # ... and checks the pickle loads back, except where save() has time for it: the first
+            # save (a leaf that cannot load fails at once) and sync saves
+            checked = self._engine is None or self.config.snapshot == "sync"
+            if checked:
+                check_loadable(skeleton, self.config.allow_pickle)
             if self._engine is None:  # the first save sizes staging from the layout
                 plan = plan_storages(tensors)
                 self._ensure_engine(planned_total_bytes(skeleton, plan))
             with phase("snapshot_enqueue", step=step):
-                self._snapshots.take(step, skeleton, tensors, plan)
+                self._snapshots.take(step, skeleton, tensors, plan, skeleton_checked=checked)
             if self.config.snapshot == "sync":  # the copies are complete (and sealed) before save() returns
                 self._snapshots.settle()
         self._record_stall(now() - t0)

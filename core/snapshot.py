@@ -112,6 +112,7 @@ class PendingSnapshot:
     tensors: list[tuple[str, torch.Tensor]]
     versions: dict[int, int]  # id(tensor) -> its _version at save()
     plan: StoragePlan | None  # planned in save() (first save, gpu mode), else by the thread
+    skeleton_checked: bool = False  # save() checked the pickle loads back; else the thread does
     private: dict[int, torch.Tensor] = field(default_factory=dict)  # region index -> its copy taken in save()
     ready: dict[torch.device, torch.cuda.Event] = field(default_factory=dict)  # current streams at save()
     devices: dict[torch.device, _DeviceCopies] = field(default_factory=dict)
@@ -132,9 +133,10 @@ class Snapshotter:
     """Takes deferred/gpu snapshots (CheckpointConfig.snapshot) and streams them into the
     engine through ``open_stream``."""
 
-    def __init__(self, mode: str, open_stream: OpenStream) -> None:
+    def __init__(self, mode: str, open_stream: OpenStream, check_skeleton: Callable[[bytes], None]) -> None:
         self.mode = mode
         self._open_stream = open_stream
+        self._check_skeleton = check_skeleton  # raises if the pickled objects would not load
         self._host = BufferCache("cpu")   # gpu mode: CPU regions copied in save()
         self._gpu = BufferCache(None)     # gpu mode: same device as the tensor
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
@@ -163,9 +165,10 @@ class Snapshotter:
         return self._window.nbytes if self._window is not None and self._window.registered else 0
 
     def take(self, step: int, skeleton: bytes, tensors: list[tuple[str, torch.Tensor]],
-             plan: StoragePlan | None = None) -> PendingSnapshot:
+             plan: StoragePlan | None = None, skeleton_checked: bool = False) -> PendingSnapshot:
         """Note the state's versions and start its snapshot; returns at once in deferred mode
-        (the thread plans and copies), after the device-to-device copies in gpu mode.
+        (the thread checks the skeleton, plans and copies), after the device-to-device copies
+        in gpu mode.
 
         The previous snapshot must be settled (its buffers are reused)."""
         if self._pending is not None:
@@ -173,9 +176,11 @@ class Snapshotter:
         if self.mode == "auto":  # decided once: buffers and the barrier's meaning stay the same
             self.mode = resolve_mode(tensors)
         versions = {id(t): t._version for _, t in tensors}
-        if plan is None and (self.mode == "gpu" or any(t.device.type not in ("cpu", "cuda") for _, t in tensors)):
+        on_host = all(t.is_cpu for _, t in tensors)  # the common CPU case without a torch.device per tensor
+        if plan is None and (self.mode == "gpu" or not on_host and
+                             any(t.device.type not in ("cpu", "cuda") for _, t in tensors)):
             plan = plan_storages(tensors)
-        p = PendingSnapshot(step, skeleton, tensors, versions, plan)
+        p = PendingSnapshot(step, skeleton, tensors, versions, plan, skeleton_checked=skeleton_checked)
         if plan is not None:
             for i, region in enumerate(plan.regions):
                 if region.device.type not in ("cpu", "cuda"):  # no stream API here: copied now, as capture() does
@@ -183,8 +188,8 @@ class Snapshotter:
         if self.mode == "gpu":
             self._copy_private(p)
             p.released.set()
-        else:
-            for dev in {t.device for _, t in tensors if t.device.type == "cuda"}:
+        elif not on_host:
+            for dev in {t.device for _, t in tensors if t.is_cuda}:
                 ev = torch.cuda.Event()
                 ev.record(torch.cuda.current_stream(dev))  # the copies start after the kernels before save()
                 p.ready[dev] = ev
@@ -224,6 +229,8 @@ class Snapshotter:
         engine = stream = None
         sealed = False
         try:
+            if not p.skeleton_checked:  # before anything is written: such a step never reaches the disk
+                self._check_skeleton(p.skeleton)
             plan = p.plan if p.plan is not None else plan_storages(p.tensors)
             offsets, total, meta = stream_layout(p.skeleton, plan)
             sources = [[(0, p.private[i])] if i in p.private else [(pc.offset, pc.source) for pc in r.pieces]
@@ -279,7 +286,9 @@ class Snapshotter:
                 engine.abort(stream, f"snapshot of step {p.step} failed: {e}")
         finally:
             p.host_ready.set()
-            p.tensors = []  # the state's memory is no longer needed here
+            p.tensors, p.plan = [], None  # the state's memory is no longer held here
+            if p.checked:
+                p.cuda_regions = []
             p.finished.set()
 
     @staticmethod

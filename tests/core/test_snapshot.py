@@ -222,3 +222,25 @@ def test_auto_mode_chooses_the_gpu_buffer_only_where_it_fits_with_headroom():
     assert choose_mode({d0: 48 * gib}, {d0: 130 * gib}) == "gpu"         # seed-full on an H200
     assert choose_mode({d0: gib}, {d0: gib + GPU_HEADROOM_BYTES - 1}) == "deferred"
     assert choose_mode({d0: gib, d1: gib}, {d0: 40 * gib, d1: gib}) == "deferred"  # every device must fit
+
+
+class _Unlisted:
+    """A leaf the loader's allowlist does not know."""
+
+
+def test_a_leaf_that_would_not_load_fails_its_deferred_step_before_anything_is_written(ckpt_dir):
+    """The first save checks in save(); later deferred saves leave the check to the snapshot
+    thread (off the stall), which fails the step before it opens it: the error comes at the
+    next call and the step never reaches the disk."""
+    from ckptlab.core import UnsafePickleError
+
+    with open_checkpointer("pccheck", ckpt_dir, CFG) as ck:
+        with pytest.raises(UnsafePickleError):
+            ck.save(1, {"w": torch.ones(4), "x": _Unlisted()})
+        ck.save(2, {"w": torch.ones(4)})
+        ck.save(3, {"w": torch.ones(4), "x": _Unlisted()})  # returns: checked on the thread
+        with pytest.raises(UnsafePickleError, match="_Unlisted"):
+            ck.wait()
+        assert ck.engine.take_failure() is None
+        ck.save(4, {"w": torch.full((4,), 4.0)})
+    assert [c.step for c in list_checkpoints(ckpt_dir)] == [2, 4]
