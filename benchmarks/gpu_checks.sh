@@ -15,10 +15,12 @@
 #   trace              seed-1024 fp32, 40 steps, checkpoint every 10, --snapshot deferred, traced;
 #                      prints how much of d2h overlaps the training step, draws timelines (PNG)
 #                      of the whole run and of the checkpoint at step 20, and the writer stragglers
-#   modes              ckptlab bench on seed-1024 (none, torchsave, pccheck sync/deferred/gpu; docs/PERFORMANCE.md)
+#   modes              ckptlab bench on seed-1024 (none, torchsave, dcp-async, pccheck sync/deferred/gpu/auto; docs/PERFORMANCE.md)
 #   seed2048           ckptlab bench on seed-2048 fp32 and bf16 (none, pccheck sync/deferred/gpu; 12.85 GB checkpoints)
 #   seedfull           ckptlab bench on seed-full fp32 (48.25 GB): pccheck-auto (gpu on an H200, deferred on an
-#                      H100), 12 steps, a checkpoint every 6; needs >= 64 GiB free disk
+#                      H100), 8 steps, one checkpoint at step 6 (a 64 GiB disk holds one 48 GB checkpoint, not
+#                      the two that retention briefly keeps): its stall is a first stall (staging registered,
+#                      GPU buffer allocated), its durable and cold load are the figures that count
 #   affinity           seed-1024, 30 steps, checkpoint every 10, 4 writers unpinned vs --writer-cpus on the
 #                      last 4 CPUs; writer stragglers and migrations of each (ckptlab trace threads)
 #   affinity-matrix    ckptlab experiment affinity: 1,2,4,8 writers x unpinned/compact/spread/disjoint,
@@ -81,7 +83,7 @@ EOF
       ;;
     modes)  # the D2H overlap comes from the `trace` stage's deferred trace
       $PY -m ckptlab.core.cli bench --preset seed-1024 --device cuda --steps 40 --every 10 --repeats 1 \
-        --kinds none,torchsave,pccheck-sync,pccheck-deferred,pccheck-gpu --no-progress \
+        --kinds none,torchsave,dcp-async,pccheck-sync,pccheck-deferred,pccheck-gpu,pccheck-auto --no-progress \
         --out "$RES/bench_${GPU}_seed-1024" ;;
     seed2048)
       for dt in fp32 bf16; do
@@ -89,7 +91,7 @@ EOF
           --repeats 1 --kinds none,pccheck-sync,pccheck-deferred,pccheck-gpu --no-progress --out "$RES/bench_${GPU}_seed-2048_$dt"
       done ;;
     seedfull)
-      $PY -m ckptlab.core.cli bench --preset seed-full --model-dtype fp32 --device cuda --steps 12 --every 6 \
+      $PY -m ckptlab.core.cli bench --preset seed-full --model-dtype fp32 --device cuda --steps 8 --every 6 \
         --repeats 1 --kinds none,pccheck-auto --no-progress --out "$RES/bench_${GPU}_seed-full" ;;
     affinity)
       last4=$($PY -c "import os; c = sorted(os.sched_getaffinity(0)); print(f'{c[-4]}-{c[-1]}')")
