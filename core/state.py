@@ -334,6 +334,9 @@ def host_region(region: Region, cache: PinnedHostCache | None, pending: set) -> 
     return dst
 
 
+_PLAIN_LEAVES = frozenset({int, float, bool, str, bytes, complex, type(None)})
+
+
 def lift_tensors(state: Mapping[str, Any]) -> tuple[bytes, list[tuple[str, torch.Tensor]]]:
     """Pickle `state` with every tensor replaced by a TensorRef; return the pickle and the
     (path, tensor) list, tensors still where they live (device, storage). Never mutates `state`."""
@@ -342,9 +345,13 @@ def lift_tensors(state: Mapping[str, Any]) -> tuple[bytes, list[tuple[str, torch
     tensors: list[tuple[str, torch.Tensor]] = []
 
     def walk(obj: Any, path: str) -> Any:
+        if type(obj) in _PLAIN_LEAVES:  # most leaves (steps, lrs, betas' floats): no attribute probing
+            return obj
         if isinstance(obj, torch.Tensor):
             tensors.append((path, _normalized(obj, path)))
             return TensorRef(len(tensors) - 1)
+        if isinstance(obj, dict):  # never a stateful object; a C-level check before the ABC ones
+            return {k: walk(v, f"{path}/{k}" if path else str(k)) for k, v in obj.items()}
         if _is_stateful(obj) and not isinstance(obj, Mapping):
             return StatefulRef(walk(obj.state_dict(), path))
         if isinstance(obj, Mapping):
