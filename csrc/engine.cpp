@@ -184,12 +184,12 @@ void Engine::close() {
   lock_fd_.reset();  // another checkpointer may write here now
 }
 
-TraceRing* Engine::submit_ring() {
+TraceRing* Engine::caller_ring(const char* name) {
   std::lock_guard<std::mutex> lock(rings_mu_);
   int32_t tid = current_tid();
   auto it = submit_threads_.find(tid);
   if (it == submit_threads_.end())
-    it = submit_threads_.emplace(tid, std::make_unique<TraceThread>(&tracer_, "ckptlab-save", /*name_os_thread=*/false)).first;
+    it = submit_threads_.emplace(tid, std::make_unique<TraceThread>(&tracer_, name, /*name_os_thread=*/false)).first;
   return it->second->ring();
 }
 
@@ -223,7 +223,7 @@ uint64_t Engine::submit(int64_t step, const std::string& meta_json, const std::v
       throw std::invalid_argument("segments must be sorted, disjoint and inside total_bytes");
     expect = s.stream_offset + s.nbytes;
   }
-  TraceRing* ring = submit_ring();
+  TraceRing* ring = caller_ring("ckptlab-save");
   ScopedPhase snapshot(&tracer_, ring, Phase::kSnapshot, next_id_ + 1, step, -1, 0, total_bytes);
   admit(step, interrupted);
   std::shared_ptr<Checkpoint> ck = begin_checkpoint(step, meta_json, total_bytes);
@@ -298,7 +298,7 @@ void Engine::queue_chunk(uint64_t id, uint32_t chunk) {
     r.t_end_ns = monotonic_ns();
     r.run_ns = r.wait_ns = -1;  // the fill ran in the caller, between calls: not measured
     r.ctx_vol = r.ctx_invol = -1;
-    submit_ring()->push(r);
+    caller_ring("ckptlab-stream")->push(r);  // the thread that fills streams (core/snapshot.py)
   }
   queue_write(ck, chunk, buf);
 }

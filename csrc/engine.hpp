@@ -214,7 +214,8 @@ class Engine {
   void commit(Checkpoint& ck, TraceRing* ring);
   void retain(const Checkpoint& just_committed, TraceRing* ring);
   void recover_directory();
-  TraceRing* submit_ring();
+  // The calling thread's ring, listed under `name` (the thread keeps its OS name).
+  TraceRing* caller_ring(const char* name);
   FaultEffect fault(FaultPoint p, const Checkpoint& ck) {
     return pass_fault_point(faults_, io_log_.get(), p, ck.id, ck.step);
   }

@@ -188,3 +188,15 @@ def test_each_filled_chunk_has_a_stage_record(tmp_path):
     assert sorted(int(cols["chunk"][i]) for i in rows) == [0, 1, 2]
     assert all(int(cols["ckpt_id"][i]) == sid and cols["t_end_ns"][i] >= cols["t_begin_ns"][i] > 0 for i in rows)
     assert [int(cols["offset"][i]) for i in sorted(rows, key=lambda i: cols["chunk"][i])] == [0, CHUNK, 2 * CHUNK]
+
+
+def test_stage_records_are_listed_under_the_stream_role(tmp_path):
+    eng = _engine_at(tmp_path, trace=True)
+    try:
+        _stream(eng, 1, os.urandom(CHUNK))
+        assert eng.wait(30)
+        tid = threading.get_native_id()
+        names = dict(eng.thread_names())
+    finally:
+        eng.close()
+    assert names.get(tid) == "ckptlab-stream"
