@@ -1,5 +1,6 @@
 """The ``points`` tier: SIGKILL at every named fault point x checkpoint {1, 2, last} x
-occurrence {first, last}, on three engine shapes and the torchsave shape; commit-order
+occurrence {first, last}, on three engine shapes, the engine filled through streams, and the
+torchsave shape; commit-order
 scenarios (a slow checkpoint 2 overtaken by 3; engine only: torchsave saves synchronously);
 consecutive crashes (crash, recover, crash in the first save after recovery); a short delay at
 every point (engine and torchsave: the run must still succeed).
@@ -16,6 +17,8 @@ from ckptlab.faults.tiers.common import (
 
 # --short: a few torchsave kills (each child imports torch: ~2 s)
 SHORT_TORCHSAVE_POINTS = ("before_rename", "during_gc")
+# --short: the engine filled through streams (as deferred snapshots fill it)
+SHORT_STREAM_POINTS = ("before_chunk_write", "before_data_fsync", "before_manifest", "before_rename")
 TORCHSAVE_DOUBLES = 2
 DELAY_MS = 30
 
@@ -78,6 +81,10 @@ def generate(seed: int, count: int, short: bool) -> list[dict]:
         for _ in range(TORCHSAVE_DOUBLES):
             trials.append({"kind": "double", **ts, "first": [rng.choice(fault_points()), rng.randint(1, 3)],
                            "second": rng.choice(fault_points())})
+    # Engine streams (the deferred-snapshot path): the same kills with the saver filling
+    # staging chunks itself, out of order, sealing each step; appended, so earlier ids stay put.
+    points = list(SHORT_STREAM_POINTS) if short else fault_points()
+    trials += _kills(point_setup(0), points, short, setup=0, fill="stream")
     return numbered("points", seed, trials)
 
 
