@@ -22,7 +22,7 @@ A background thread polls the engine every millisecond, so acknowledgements are 
 while saves are still in flight. Only what is in this log counts as acknowledged.
 
 CONFIG keys: dir, seed, layout ([name, dtype, shape] list), plans ({step: plan}), ack_log,
-sessions ([{engine: {Engine kwargs}, steps: [...], compute_ms, wait_each, fill}]), filler (a path to
+sessions ([{engine: {Engine kwargs}, steps: [...], compute_ms, wait_each, fill, seal_delay_ms}]), filler (a path to
 delete after the first failure, optional), ack_fsync (default true).
 """
 from __future__ import annotations
@@ -58,10 +58,12 @@ def segments_for(plan: dict[str, Any], layout: list[TensorSpec], seed: int, step
     return json.dumps(plan["meta"], separators=(",", ":")), segments, keep
 
 
-def fill_stream(engine: Any, step: int, meta: str, segments, total_bytes: int, chunk_bytes: int, ack: "AckLog") -> int:
+def fill_stream(engine: Any, step: int, meta: str, segments, total_bytes: int, chunk_bytes: int, ack: "AckLog",
+                seal_delay_s: float = 0.0) -> int:
     """Save ``step`` through an engine stream: each chunk zeroed, its segments' bytes copied in,
     queued (pairs swapped where staging holds two, so chunks reach the writers out of order);
-    ``seal S`` logged, then sealed. Returns the checkpoint id."""
+    after ``seal_delay_s`` (a judged copy's verdict taking its time) ``seal S`` logged, then
+    sealed. Returns the checkpoint id."""
     sid = engine.open_stream(step, meta, total_bytes)
     stream = (max(total_bytes, 1) + 4095) // 4096 * 4096
     swap = engine.staging_buffers >= 2
@@ -82,6 +84,8 @@ def fill_stream(engine: Any, step: int, meta: str, segments, total_bytes: int, c
             held = None
     if held is not None:
         engine.queue_chunk(sid, held)
+    if seal_delay_s:
+        time.sleep(seal_delay_s)
     ack.line(f"seal {step}")
     engine.seal(sid)
     return sid
@@ -176,7 +180,8 @@ def run(cfg: dict[str, Any]) -> int:
             try:
                 total = plans[str(step)]["total_bytes"]
                 if session.get("fill", "submit") == "stream":
-                    cid = fill_stream(engine, step, meta, segments, total, session["engine"]["chunk_bytes"], ack)
+                    cid = fill_stream(engine, step, meta, segments, total, session["engine"]["chunk_bytes"], ack,
+                                      session.get("seal_delay_ms", 0) / 1000.0)
                 else:
                     cid = engine.submit(step, meta, segments, total)
             except OSError as e:

@@ -350,7 +350,7 @@ def crash_checks(setup: Setup, child: ChildRun, recover: bool = True
     d = oracle.check_directory(child.ckdir, setup.layout, setup.seed, acked=hist.max_acked, sessions=hist.sessions,
                                failed=hist.failed, strict_committed=True)
     v = list(d.violations)
-    if setup.fill == "stream":  # O5: a stream is committed only once the saver sealed it
+    if setup.fill == "stream":  # O6: a stream is committed only once the saver sealed it
         v += [f"step {s} is committed but its stream was never sealed" for s in sorted(set(d.valid) | set(d.corrupt))
               if s in hist.submitted and s not in hist.sealed]
     order = oracle.check_commit_order(hist.commits)
