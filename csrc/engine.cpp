@@ -29,6 +29,7 @@ constexpr DurabilityMutation kDurabilityMutations[] = {
     {"skip_dir_fsync", &EngineOptions::unsafe_skip_dir_fsync},
     {"corrupt_manifest_checksum", &EngineOptions::unsafe_corrupt_manifest_checksum},
     {"unordered_commit", &EngineOptions::unsafe_unordered_commit},
+    {"ignore_seal", &EngineOptions::unsafe_ignore_seal},
 };
 
 constexpr uint64_t kIoAlign = 4096;         // file offsets and lengths (tail padded to this)
@@ -549,7 +550,7 @@ void Engine::committer_main() {
       for (;;) {
         if (!pending_.empty()) {
           if (opt_.unsafe_unordered_commit) {
-            auto it = std::find_if(pending_.begin(), pending_.end(), [](const auto& c) { return committable(*c); });
+            auto it = std::find_if(pending_.begin(), pending_.end(), [this](const auto& c) { return committable(*c); });
             if (it != pending_.end()) ck = *it;
           } else if (committable(*pending_.front())) {
             ck = pending_.front();

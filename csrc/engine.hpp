@@ -59,6 +59,7 @@ struct EngineOptions {
   bool unsafe_skip_dir_fsync = false;
   bool unsafe_corrupt_manifest_checksum = false;
   bool unsafe_unordered_commit = false;
+  bool unsafe_ignore_seal = false;  // commit a stream once its data is durable, sealed or not
   // Record every file-system operation to this file for crash-state replay (io_log.hpp);
   // empty = off. io_log_data also stores the bytes of each write (small test states only).
   std::string io_log;
@@ -203,7 +204,9 @@ class Engine {
   void admit(int64_t step, const InterruptCheck& interrupted);
   std::shared_ptr<Checkpoint> open_stream_checkpoint(uint64_t id);
   void queue_write(const std::shared_ptr<Checkpoint>& ck, uint32_t chunk, int buffer);
-  static bool committable(const Checkpoint& ck) { return ck.data_done && ck.sealed; }
+  bool committable(const Checkpoint& ck) const {
+    return ck.data_done && (ck.sealed || (opt_.unsafe_ignore_seal && !ck.failed.load()));
+  }
   std::shared_ptr<Checkpoint> begin_checkpoint(int64_t step, const std::string& meta_json, uint64_t total_bytes,
                                                bool sealed = true);
   void stage_chunks(const std::shared_ptr<Checkpoint>& ck, const std::vector<Segment>& segments,

@@ -42,6 +42,8 @@ def _point_cells(p: dict) -> list[tuple[str, str]]:
         return [(p["point"], p["action"])]
     if kind in ("kill", "delay"):
         return [(p["point"], kind)]
+    if kind == "seal":  # a late seal, killed after checkpoint 2 commits
+        return [("after_commit", "kill")]
     if kind == "order":
         return [("before_data_fsync", "delay")] + ([("after_commit", "kill")] if p["kill"] else [])
     if kind == "double":

@@ -39,6 +39,7 @@ class History:
     errors: list[tuple[int, int]] = field(default_factory=list)
     done: bool = False
     freed: bool = False
+    sealed: set[int] = field(default_factory=set)  # streams the saver was about to seal ("seal S")
 
     @property
     def submitted(self) -> list[int]:
@@ -81,6 +82,8 @@ def read_history(path: str) -> History:
             h.failures.append((int(parts[1]), int(parts[2]), parts[3] if len(parts) > 3 else ""))
         elif kind == "error":
             h.errors.append((int(parts[1]), int(parts[2])))
+        elif kind == "seal":
+            h.sealed.add(int(parts[1]))
         elif kind == "freed":
             h.freed = True
         elif kind == "done":

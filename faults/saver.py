@@ -14,15 +14,20 @@ handed to the engine, ``staged S ID`` once save() returned, ``commit S 1 ID`` / 
 for every checkpoint the engine acknowledged (durable) or failed, in the engine's order,
 ``fail S ERRNO OP`` for each failure it reported, ``error S ERRNO`` when save() itself raised,
 ``freed`` when it deleted the filler file after a failure (ENOSPC tier), ``done`` at the end.
+With a session's ``fill`` "stream" a save fills an engine stream itself, as deferred snapshots
+do (open_stream, acquire_chunk, queue_chunk; pairs of chunks queued in swapped order where
+staging holds two), and ``seal S`` is logged just before it seals: a step committed without
+that line is a violation (the engine committed a stream nobody sealed).
 A background thread polls the engine every millisecond, so acknowledgements are recorded
 while saves are still in flight. Only what is in this log counts as acknowledged.
 
 CONFIG keys: dir, seed, layout ([name, dtype, shape] list), plans ({step: plan}), ack_log,
-sessions ([{engine: {Engine kwargs}, steps: [...], compute_ms, wait_each}]), filler (a path to
+sessions ([{engine: {Engine kwargs}, steps: [...], compute_ms, wait_each, fill, seal_delay_ms}]), filler (a path to
 delete after the first failure, optional), ack_fsync (default true).
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import sys
@@ -51,6 +56,39 @@ def segments_for(plan: dict[str, Any], layout: list[TensorSpec], seed: int, step
         keep.append(arr)
         segments.append((arr.ctypes.data, arr.nbytes, storages[entry["storage"]]["offset"] + entry["byte_offset"]))
     return json.dumps(plan["meta"], separators=(",", ":")), segments, keep
+
+
+def fill_stream(engine: Any, step: int, meta: str, segments, total_bytes: int, chunk_bytes: int, ack: "AckLog",
+                seal_delay_s: float = 0.0) -> int:
+    """Save ``step`` through an engine stream: each chunk zeroed, its segments' bytes copied in,
+    queued (pairs swapped where staging holds two, so chunks reach the writers out of order);
+    after ``seal_delay_s`` (a judged copy's verdict taking its time) ``seal S`` logged, then
+    sealed. Returns the checkpoint id."""
+    sid = engine.open_stream(step, meta, total_bytes)
+    stream = (max(total_bytes, 1) + 4095) // 4096 * 4096
+    swap = engine.staging_buffers >= 2
+    held: int | None = None
+    for _ in range(-(-stream // chunk_bytes)):
+        chunk, address, begin, nbytes = engine.acquire_chunk(sid)
+        ctypes.memset(address, 0, nbytes)
+        for ptr, n, at in segments:
+            lo, hi = max(at, begin), min(at + n, begin + nbytes)
+            if lo < hi:
+                ctypes.memmove(address + lo - begin, ptr + lo - at, hi - lo)
+        if swap and held is None:
+            held = chunk
+            continue
+        engine.queue_chunk(sid, chunk)
+        if held is not None:
+            engine.queue_chunk(sid, held)
+            held = None
+    if held is not None:
+        engine.queue_chunk(sid, held)
+    if seal_delay_s:
+        time.sleep(seal_delay_s)
+    ack.line(f"seal {step}")
+    engine.seal(sid)
+    return sid
 
 
 class AckLog:
@@ -140,7 +178,12 @@ def run(cfg: dict[str, Any]) -> int:
             meta, segments, keep = segments_for(plans[str(step)], layout, seed, step)
             ack.line(f"submit {step}")
             try:
-                cid = engine.submit(step, meta, segments, plans[str(step)]["total_bytes"])
+                total = plans[str(step)]["total_bytes"]
+                if session.get("fill", "submit") == "stream":
+                    cid = fill_stream(engine, step, meta, segments, total, session["engine"]["chunk_bytes"], ack,
+                                      session.get("seal_delay_ms", 0) / 1000.0)
+                else:
+                    cid = engine.submit(step, meta, segments, total)
             except OSError as e:
                 ack.line(f"error {step} {e.errno}")
                 free_filler()

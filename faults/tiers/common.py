@@ -103,6 +103,7 @@ class Setup:
     wait_each: bool = False
     plans: dict[int, dict] = field(default_factory=dict)
     writer: str = "pccheck"
+    fill: str = "submit"  # pccheck: "stream" fills engine streams chunk by chunk, as deferred snapshots do
 
     def plan(self, step: int) -> dict:
         """pccheck: what the saver submits for ``step``; torchsave: the size of its state.pt."""
@@ -120,12 +121,15 @@ class Setup:
     def as_json(self) -> dict:
         d = {"seed": self.seed, "layout": [t.as_json() for t in self.layout], "engine": self.engine,
              "steps": self.steps, "compute_ms": self.compute_ms, "wait_each": self.wait_each}
+        if self.fill != "submit":
+            d["fill"] = self.fill
         return d if self.writer == "pccheck" else d | {"writer": self.writer}
 
     @staticmethod
     def from_json(d: dict) -> Setup:
         return Setup(d["seed"], [TensorSpec.from_json(t) for t in d["layout"]], dict(d["engine"]), list(d["steps"]),
-                     d.get("compute_ms", 0.0), d.get("wait_each", False), writer=d.get("writer", "pccheck"))
+                     d.get("compute_ms", 0.0), d.get("wait_each", False), writer=d.get("writer", "pccheck"),
+                     fill=d.get("fill", "submit"))
 
     # Analytic fault-point counts (as the writer will pass them, per checkpoint).
     def chunks(self, step: int) -> int:
@@ -210,7 +214,9 @@ def setup_of(trial: dict) -> Setup:
     s = trial["p"]["setup"]
     if s == "torchsave":
         return torchsave_point_setup()
-    return point_setup(s) if isinstance(s, int) else Setup.from_json(s)
+    setup = point_setup(s) if isinstance(s, int) else Setup.from_json(s)
+    setup.fill = trial["p"].get("fill", setup.fill)
+    return setup
 
 
 def writer_of(trial: dict) -> str:
@@ -295,7 +301,7 @@ def session(setup: Setup, ctx: Context, steps: list[int] | None = None, faults: 
     engine = dict(setup.engine, faults=faults, unsafe=list(ctx.unsafe), io_log=io_log, io_log_data=io_log_data)
     engine.update(engine_overrides)
     return {"engine": engine, "steps": list(steps if steps is not None else setup.steps),
-            "compute_ms": setup.compute_ms, "wait_each": setup.wait_each}
+            "compute_ms": setup.compute_ms, "wait_each": setup.wait_each, "fill": setup.fill}
 
 
 def run_child(ctx: Context, cfg_path: str, kill_after: float | None = None) -> ChildRun:
@@ -344,6 +350,9 @@ def crash_checks(setup: Setup, child: ChildRun, recover: bool = True
     d = oracle.check_directory(child.ckdir, setup.layout, setup.seed, acked=hist.max_acked, sessions=hist.sessions,
                                failed=hist.failed, strict_committed=True)
     v = list(d.violations)
+    if setup.fill == "stream":  # O6: a stream is committed only once the saver sealed it
+        v += [f"step {s} is committed but its stream was never sealed" for s in sorted(set(d.valid) | set(d.corrupt))
+              if s in hist.submitted and s not in hist.sealed]
     order = oracle.check_commit_order(hist.commits)
     if order:
         v.append(order)

@@ -1,5 +1,6 @@
 """The ``points`` tier: SIGKILL at every named fault point x checkpoint {1, 2, last} x
-occurrence {first, last}, on three engine shapes and the torchsave shape; commit-order
+occurrence {first, last}, on three engine shapes, the engine filled through streams, and the
+torchsave shape; commit-order
 scenarios (a slow checkpoint 2 overtaken by 3; engine only: torchsave saves synchronously);
 consecutive crashes (crash, recover, crash in the first save after recovery); a short delay at
 every point (engine and torchsave: the run must still succeed).
@@ -16,8 +17,11 @@ from ckptlab.faults.tiers.common import (
 
 # --short: a few torchsave kills (each child imports torch: ~2 s)
 SHORT_TORCHSAVE_POINTS = ("before_rename", "during_gc")
+# --short: the engine filled through streams (as deferred snapshots fill it)
+SHORT_STREAM_POINTS = ("before_chunk_write", "before_data_fsync", "before_manifest", "before_rename")
 TORCHSAVE_DOUBLES = 2
 DELAY_MS = 30
+SEAL_DELAY_MS = 200
 
 
 def _kills(shape: Setup, points: list[str], short: bool, **extra: object) -> list[dict]:
@@ -78,6 +82,14 @@ def generate(seed: int, count: int, short: bool) -> list[dict]:
         for _ in range(TORCHSAVE_DOUBLES):
             trials.append({"kind": "double", **ts, "first": [rng.choice(fault_points()), rng.randint(1, 3)],
                            "second": rng.choice(fault_points())})
+    # Engine streams (the deferred-snapshot path): the same kills with the saver filling
+    # staging chunks itself, out of order, sealing each step; appended, so earlier ids stay put.
+    points = list(SHORT_STREAM_POINTS) if short else fault_points()
+    trials += _kills(point_setup(0), points, short, setup=0, fill="stream")
+    # The commit waits for the seal: a stream whose data is durable but whose seal is 200 ms
+    # late, killed right after checkpoint 2 commits (never before its seal unless the engine
+    # ignored it: the ignore_seal mutation's teeth).
+    trials.append({"kind": "seal", "setup": 0, "fill": "stream"})
     return numbered("points", seed, trials)
 
 
@@ -92,14 +104,19 @@ def run(trial: dict, ctx: Context, tdir: str) -> dict:
         faults = "point=before_data_fsync,ckpt=2,action=delay=300"
         if p["kill"]:
             faults += ";point=after_commit,ckpt=3,action=kill"
+    elif p["kind"] == "seal":
+        faults = "point=after_commit,ckpt=2,action=kill"
     elif p["kind"] == "delay":
         faults = f"point={p['point']},ckpt={p['ckpt']},hit={p['hit']},action=delay={DELAY_MS}"
     else:
         faults = f"point={p['point']},ckpt={p['ckpt']},hit={p['hit']},action=kill"
-    child = run_saver(ctx, tdir, setup, session(setup, ctx, faults=faults))
+    sess = session(setup, ctx, faults=faults)
+    if p["kind"] == "seal":
+        sess.update(wait_each=True, seal_delay_ms=SEAL_DELAY_MS)
+    child = run_saver(ctx, tdir, setup, sess)
     if p["kind"] == "delay":
         return _delayed(trial, setup, child)
-    must_die = p["kind"] == "kill" or p["kill"]
+    must_die = p["kind"] in ("kill", "seal") or p["kill"]
     return checked(trial, setup, child, fired=child.sigkilled if must_die else True)
 
 

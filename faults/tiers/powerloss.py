@@ -26,6 +26,9 @@ def torchsave_count(count: int) -> int:
     return max(1, count // 8) if count else 0
 
 
+STREAM_TRIALS, STREAM_TRIALS_SHORT = 6, 2
+
+
 def generate(seed: int, count: int, short: bool) -> list[dict]:
     def params(i: int, rng: random.Random) -> dict:
         setup = random_setup(rng, small=True)
@@ -48,6 +51,13 @@ def generate(seed: int, count: int, short: bool) -> list[dict]:
         setup.engine["keep_last"] = 2 if j % 2 == 0 else setup.engine["keep_last"]  # retention in the first
         extra.append({"writer": "torchsave", "setup": setup.as_json(), "sessions": 2 if j % 2 else 1, "delay": False,
                       "random_variants": 2})
+    # Engine streams (the deferred-snapshot path: chunks filled by the caller, out of order):
+    # appended after the others, so their ids stay put.
+    for j in range(STREAM_TRIALS_SHORT if short else STREAM_TRIALS):
+        rng = random.Random(trial_seed(seed, "powerloss-stream", j))
+        p = params(j, rng)
+        p["setup"]["fill"] = "stream"
+        extra.append(p)
     return trials + numbered("powerloss", seed, [t["p"] for t in trials] + extra)[count:]
 
 

@@ -155,7 +155,7 @@ def test_bad_engine_options(tmp_path):
 
 def test_durability_mutations_are_the_names_engine_takes(tmp_path):
     names = _engine.durability_mutations()
-    assert isinstance(names, tuple) and len(names) == len(set(names)) == 4
+    assert isinstance(names, tuple) and len(names) == len(set(names)) == 5
     assert "skip_data_fsync" in names and "unordered_commit" in names
     for name in names:  # each one alone, then all together
         (tmp_path / name).mkdir()

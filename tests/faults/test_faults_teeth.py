@@ -11,23 +11,32 @@ CASES = {
     "skip_dir_fsync": (("powerloss",), ()),
     "corrupt_manifest_checksum": (("points", "powerloss"), ()),
     "unordered_commit": (("points",), "order"),  # the slow-checkpoint-2 scenario
+    "ignore_seal": (("points",), "seal"),  # a stream committed before its (late) seal
 }
 
 
-def _order_trials() -> tuple[str, ...]:
+def _trials_of_kind(kind: str) -> tuple[str, ...]:
     trials, _ = campaign.generate(campaign.Options(tiers=("points",), short=True, seed=1))
-    return tuple(t["id"] for t in trials if t["p"]["kind"] == "order")
+    return tuple(t["id"] for t in trials if t["p"]["kind"] == kind)
 
 
 @pytest.mark.parametrize("mutation", list(CASES))
 def test_campaign_catches_each_missing_durability_step(mutation, tmp_path):
     tiers, trial = CASES[mutation]
-    trial = _order_trials() if trial == "order" else trial
+    trial = _trials_of_kind(trial) if trial in ("order", "seal") else trial
     opts = campaign.Options(tiers=tiers, short=True, seed=1, jobs=1, out=str(tmp_path), unsafe=(mutation,),
                             trial=trial, max_violations=1, progress=False)
     result = campaign.run(opts)
     assert result.violations > 0, f"the campaign did not notice {mutation}"
     assert result.exit_code == 1
+
+
+def test_the_late_seal_trial_passes_without_the_mutation(tmp_path):
+    """The seal trial's teeth are the mutation's, not the trial's: unmutated it is clean."""
+    opts = campaign.Options(tiers=("points",), short=True, seed=1, jobs=1, out=str(tmp_path),
+                            trial=_trials_of_kind("seal"), progress=False)
+    result = campaign.run(opts)
+    assert result.violations == 0 and [r["outcome"] for r in result.rows] == ["ok"]
 
 
 def test_unordered_commit_is_caught_by_the_replay_too(tmp_path):
