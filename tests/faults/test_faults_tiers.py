@@ -21,15 +21,25 @@ def test_registry_names_every_tier_in_campaign_order():
     assert len(tiers.REGISTRY["random"].generate(4, 3, True)) == 3 + random_time.torchsave_count(3)
 
 
+def _fill(trial: dict) -> str:
+    setup = trial["p"].get("setup")
+    return trial["p"].get("fill") or (setup.get("fill", "submit") if isinstance(setup, dict) else "submit")
+
+
 def test_torchsave_trials_follow_the_engines():
-    """Torchsave trials are numbered after the engine's, whose ids and parameters they leave alone."""
+    """Torchsave trials are numbered after the engine's, whose ids and parameters they leave
+    alone; the engine-stream trials (added later) come last, leaving both alone."""
     for name in ("points", "random", "ioerr", "powerloss"):
         for short in (True, False):
             trials = tiers.REGISTRY[name].generate(4, 16, short)
-            writers = [t["p"].get("writer", "pccheck") for t in trials]
-            assert "torchsave" in writers, name
-            first = writers.index("torchsave")
-            assert set(writers[first:]) == {"torchsave"} and set(writers[:first]) == {"pccheck"}, name
+            kinds = [("stream" if _fill(t) == "stream" else t["p"].get("writer", "pccheck")) for t in trials]
+            assert "torchsave" in kinds, name
+            first = kinds.index("torchsave")
+            last = kinds.index("stream") if "stream" in kinds else len(kinds)
+            assert set(kinds[:first]) == {"pccheck"} and set(kinds[first:last]) == {"torchsave"}, name
+            assert set(kinds[last:]) <= {"stream"}, name
+    assert any(_fill(t) == "stream" for t in tiers.REGISTRY["points"].generate(4, 0, True))
+    assert any(_fill(t) == "stream" for t in tiers.REGISTRY["powerloss"].generate(4, 16, True))
     assert len(tiers.REGISTRY["points"].generate(4, 0, True)) < len(tiers.REGISTRY["points"].generate(4, 0, False))
 
 
