@@ -184,7 +184,10 @@ def _stop_trace(session: Any, flush_only: bool = False) -> None:
         session.flush() if flush_only else session.close()
 
 
-def _build_state(cfg: TrainConfig, device: torch.device, ctx: DistContext) -> dict[str, Any]:
+def build_state(cfg: TrainConfig, device: torch.device, ctx: DistContext | None = None) -> dict[str, Any]:
+    """The training state `train()` checkpoints (model, AdamW, schedule, sampler, RNG, run
+    description), freshly initialised; public for benchmarks that time saving it."""
+    ctx = ctx or DistContext()
     seed_everything(cfg.seed)
     model = build_model(cfg.resolved_model(), device, cfg.dtype)
     if ctx.active:  # the same init on every rank, then each rank its own RNG stream
@@ -360,7 +363,7 @@ def _train(cfg: TrainConfig, device: torch.device, ctx: DistContext) -> TrainRes
     except (CheckpointError, RuntimeError, ValueError) as exc:
         raise TrainError(f"--checkpointer {cfg.checkpointer} cannot open {cfg.ckpt_dir}: {exc}") from exc
     try:
-        state = _build_state(cfg, device, ctx)
+        state = build_state(cfg, device, ctx)
     except BaseException:
         ck.close()
         raise
