@@ -351,7 +351,8 @@ def lift_tensors(state: Mapping[str, Any]) -> tuple[bytes, list[tuple[str, torch
             tensors.append((path, _normalized(obj, path)))
             return TensorRef(len(tensors) - 1)
         if isinstance(obj, dict):  # never a stateful object; a C-level check before the ABC ones
-            return {k: walk(v, f"{path}/{k}" if path else str(k)) for k, v in obj.items()}
+            return {k: v if type(v) in _PLAIN_LEAVES else walk(v, f"{path}/{k}" if path else str(k))
+                    for k, v in obj.items()}
         if _is_stateful(obj) and not isinstance(obj, Mapping):
             return StatefulRef(walk(obj.state_dict(), path))
         if isinstance(obj, Mapping):
