@@ -1,5 +1,6 @@
 """What a campaign covers: each trial's cells (tier, writer, fault point, action), and the
-grid each tier should fill, with the cells that are empty by design and why.
+grid each tier should fill, with the cells that are empty by design and why. The writer
+``pccheck-stream`` is the engine filled through streams, as deferred snapshots fill it.
 
     cells(trial)               the cells one trial exercises
     count(trials)              trials per cell
@@ -25,6 +26,8 @@ Cell = tuple[str, str, str, str]  # tier, writer, point, action
 RANDOM_TIME, CRASH_STATES, COMMITTED, FULL_DISK, STEP = (
     "(random time)", "(every crash state)", "(committed checkpoint)", "(full disk)", "(a training step)")
 WRITERS = ("pccheck", "torchsave")
+# pccheck with the engine filled through streams (the deferred-snapshot path; faults/saver.py fill=stream)
+STREAM_WRITER = "pccheck-stream"
 DYING = "dying disk"  # an error action with mode=persist: every failing operation from then on
 
 
@@ -53,9 +56,14 @@ def _point_cells(p: dict) -> list[tuple[str, str]]:
     raise ValueError(f"no coverage cells for trial kind {kind!r}")
 
 
+def _is_stream(p: dict) -> bool:
+    setup = p.get("setup")
+    return p.get("fill") == "stream" or (isinstance(setup, dict) and setup.get("fill") == "stream")
+
+
 def cells(trial: dict) -> list[Cell]:
     tier, p = trial["tier"], trial["p"]
-    writer = p.get("writer", "pccheck")
+    writer = STREAM_WRITER if _is_stream(p) else p.get("writer", "pccheck")
     if tier in ("points", "ioerr", "realfs"):
         pairs = _point_cells(p)
     elif tier == "random":
@@ -102,6 +110,9 @@ def expected(tiers: Iterable[str], realfs_variants: Iterable[str] = ()) -> dict[
     for tier in tiers:
         if tier == "points":
             grid |= {(tier, w, pt, a): None for w in WRITERS for pt in points for a in ("kill", "delay")}
+            grid |= {(tier, STREAM_WRITER, pt, "kill"): None for pt in points}
+            grid |= {(tier, STREAM_WRITER, pt, "delay"): "streams differ from submit() before the writers, and "
+                     "every point is a writer's or the committer's: the submit() delays time them" for pt in points}
         elif tier == "ioerr":
             grid |= {(tier, w, pt, a): _error_cell_why(pt, a) for w in WRITERS for pt in points for a in ERROR_ACTIONS}
             grid |= {(tier, "pccheck", pt, DYING): _error_cell_why(pt, "eio") for pt in points}
@@ -119,6 +130,8 @@ def expected(tiers: Iterable[str], realfs_variants: Iterable[str] = ()) -> dict[
         elif tier in ("random", "powerloss"):
             action = "kill" if tier == "random" else "power cut"
             grid |= {(tier, w, RANDOM_TIME if tier == "random" else CRASH_STATES, action): None for w in WRITERS}
+            if tier == "powerloss":
+                grid[(tier, STREAM_WRITER, CRASH_STATES, action)] = None
         elif tier == "bitrot":
             grid |= {(tier, "pccheck", COMMITTED, k): None for k in DAMAGE}
             grid |= {(tier, "torchsave", COMMITTED, k): engine_only + " (damage detection is the loader's, "
