@@ -188,11 +188,8 @@ class Snapshotter:
         if self.mode == "gpu":
             self._copy_private(p)
             p.released.set()
-        elif not on_host:
-            for dev in {t.device for _, t in tensors if t.is_cuda}:
-                ev = torch.cuda.Event()
-                ev.record(torch.cuda.current_stream(dev))  # the copies start after the kernels before save()
-                p.ready[dev] = ev
+        elif not on_host:  # the copies start after the kernels enqueued before save()
+            p.ready = _current_stream_events({t.device for _, t in tensors if t.is_cuda})
         if self._worker is None:  # a daemon: a process that never closes the checkpointer still exits
             self._worker = threading.Thread(target=self._serve, name="ckptlab-snapshot", daemon=True)
             self._worker.start()
@@ -216,10 +213,7 @@ class Snapshotter:
                     else:
                         copy_into(buf[piece.offset:piece.offset + piece.source.numel()], piece.source)
                 p.private[i] = buf
-        for dev in {r.device for r in p.plan.regions if r.device.type == "cuda"}:
-            ev = torch.cuda.Event()
-            ev.record(torch.cuda.current_stream(dev))
-            p.ready[dev] = ev
+        p.ready = _current_stream_events({r.device for r in p.plan.regions if r.device.type == "cuda"})
 
     def _serve(self) -> None:
         while (p := self._queue.get()) is not None:
@@ -353,6 +347,15 @@ class Snapshotter:
                 self._worker = None
             if self._window is not None:
                 self._window.close()
+
+
+def _current_stream_events(devices: set[torch.device]) -> dict[torch.device, torch.cuda.Event]:
+    """An event on each device's current stream: where a side stream's copies may start."""
+    events = {}
+    for dev in devices:
+        events[dev] = torch.cuda.Event()
+        events[dev].record(torch.cuda.current_stream(dev))
+    return events
 
 
 def _timing_event(stream: torch.cuda.Stream) -> torch.cuda.Event:

@@ -314,13 +314,18 @@ void Engine::seal(uint64_t id) {
       throw std::invalid_argument("checkpoint " + std::to_string(id) + " cannot be sealed before every chunk is "
                                   "queued");
   }
+  end_stream(*ck, /*aborted=*/false);
+}
+
+void Engine::end_stream(Checkpoint& ck, bool aborted) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    ck->sealed = true;
-    ck->t_staged_ns = monotonic_ns();
-    streams_.erase(id);
+    ck.aborted = aborted;
+    ck.sealed = true;
+    ck.t_staged_ns = monotonic_ns();
+    streams_.erase(ck.id);
   }
-  cv_.notify_all();
+  cv_.notify_all();  // the committer may take it now
 }
 
 void Engine::abort(uint64_t id, const std::string& reason) {
@@ -342,14 +347,7 @@ void Engine::abort(uint64_t id, const std::string& reason) {
   }
   TraceRing* ring = nullptr;  // finish_chunk records no phase for a failed checkpoint
   for (uint32_t c : unqueued) finish_chunk(ck, c, ring);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    ck->aborted = true;
-    ck->sealed = true;
-    ck->t_staged_ns = monotonic_ns();
-    streams_.erase(id);
-  }
-  cv_.notify_all();
+  end_stream(*ck, /*aborted=*/true);
 }
 
 void Engine::queue_write(const std::shared_ptr<Checkpoint>& ck, uint32_t chunk, int buffer) {

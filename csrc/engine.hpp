@@ -134,7 +134,8 @@ class Engine {
   // once every chunk is durable, so the caller can hold the commit until it has judged the
   // copy; abort() fails it instead (nothing of it is committed; the caller reports the
   // reason, so it is not queued for take_failure()). Each stream must end in seal() or
-  // abort(); close() aborts any still open.
+  // abort(); close() aborts any still open. One thread at a time acquires a stream's
+  // chunks (queue_chunk may come from another).
   uint64_t open_stream(int64_t step, const std::string& meta_json, uint64_t total_bytes,
                        const InterruptCheck& interrupted);
   StreamChunk acquire_chunk(uint64_t id, const InterruptCheck& interrupted);
@@ -203,6 +204,7 @@ class Engine {
   void committer_main();
   void admit(int64_t step, const InterruptCheck& interrupted);
   std::shared_ptr<Checkpoint> open_stream_checkpoint(uint64_t id);
+  void end_stream(Checkpoint& ck, bool aborted);  // sealed or aborted: the committer may take it
   void queue_write(const std::shared_ptr<Checkpoint>& ck, uint32_t chunk, int buffer);
   bool committable(const Checkpoint& ck) const {
     return ck.data_done && (ck.sealed || (opt_.unsafe_ignore_seal && !ck.failed.load()));
