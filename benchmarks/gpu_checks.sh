@@ -32,6 +32,14 @@ mkdir -p "$OUT"
 RES=$(mktemp -d)
 PY=${PYTHON:-python3}
 log() { echo "== $(date +%T) $*"; }
+# validate KIND DTYPE NAME [-- FLAGS]: the seeds' validation on seed-1024 (kill, resume, compare
+# losses bit for bit); its checkpoints are removed, its losses, plot and summary kept
+validate() {
+  local kind=$1 dt=$2 name=$3; shift 3
+  $PY -m ckptlab.training.validate --checkpointer "$kind" --preset seed-1024 --model-dtype "$dt" \
+    --device cuda --steps 24 --freq 8 --kill-after 8 --out "$RES/validate-$name" "$@" 2>&1 | tail -15
+  rm -rf "$RES/validate-$name"/ckpt-*
+}
 
 if ! $PY -c "import ckptlab._engine" 2>/dev/null; then
   log "building ckptlab"
@@ -46,22 +54,9 @@ for stage in "$@"; do
   case "$stage" in
     tests)
       $PY -m pytest -m gpu tests/core/test_gpu.py tests/core/test_load_gpu.py tests/profiling/test_trace_gpu.py -q -p no:cacheprovider -o addopts="" 2>&1 | tee "$RES/tests.log" ;;
-    validate-torchsave)
-      for dt in fp32 bf16; do
-        $PY -m ckptlab.training.validate --checkpointer torchsave --preset seed-1024 --model-dtype $dt \
-          --device cuda --steps 24 --freq 8 --kill-after 8 --out "$RES/validate-torchsave-$dt" 2>&1 | tail -15
-        rm -rf "$RES/validate-torchsave-$dt"/ckpt-*
-      done ;;
-    validate-pccheck)
-      for dt in fp32 bf16; do
-        $PY -m ckptlab.training.validate --checkpointer pccheck --preset seed-1024 --model-dtype $dt \
-          --device cuda --steps 24 --freq 8 --kill-after 8 --out "$RES/validate-pccheck-$dt" 2>&1 | tail -15
-        rm -rf "$RES/validate-pccheck-$dt"/ckpt-*
-      done ;;
-    validate-deferred)
-      $PY -m ckptlab.training.validate --checkpointer pccheck --preset seed-1024 --model-dtype fp32 \
-        --device cuda --steps 24 --freq 8 --kill-after 8 --out "$RES/validate-deferred-fp32" -- --snapshot deferred 2>&1 | tail -15
-      rm -rf "$RES/validate-deferred-fp32"/ckpt-* ;;
+    validate-torchsave) for dt in fp32 bf16; do validate torchsave $dt "torchsave-$dt"; done ;;
+    validate-pccheck) for dt in fp32 bf16; do validate pccheck $dt "pccheck-$dt"; done ;;
+    validate-deferred) validate pccheck fp32 deferred-fp32 -- --snapshot deferred ;;
     trace)
       d=$(mktemp -d)
       $PY -m training.train_pccheck --preset seed-1024 --device cuda --training-steps 40 --checkpoint-freq 10 \

@@ -56,14 +56,15 @@ def _point_cells(p: dict) -> list[tuple[str, str]]:
     raise ValueError(f"no coverage cells for trial kind {kind!r}")
 
 
-def _is_stream(p: dict) -> bool:
+def is_stream(p: dict) -> bool:
+    """Whether a trial's parameters fill the engine through streams (fill=stream, on the trial or its setup)."""
     setup = p.get("setup")
     return p.get("fill") == "stream" or (isinstance(setup, dict) and setup.get("fill") == "stream")
 
 
 def cells(trial: dict) -> list[Cell]:
     tier, p = trial["tier"], trial["p"]
-    writer = STREAM_WRITER if _is_stream(p) else p.get("writer", "pccheck")
+    writer = STREAM_WRITER if is_stream(p) else p.get("writer", "pccheck")
     if tier in ("points", "ioerr", "realfs"):
         pairs = _point_cells(p)
     elif tier == "random":

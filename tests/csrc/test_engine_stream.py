@@ -28,9 +28,9 @@ def _fill(address: int, data: bytes) -> None:
     ctypes.memmove(address, data, len(data))
 
 
-def _stream(eng, step: int, payload: bytes, order=None, seal: bool = True) -> int:
+def _stream(eng, step: int, payload: bytes, order=None, seal: bool = True, meta: str = "{}") -> int:
     """Fill a stream with `payload` (zero-padded), queueing chunks in `order` (default: as handed out)."""
-    sid = eng.open_stream(step, "{}", len(payload))
+    sid = eng.open_stream(step, meta, len(payload))
     chunks = []
     while True:
         try:
@@ -68,16 +68,7 @@ def test_a_stream_filled_out_of_order_commits_its_bytes(tmp_path):
     meta, stream = _checkpoint_stream(payload)
     eng = _engine_at(tmp_path, staging_chunks=8)
     try:
-        sid = eng.open_stream(1, meta, len(stream))
-        chunks = []
-        for _ in range(4):
-            chunk, address, offset, nbytes = eng.acquire_chunk(sid)
-            part = stream[offset:offset + nbytes]
-            _fill(address, part + bytes(nbytes - len(part)))
-            chunks.append(chunk)
-        for c in reversed(chunks):
-            eng.queue_chunk(sid, c)
-        eng.seal(sid)
+        _stream(eng, 1, stream, order=lambda chunks: chunks[::-1], meta=meta)  # 4 chunks, queued last first
         assert eng.wait(30) and eng.take_failure() is None and eng.last_committed_step == 1
     finally:
         eng.close()

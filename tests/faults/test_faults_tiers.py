@@ -3,6 +3,7 @@ import os
 
 import pytest
 from ckptlab.faults import tiers
+from ckptlab.faults.coverage import is_stream
 from ckptlab.faults.tiers import random_time
 from ckptlab.faults.tiers.common import made_once, trial_seed
 
@@ -21,25 +22,20 @@ def test_registry_names_every_tier_in_campaign_order():
     assert len(tiers.REGISTRY["random"].generate(4, 3, True)) == 3 + random_time.torchsave_count(3)
 
 
-def _fill(trial: dict) -> str:
-    setup = trial["p"].get("setup")
-    return trial["p"].get("fill") or (setup.get("fill", "submit") if isinstance(setup, dict) else "submit")
-
-
 def test_torchsave_trials_follow_the_engines():
     """Torchsave trials are numbered after the engine's, whose ids and parameters they leave
     alone; the engine-stream trials (added later) come last, leaving both alone."""
     for name in ("points", "random", "ioerr", "powerloss"):
         for short in (True, False):
             trials = tiers.REGISTRY[name].generate(4, 16, short)
-            kinds = [("stream" if _fill(t) == "stream" else t["p"].get("writer", "pccheck")) for t in trials]
+            kinds = [("stream" if is_stream(t["p"]) else t["p"].get("writer", "pccheck")) for t in trials]
             assert "torchsave" in kinds, name
             first = kinds.index("torchsave")
             last = kinds.index("stream") if "stream" in kinds else len(kinds)
             assert set(kinds[:first]) == {"pccheck"} and set(kinds[first:last]) == {"torchsave"}, name
             assert set(kinds[last:]) <= {"stream"}, name
-    assert any(_fill(t) == "stream" for t in tiers.REGISTRY["points"].generate(4, 0, True))
-    assert any(_fill(t) == "stream" for t in tiers.REGISTRY["powerloss"].generate(4, 16, True))
+    assert any(is_stream(t["p"]) for t in tiers.REGISTRY["points"].generate(4, 0, True))
+    assert any(is_stream(t["p"]) for t in tiers.REGISTRY["powerloss"].generate(4, 16, True))
     assert len(tiers.REGISTRY["points"].generate(4, 0, True)) < len(tiers.REGISTRY["points"].generate(4, 0, False))
 
 
