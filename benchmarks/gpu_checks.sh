@@ -25,6 +25,10 @@
 #                      last 4 CPUs; writer stragglers and migrations of each (ckptlab trace threads)
 #   affinity-matrix    ckptlab experiment affinity: 1,2,4,8 writers x unpinned/compact/spread/disjoint,
 #                      5 runs each of 512 MiB checkpoints beside 8 spinning load processes
+#
+# GPU_CHECKS_SMOKE=1 runs the same command lines on the CPU with the tiny preset and small
+# sizes (tests/test_gpu_checks_script.py): device time is short and rare, so a wrong flag or
+# module path must fail here, not there. Its figures mean nothing.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-$(mktemp -d)}
@@ -32,12 +36,18 @@ mkdir -p "$OUT"
 RES=$(mktemp -d)
 PY=${PYTHON:-python3}
 log() { echo "== $(date +%T) $*"; }
+if [ "${GPU_CHECKS_SMOKE:-0}" = 1 ]; then
+  DEV=cpu P1024=tiny P2048=tiny PFULL=tiny MATRIX_MB=8 MATRIX_THREADS=1,2 MATRIX_REPEATS=1 LOAD_PROCS=1 GPUKIND=
+else
+  DEV=cuda P1024=seed-1024 P2048=seed-2048 PFULL=seed-full MATRIX_MB=512 MATRIX_THREADS=1,2,4,8 MATRIX_REPEATS=5 LOAD_PROCS=8
+  GPUKIND=,pccheck-gpu  # the kind that needs a GPU
+fi
 # validate KIND DTYPE NAME [-- FLAGS]: the seeds' validation on seed-1024 (kill, resume, compare
 # losses bit for bit); its checkpoints are removed, its losses, plot and summary kept
 validate() {
   local kind=$1 dt=$2 name=$3; shift 3
-  $PY -m ckptlab.training.validate --checkpointer "$kind" --preset seed-1024 --model-dtype "$dt" \
-    --device cuda --steps 24 --freq 8 --kill-after 8 --out "$RES/validate-$name" "$@" 2>&1 | tail -15
+  $PY -m ckptlab.training.validate --checkpointer "$kind" --preset $P1024 --model-dtype "$dt" \
+    --device $DEV --steps 24 --freq 8 --kill-after 8 --out "$RES/validate-$name" "$@" 2>&1 | tail -15
   rm -rf "$RES/validate-$name"/ckpt-*
 }
 
@@ -45,9 +55,13 @@ if ! $PY -c "import ckptlab._engine" 2>/dev/null; then
   log "building ckptlab"
   $PY -m pip install -q --no-build-isolation --no-deps -e . >"$RES/build.log" 2>&1 || { tail -40 "$RES/build.log"; exit 1; }
 fi
-$PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
-# h100 / h200 / ... for result file names
-GPU=$($PY -c "import re, torch; m = re.search(r'[A-Z]+\d{2,3}', torch.cuda.get_device_name()); print(m.group().lower() if m else 'gpu')")
+if [ "$DEV" = cuda ]; then
+  $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
+  # h100 / h200 / ... for result file names
+  GPU=$($PY -c "import re, torch; m = re.search(r'[A-Z]+\d{2,3}', torch.cuda.get_device_name()); print(m.group().lower() if m else 'gpu')")
+else
+  GPU=smoke
+fi
 
 for stage in "$@"; do
   log "stage $stage"
@@ -59,7 +73,7 @@ for stage in "$@"; do
     validate-deferred) validate pccheck fp32 deferred-fp32 -- --snapshot deferred ;;
     trace)
       d=$(mktemp -d)
-      $PY -m training.train_pccheck --preset seed-1024 --device cuda --training-steps 40 --checkpoint-freq 10 \
+      $PY -m training.train_pccheck --preset $P1024 --device $DEV --training-steps 40 --checkpoint-freq 10 \
         --snapshot deferred --ckpt-dir "$d" --trace "$RES/trace-deferred.arrow" --summary-json "$RES/trace-summary.json" \
         --no-progress 2>&1 | tail -12
       rm -rf "$d"
@@ -77,23 +91,23 @@ EOF
       $PY -m ckptlab.analysis.cli trace threads "$RES/trace-deferred.arrow" | tee "$RES/trace-threads.txt"
       ;;
     modes)  # the D2H overlap comes from the `trace` stage's deferred trace
-      $PY -m ckptlab.core.cli bench --preset seed-1024 --device cuda --steps 40 --every 10 --repeats 1 \
-        --kinds none,torchsave,dcp-async,pccheck-sync,pccheck-deferred,pccheck-gpu,pccheck-auto --no-progress \
+      $PY -m ckptlab.core.cli bench --preset $P1024 --device $DEV --steps 40 --every 10 --repeats 1 \
+        --kinds none,torchsave,dcp-async,pccheck-sync,pccheck-deferred${GPUKIND},pccheck-auto --no-progress \
         --out "$RES/bench_${GPU}_seed-1024" ;;
     seed2048)
       for dt in fp32 bf16; do
-        $PY -m ckptlab.core.cli bench --preset seed-2048 --model-dtype $dt --device cuda --steps 30 --every 10 \
-          --repeats 1 --kinds none,pccheck-sync,pccheck-deferred,pccheck-gpu --no-progress --out "$RES/bench_${GPU}_seed-2048_$dt"
+        $PY -m ckptlab.core.cli bench --preset $P2048 --model-dtype $dt --device $DEV --steps 30 --every 10 \
+          --repeats 1 --kinds none,pccheck-sync,pccheck-deferred${GPUKIND} --no-progress --out "$RES/bench_${GPU}_seed-2048_$dt"
       done ;;
     seedfull)
-      $PY -m ckptlab.core.cli bench --preset seed-full --model-dtype fp32 --device cuda --steps 8 --every 6 \
+      $PY -m ckptlab.core.cli bench --preset $PFULL --model-dtype fp32 --device $DEV --steps 8 --every 6 \
         --repeats 1 --kinds none,pccheck-auto --no-progress --out "$RES/bench_${GPU}_seed-full" ;;
     affinity)
-      last4=$($PY -c "import os; c = sorted(os.sched_getaffinity(0)); print(f'{c[-4]}-{c[-1]}')")
+      last4=$($PY -c "import os; c = sorted(os.sched_getaffinity(0)); print(f'{c[-min(4, len(c))]}-{c[-1]}')")
       for placement in unpinned "$last4"; do
         d=$(mktemp -d)
         pin=(); [ "$placement" = unpinned ] || pin=(--writer-cpus "$placement")
-        $PY -m training.train_pccheck --preset seed-1024 --device cuda --training-steps 30 --checkpoint-freq 10 \
+        $PY -m training.train_pccheck --preset $P1024 --device $DEV --training-steps 30 --checkpoint-freq 10 \
           --writer-threads 4 "${pin[@]}" --ckpt-dir "$d" --trace "$RES/trace-writers-${placement}.arrow" \
           --no-progress 2>&1 | tail -6
         rm -rf "$d"
@@ -102,8 +116,8 @@ EOF
       done ;;
     affinity-matrix)
       d=$(mktemp -d)
-      $PY -m ckptlab.core.cli experiment affinity --dir "$d" --out "$RES/affinity-matrix-$GPU" --threads 1,2,4,8 \
-        --repeats 5 --saves 3 --size-mb 512 --load-procs 8 2>&1 | tail -25
+      $PY -m ckptlab.core.cli experiment affinity --dir "$d" --out "$RES/affinity-matrix-$GPU" --threads $MATRIX_THREADS \
+        --repeats $MATRIX_REPEATS --saves 3 --size-mb $MATRIX_MB --load-procs $LOAD_PROCS 2>&1 | tail -25
       rm -rf "$d" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac

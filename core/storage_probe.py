@@ -152,6 +152,7 @@ def disk_probe(directory: Path, nbytes: int) -> dict[str, float | None]:
     buffered, direct = directory / "buffered.bin", directory / "direct.bin"
     try:
         out: dict[str, float | None] = {"direct_write_s": raw_write_direct(buf, direct)}
+        direct.unlink(missing_ok=True)  # one file of nbytes at a time: a 48 GB probe fits a 64 GiB disk
         out["buffered_write_s"] = raw_write_buffered(buf, buffered)
         drop_cache([buffered])
         out["read_resident"] = resident_fraction([buffered])
@@ -163,9 +164,14 @@ def disk_probe(directory: Path, nbytes: int) -> dict[str, float | None]:
     return out
 
 
+D2H_SAMPLE_MAX_BYTES = 2 << 30  # the copy rate is flat well below this; a 48 GB sample would pin 48 GB
+
+
 def d2h_gbps(nbytes: int, repeats: int = 3) -> float:
-    """Device-to-host copy bandwidth into pinned memory (GB/s, best of ``repeats``)."""
-    return nbytes / d2h_seconds(nbytes, repeats) / 1e9
+    """Device-to-host copy bandwidth into pinned memory (GB/s, best of ``repeats``), copying
+    ``nbytes`` or at most D2H_SAMPLE_MAX_BYTES."""
+    sample = min(nbytes, D2H_SAMPLE_MAX_BYTES)
+    return sample / d2h_seconds(sample, repeats) / 1e9
 
 
 def d2h_seconds(nbytes: int, repeats: int = 3) -> float:

@@ -47,3 +47,34 @@ def test_probe_cleans_up_when_interrupted(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         probe_storage(tmp_path, MiB, threads=(1,), io_modes=("buffered",), progress=interrupt)
     assert os.listdir(tmp_path) == []
+
+
+def test_disk_probe_holds_one_file_of_the_size_at_a_time(tmp_path, monkeypatch):
+    """The bench's raw-disk probe writes the checkpoint's size twice (O_DIRECT, buffered): a
+    48 GB seed-full probe must fit a 64 GiB disk, so the first file is gone before the second."""
+    from ckptlab.core import storage_probe as sp
+
+    held = []
+    real = sp.raw_write_buffered
+
+    def buffered(buf, path):
+        held.append(sorted(os.listdir(path.parent)))
+        return real(buf, path)
+
+    monkeypatch.setattr(sp, "raw_write_buffered", buffered)
+    out = sp.disk_probe(tmp_path / "raw", MiB)
+    assert held == [[]], held  # direct.bin removed before buffered.bin is written
+    assert out["buffered_write_s"] > 0 and out["read_s"] > 0
+    assert os.listdir(tmp_path / "raw") == []
+
+
+def test_d2h_probe_copies_a_bounded_sample(monkeypatch):
+    """The bandwidth is a rate: a 48 GB state is measured on D2H_SAMPLE_MAX_BYTES, not by
+    pinning 48 GB of host memory."""
+    from ckptlab.core import storage_probe as sp
+
+    sizes = []
+    monkeypatch.setattr(sp, "d2h_seconds", lambda n, repeats=3: sizes.append(n) or n / 25e9)
+    assert sp.d2h_gbps(48 << 30) == pytest.approx(25.0)
+    assert sp.d2h_gbps(MiB) == pytest.approx(25.0)
+    assert sizes == [sp.D2H_SAMPLE_MAX_BYTES, MiB]

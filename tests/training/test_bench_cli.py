@@ -55,7 +55,7 @@ def test_tiny_bench_writes_json_table_and_plot(tmp_path):
     (["--kinds", "pccheck-gpu"], "pccheck-gpu needs --device cuda"),
     (["--every", "0"], "--every"),
     (["--every", "5,x"], "--every"),
-    (["--every", "4", "--steps", "6"], "--steps 6 is too few for --every 4"),
+    (["--every", "4", "--steps", "4"], "--steps 4 is too few for --every 4: need at least 5"),
     (["--repeats", "0"], "--repeats"),
     (["--state-mb", "64", "--vocab-size", "512"], "--state-mb and --vocab-size"),
     (["--preset", "huge"], "unknown preset"),

@@ -70,9 +70,9 @@ class BenchSpec:
             raise ValueError("--kinds: pccheck-gpu needs --device cuda (it snapshots into GPU memory)")
         if not self.every or min(self.every) < 1:
             raise ValueError("--every: expected comma-separated integers >= 1")
-        if self.steps < 2 * max(self.every):
+        if self.steps <= max(self.every):  # one checkpoint is enough: its stall is then a first stall
             raise ValueError(f"--steps {self.steps} is too few for --every {max(self.every)}: need at least "
-                             f"{2 * max(self.every)} (two checkpoints, and steps after them)")
+                             f"{max(self.every) + 1} (a checkpoint, and a step after it)")
         if self.repeats < 1:
             raise ValueError(f"--repeats must be >= 1, got {self.repeats}")
         if self.state_mb is not None and "vocab_size" in self.shape:
