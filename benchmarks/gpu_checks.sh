@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, runnable as one command on a fresh GPU machine (the
 # device tool's boxes: torch preinstalled, no network). Builds ckptlab in place, then runs
-# the named stages in order and packs what they wrote into $OUT/gpu-checks.tgz (the device
-# tool returns at most 8 files).
+# the named stages in order and packs what they wrote, each stage's log and stages.txt (exit
+# status and seconds per stage) into $OUT/gpu-checks.tgz (the device tool returns at most 8
+# files), again after every stage: a run cut short still returns what finished. A failed
+# stage does not stop the next one; the script then exits 1.
 #
 #   bash benchmarks/gpu_checks.sh tests validate-torchsave trace modes seed2048
 #
@@ -36,6 +38,11 @@ mkdir -p "$OUT"
 RES=$(mktemp -d)
 PY=${PYTHON:-python3}
 log() { echo "== $(date +%T) $*"; }
+STAGES="tests validate-torchsave validate-pccheck validate-deferred trace modes seed2048 seedfull affinity affinity-matrix"
+for stage in "$@"; do  # every name checked before anything runs
+  case " $STAGES " in *" $stage "*) ;; *) echo "unknown stage $stage (stages: $STAGES)" >&2; exit 2 ;; esac
+done
+
 if [ "${GPU_CHECKS_SMOKE:-0}" = 1 ]; then
   DEV=cpu P1024=tiny P2048=tiny PFULL=tiny MATRIX_MB=8 MATRIX_THREADS=1,2 MATRIX_REPEATS=1 LOAD_PROCS=1 GPUKIND=
 else
@@ -63,8 +70,8 @@ else
   GPU=smoke
 fi
 
-for stage in "$@"; do
-  log "stage $stage"
+run_stage() {
+  local stage=$1
   case "$stage" in
     tests)
       $PY -m pytest -m gpu tests/core/test_gpu.py tests/core/test_load_gpu.py tests/profiling/test_trace_gpu.py -q -p no:cacheprovider -o addopts="" 2>&1 | tee "$RES/tests.log" ;;
@@ -119,8 +126,25 @@ EOF
       $PY -m ckptlab.core.cli experiment affinity --dir "$d" --out "$RES/affinity-matrix-$GPU" --threads $MATRIX_THREADS \
         --repeats $MATRIX_REPEATS --saves 3 --size-mb $MATRIX_MB --load-procs $LOAD_PROCS 2>&1 | tail -25
       rm -rf "$d" ;;
-    *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
+}
+
+# Results are packed after every stage and on any exit, so a run cut short by the device
+# tool's time limit still brings back the stages that finished; a failed stage is logged and
+# the next one runs (device time is too rare to stop at the first failure).
+pack() { tar -C "$RES" -czf "$OUT/gpu-checks.tgz" . 2>/dev/null || true; }
+trap pack EXIT
+failed=()
+for stage in "$@"; do
+  log "stage $stage"
+  t0=$SECONDS
+  set +e
+  ( set -e; run_stage "$stage" ) 2>&1 | tee "$RES/stage-$stage.log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  echo "$stage rc=$rc $((SECONDS - t0))s" >>"$RES/stages.txt"
+  [ "$rc" -eq 0 ] || { failed+=("$stage"); log "stage $stage FAILED (exit $rc)"; }
+  pack
 done
-tar -C "$RES" -czf "$OUT/gpu-checks.tgz" .
-log "packed $(du -h "$OUT/gpu-checks.tgz" | cut -f1) into $OUT/gpu-checks.tgz"
+log "packed $(du -h "$OUT/gpu-checks.tgz" | cut -f1) into $OUT/gpu-checks.tgz; stages: $(tr '\n' ' ' <"$RES/stages.txt")"
+[ ${#failed[@]} -eq 0 ] || { log "FAILED: ${failed[*]}"; exit 1; }
