@@ -234,7 +234,12 @@ class Snapshotter:
             engine, stream = self._open_stream(p.step, meta, total)
             window = self._window_for(engine)
             if devices:
-                window.register_for_cuda()
+                # a new thread's current device is cuda:0, whatever the training thread set: the
+                # stream contexts below would switch back to it and open a context on GPU 0 for
+                # every rank of a torchrun job, so this thread works on the state's device
+                home = min(devices, key=lambda d: d.index or 0)
+                torch.cuda.set_device(home)
+                window.register_for_cuda(home)
             sides = {dev: self._side_stream(dev, p.ready[dev]) for dev in devices}
             for pieces in sources:
                 for _, src in pieces:

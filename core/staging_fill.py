@@ -27,6 +27,7 @@ from ckptlab import _engine
 
 
 STREAM_ALIGN = 4096  # the engine pads a stream to this (engine.cpp kIoAlign)
+CUDA_HOST_REGISTER_PORTABLE = 1  # cudaHostRegisterPortable: pinned for every CUDA context
 
 
 def stream_bytes(total_bytes: int) -> int:
@@ -59,6 +60,7 @@ class StagingWindow:
         self.tensor = torch.from_numpy(np.ctypeslib.as_array(array))
         self.registered = False   # page-locked for CUDA
         self._tried = False
+        self._device: torch.device | None = None
 
     @property
     def nbytes(self) -> int:
@@ -68,15 +70,22 @@ class StagingWindow:
         start = address - self._base
         return self.tensor[start:start + nbytes]
 
-    def register_for_cuda(self) -> None:
+    def register_for_cuda(self, device: torch.device) -> None:
         """Page-lock the staging memory once, so device-to-host copies into it are DMA at the
         link's speed and asynchronous. A refusal (a locked-memory limit) is a warning: the
-        copies still land, as slower staged copies the host waits for."""
+        copies still land, as slower staged copies the host waits for.
+
+        Called on the snapshot thread, whose current device is cuda:0 whatever the training
+        thread set: registering there would open a context on GPU 0 for every rank of a
+        torchrun job. So it runs under `device` (one the state lives on), and portable, so
+        every device's context treats the memory as pinned."""
         if self._tried:
             return
         self._tried = True
-        err = torch.cuda.cudart().cudaHostRegister(self._base, self._nbytes, 0)
+        with torch.cuda.device(device):
+            err = torch.cuda.cudart().cudaHostRegister(self._base, self._nbytes, CUDA_HOST_REGISTER_PORTABLE)
         self.registered = int(err) == 0
+        self._device = device
         if not self.registered:
             warnings.warn(f"cudaHostRegister of the {self._nbytes} B staging pool failed ({err}); device-to-host "
                           f"copies of deferred snapshots run pageable (slower, the snapshot thread waits for them)",
@@ -85,7 +94,8 @@ class StagingWindow:
     def close(self) -> None:
         """Unregister before the engine frees the memory."""
         if self.registered:
-            torch.cuda.cudart().cudaHostUnregister(self._base)
+            with torch.cuda.device(self._device):
+                torch.cuda.cudart().cudaHostUnregister(self._base)
             self.registered = False
 
 
