@@ -177,3 +177,28 @@ def test_auto_mode_takes_the_gpu_buffer_when_it_fits(ckpt_dir):
         ck.wait()
         assert ck.stats()["snapshot_mode"] == "gpu"
     assert torch.equal(load_latest(ckpt_dir)[1]["w"], w.cpu())
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["sync", "deferred", "gpu", "auto"])
+def test_staging_survives_many_saves_and_memory_stays_flat(mode, ckpt_dir):
+    """Peers' pinned stagers failed on reuse (the second checkpoint raised) or grew per save:
+    five saves of a training model through one checkpointer, each bit-exact, with the same GPU
+    memory and page-locked bytes after the second save as after the fifth."""
+    model, opt = _model_and_opt()
+    expected, seen = {}, []
+    with open_checkpointer("pccheck", ckpt_dir, CFG.replace(snapshot=mode, keep_last=0)) as ck:
+        ck.guard(opt)
+        for step in range(1, 6):
+            _train(model, opt, steps=1)
+            expected[step] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            ck.save(step, {"model": model})
+            ck.wait()
+            torch.cuda.synchronize()
+            seen.append((torch.cuda.memory_allocated(), ck.stats()["pinned_staging_bytes"]))
+    assert seen[1] == seen[4], seen
+    for step, value in expected.items():
+        fresh, _ = _model_and_opt(seed=1)
+        load_latest(ckpt_dir, {"model": fresh}, step=step)
+        assert all(torch.equal(fresh.state_dict()[k].cpu(), v) for k, v in value.items()), step
