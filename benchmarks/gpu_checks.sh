@@ -29,7 +29,7 @@
 #                      5 runs each of 512 MiB checkpoints beside 8 spinning load processes
 #
 # GPU_CHECKS_SMOKE=1 runs the same command lines on the CPU with the tiny preset and small
-# sizes (tests/test_gpu_checks_script.py): device time is short and rare, so a wrong flag or
+# sizes (tests/training/test_gpu_checks_script.py): device time is short and rare, so a wrong flag or
 # module path must fail here, not there. Its figures mean nothing.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
