@@ -10,7 +10,8 @@
 #
 # stages (rough wall time on an H100):
 #   tests              pytest -m gpu (tests/core/test_gpu.py: pinned D2H, deferred and gpu snapshots;
-#                      tests/core/test_load_gpu.py and tests/profiling/test_trace_gpu.py: pinned batched loads, h2d)
+#                      tests/core/test_load_gpu.py, tests/core/test_distributed.py and
+#                      tests/profiling/test_trace_gpu.py: pinned batched loads, multi-rank loads onto the GPU, h2d)
 #   validate-torchsave the seeds' validation, --checkpointer torchsave, seed-1024 fp32 and bf16
 #   validate-pccheck   the same with pccheck (default sync: D2H straight into staging), fp32 and bf16
 #   validate-deferred  the same with pccheck --snapshot deferred (fp32)
@@ -74,7 +75,7 @@ run_stage() {
   local stage=$1
   case "$stage" in
     tests)
-      $PY -m pytest -m gpu tests/core/test_gpu.py tests/core/test_load_gpu.py tests/profiling/test_trace_gpu.py -q -p no:cacheprovider -o addopts="" 2>&1 | tee "$RES/tests.log" ;;
+      $PY -m pytest -m gpu tests/core/test_gpu.py tests/core/test_load_gpu.py tests/core/test_distributed.py tests/profiling/test_trace_gpu.py -q -p no:cacheprovider -o addopts="" 2>&1 | tee "$RES/tests.log" ;;
     validate-torchsave) for dt in fp32 bf16; do validate torchsave $dt "torchsave-$dt"; done ;;
     validate-pccheck) for dt in fp32 bf16; do validate pccheck $dt "pccheck-$dt"; done ;;
     validate-deferred) validate pccheck fp32 deferred-fp32 -- --snapshot deferred ;;

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +26,9 @@ from ckptlab.core import global_commit as gc
 from ckptlab.core import sharded as sh
 from ckptlab.core.checkpointer import Checkpointer, check_step, check_timeout, open_local_checkpointer
 from ckptlab.core.commit import committed_step_dirs
-from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.errors import CheckpointError, CorruptCheckpointError, CorruptCheckpointWarning, NoCheckpointError
-from ckptlab.core.recovery import CheckpointInfo, read_checkpoint, verify_checkpoint
+from ckptlab.core.config import DEFAULT_LOAD_BUFFER_BYTES, CheckpointConfig
+from ckptlab.core.recovery import CheckpointInfo, cuda_device, read_checkpoint, verify_checkpoint
 from ckptlab.core.restore import restore
 from ckptlab.core.writer_io import NO_CHECKPOINT, CheckpointIO, WriterIO
 from ckptlab.core.state import PerRankRef, StatefulRef, TensorRef, lift_tensors, plan_storages, to_device, \
@@ -159,20 +159,48 @@ class _PerRankNeeded(Exception):
     pass
 
 
-def load_step(directory: str, record: gc.GlobalRecord, state: Mapping[str, Any] | None,
-              map_location: str | torch.device | None, *, entries_of: int | None, world_size: int,
-              threads: int = 4, allow_pickle: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Reassemble ``record``'s step from all its parts and restore it (all or nothing).
-    Replicated tensors come from whichever part holds them; per-rank entries from part
-    ``entries_of`` (None: the checkpoint must have none)."""
+@dataclass
+class StepParts:
+    """Every part of one globally committed step, read and verified; nothing restored yet."""
+
+    record: gc.GlobalRecord
+    repl: dict[int, torch.Tensor]  # replicated tensors by index, from whichever part holds them
+    pieces: dict[int, list[tuple[sh.ShardMeta, torch.Tensor]]]  # DTensor shards by index
+    skeleton: bytes
+    count: int
+    own: tuple[dict[str, Any], list[torch.Tensor], str] | None  # part entries_of's per-rank entries
+
+
+class PartProblem(CorruptCheckpointError):
+    """Part ``rank`` of a step did not read back (or is not the part the record acknowledged)."""
+
+    def __init__(self, rank: int, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.rank = rank
+
+
+def read_parts(directory: str, record: gc.GlobalRecord, *, entries_of: int | None, threads: int = 4,
+               allow_pickle: tuple[str, ...] = (), device: torch.device | None = None,
+               buffer_bytes: int = DEFAULT_LOAD_BUFFER_BYTES) -> StepParts:
+    """Read every part of ``record``'s step once; the read verifies every chunk's CRC32C, so no
+    separate verification pass reads the data a second time. Onto a CUDA ``device`` each part
+    is read through at most ``buffer_bytes`` of pinned memory, copies overlapping reads
+    (core/load_pipeline.py). Raises PartProblem for the first part that fails."""
     repl: dict[int, torch.Tensor] = {}
     pieces: dict[int, list[tuple[sh.ShardMeta, torch.Tensor]]] = {}
-    skeleton, count, own = None, 0, None
+    skeleton, count, own = b"", 0, None
     for rank in range(record.world_size):
         path = gc.part_path(directory, rank, record.step)
-        m, tree, tensors = read_checkpoint(path, threads, allow_pickle)
-        if m.step != record.step:
-            raise CorruptCheckpointError(path, f"part says step {m.step}, the global record says {record.step}")
+        try:
+            if gc.part_identity(path, rank) != record.parts[rank]:
+                raise CorruptCheckpointError(path, "MANIFEST differs from the one the global record acknowledged")
+            m, tree, tensors = read_checkpoint(path, threads, allow_pickle, device, buffer_bytes)
+            if m.step != record.step:
+                raise CorruptCheckpointError(path, f"part says step {m.step}, the global record says {record.step}")
+        except PartProblem:
+            raise
+        except CorruptCheckpointError as e:
+            raise PartProblem(rank, e.path, e.reason) from None
         for i, ref in tree["tensors"].items():
             repl[int(i)] = tensors[ref.index]
         for i, ref in tree.get("shards", {}).items():
@@ -184,15 +212,24 @@ def load_step(directory: str, record: gc.GlobalRecord, state: Mapping[str, Any] 
     if sorted(repl | pieces) != list(range(count)):
         raise CorruptCheckpointError(directory, f"step {record.step}: the parts hold {len(repl) + len(pieces)} of "
                                                 f"{count} tensors")
-    main = unpickle_skeleton(skeleton, allow_pickle, source=directory)
+    return StepParts(record, repl, pieces, skeleton, count, own)
+
+
+def restore_parts(directory: str, parts: StepParts, state: Mapping[str, Any] | None,
+                  map_location: str | torch.device | None, *, world_size: int,
+                  allow_pickle: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Reassemble the step from its parts and restore it (all or nothing). Replicated tensors
+    come from whichever part holds them; per-rank entries from the part read_parts was told."""
+    record, repl, pieces, own = parts.record, dict(parts.repl), parts.pieces, parts.own
+    main = unpickle_skeleton(parts.skeleton, allow_pickle, source=directory)
     if pieces:
         live, meshes = _live_dtensors(state)
         for i, p in pieces.items():
             repl[i] = sh.load_sharded(p, live.get(p[0][0].path), meshes, directory)
-    combined = [repl[i] for i in range(count)]
+    combined = [repl[i] for i in range(parts.count)]
     entries = None
     if own is not None:
-        entries = {k: _shift_refs(v, count) for k, v in own[0].items()}
+        entries = {k: _shift_refs(v, parts.count) for k, v in own[0].items()}
         combined += own[1]
     try:
         tree = _fill_per_rank(main, entries, own[2] if own else directory)
@@ -200,51 +237,51 @@ def load_step(directory: str, record: gc.GlobalRecord, state: Mapping[str, Any] 
         raise CheckpointError(
             f"step {record.step} in {directory} was saved by {record.world_size} ranks with per-rank entries, "
             f"and this load runs on {world_size}: pass per_rank_of=R to take rank R's entries") from None
-    if map_location is not None and torch.device(map_location).type != "cpu":
-        moved = to_device([t for i, t in enumerate(combined) if i not in pieces], torch.device(map_location))
+    device = torch.device(map_location) if map_location is not None else None
+    if device is not None and device.type not in ("cpu", "cuda"):  # CUDA parts were read onto the device
+        moved = to_device([t for i, t in enumerate(combined) if i not in pieces], device)
         rest = iter(moved)
         combined = [combined[i] if i in pieces else next(rest) for i in range(len(combined))]
     return restore(state, tree, combined)
 
 
-def check_part(directory: str, record: gc.GlobalRecord, rank: int, threads: int = 4) -> str | None:
-    """None if ``rank``'s part of ``record`` verifies (every chunk's CRC32C) and is the part
-    the record acknowledged; else the problem."""
+def verify_part(directory: str, record: gc.GlobalRecord, rank: int, threads: int = 4) -> None:
+    """Raise PartProblem unless ``rank``'s part of ``record`` verifies (every chunk's CRC32C)
+    and is the part the record acknowledged."""
     path = gc.part_path(directory, rank, record.step)
     try:
         verify_checkpoint(path, threads)
         if gc.part_identity(path, rank) != record.parts[rank]:
-            return f"{path}: MANIFEST differs from the one the global record acknowledged"
+            raise CorruptCheckpointError(path, "MANIFEST differs from the one the global record acknowledged")
     except CorruptCheckpointError as e:
-        return str(e)
-    return None
+        raise PartProblem(rank, e.path, e.reason) from None
 
 
 def load_global(directory: str | os.PathLike, state: Mapping[str, Any] | None = None,
                 map_location: str | torch.device | None = None, step: int | None = None,
                 per_rank_of: int | None = None, threads: int = 4,
-                allow_pickle: tuple[str, ...] = ()) -> tuple[int, dict[str, Any]]:
+                allow_pickle: tuple[str, ...] = (),
+                load_buffer_bytes: int = DEFAULT_LOAD_BUFFER_BYTES) -> tuple[int, dict[str, Any]]:
     """Load a multi-rank checkpoint in one process, no torch.distributed needed: the newest
-    globally committed step (or ``step``) whose every part verifies, falling back past
-    corrupt ones (a CorruptCheckpointWarning each). Per-rank entries: ``per_rank_of``."""
+    globally committed step (or ``step``) whose every part reads back, falling back past
+    corrupt ones (a CorruptCheckpointWarning each). Each part is read once: the read is the
+    verification. Per-rank entries: ``per_rank_of``."""
     directory = os.path.abspath(os.fspath(directory))
+    device = cuda_device(map_location)
     skipped = []
     for s, rpath in reversed(gc.recorded_steps(directory)):
         if step is not None and s != step:
             continue
         try:
             record = gc.read_record(rpath)
+            parts = read_parts(directory, record, entries_of=per_rank_of, threads=threads, allow_pickle=allow_pickle,
+                               device=device, buffer_bytes=load_buffer_bytes)
         except CorruptCheckpointError as e:
             skipped.append(str(e))
-            warnings.warn(CorruptCheckpointWarning(rpath, s, e.reason), stacklevel=2)
+            warnings.warn(CorruptCheckpointWarning(rpath, s, str(e) if isinstance(e, PartProblem) else e.reason),
+                          stacklevel=2)
             continue
-        problems = [p for r in range(record.world_size) if (p := check_part(directory, record, r, threads))]
-        if problems:
-            skipped += problems
-            warnings.warn(CorruptCheckpointWarning(rpath, s, "; ".join(problems)), stacklevel=2)
-            continue
-        return s, load_step(directory, record, state, map_location, entries_of=per_rank_of, world_size=1,
-                            threads=threads, allow_pickle=allow_pickle)
+        return s, restore_parts(directory, parts, state, map_location, world_size=1, allow_pickle=allow_pickle)
     what = f"step {step}" if step is not None else "globally committed checkpoint"
     raise NoCheckpointError(f"no valid {what} in {directory}" + ("; skipped: " + "; ".join(skipped) if skipped else ""))
 
@@ -521,10 +558,11 @@ class DistributedCheckpointer:
 
     # --- recovery (collective, on the calling thread) -------------------------------------
 
-    def _agree(self, step: int | None = None) -> gc.GlobalRecord | None:
-        """The newest globally committed step (or ``step``) valid on every rank: rank 0's list
-        of records, then per candidate each rank verifies its share of the parts and an
-        all_gather decides; every rank falls back together."""
+    def _agree(self, step: int | None, local: Callable[[gc.GlobalRecord], Any]) -> tuple[gc.GlobalRecord, Any] | None:
+        """The newest globally committed step (or ``step``) good on every rank: rank 0's list
+        of records, then per candidate each rank runs ``local(record)`` (it raises PartProblem
+        or CorruptCheckpointError for what it finds wrong) and an all_gather decides; every
+        rank falls back together. Returns the record and this rank's ``local`` result."""
         self._inner.latest()  # repairs this rank's own directory (a crash's leftovers) first
         steps: list[Any] = [[s for s, _ in gc.recorded_steps(self.directory)] if self.rank == 0 else None]
         dist.broadcast_object_list(steps, src=self._src, group=self._group)
@@ -532,29 +570,36 @@ class DistributedCheckpointer:
         for s in reversed(candidates):
             rpath = os.path.join(self.directory, gc.GLOBAL_DIR, gc.record_name(s))
             problems: list[tuple[int, str]] = []
-            record = None
+            record = result = None
             try:
                 record = gc.read_record(rpath)
-                for r in range(self.rank, record.world_size, self.world_size):
-                    if (p := check_part(self.directory, record, r, self.config.reader_threads)) is not None:
-                        problems.append((r, p))
+                result = local(record)
+            except PartProblem as e:
+                problems.append((e.rank, str(e)))
             except CorruptCheckpointError as e:
                 problems.append((self.rank, str(e)))
             gathered: list[Any] = [None] * self.world_size
             dist.all_gather_object(gathered, problems, group=self._group)
-            bad = [p for g in gathered for p in g]
+            bad = list(dict.fromkeys(tuple(p) for g in gathered for p in g))  # every rank may find the same part
             if not bad:
-                return record
+                assert record is not None
+                return record, result
             reason = "; ".join(f"rank {r}'s part: {p}" for r, p in bad) + "; every rank falls back"
             warnings.warn(CorruptCheckpointWarning(rpath, s, reason), stacklevel=3)
         return None
 
+    def _verify_share(self, record: gc.GlobalRecord) -> None:
+        """latest(): this rank verifies parts rank, rank + world, ... (each part read once in all)."""
+        for r in range(self.rank, record.world_size, self.world_size):
+            verify_part(self.directory, record, r, self.config.reader_threads)
+
     def latest(self) -> CheckpointInfo | None:
         """The step every rank would load (collective: every rank calls it)."""
         self._check_open()
-        record = self._agree()
-        if record is None:
+        agreed = self._agree(None, self._verify_share)
+        if agreed is None:
             return None
+        record = agreed[0]
         nbytes = sum(sum(e.stat().st_size for e in os.scandir(gc.part_path(self.directory, r, record.step))
                          if e.is_file()) for r in range(record.world_size))
         return CheckpointInfo(record.step, os.path.join(self.directory, gc.GLOBAL_DIR, gc.record_name(record.step)),
@@ -562,19 +607,27 @@ class DistributedCheckpointer:
 
     def load(self, state: Mapping[str, Any] | None = None, map_location: str | torch.device | None = None,
              step: int | None = None, per_rank_of: int | None = None) -> tuple[int, dict[str, Any]]:
-        """Load the agreed step on every rank (collective). Per-rank entries are part
-        ``rank``'s when the world size matches the checkpoint's, else ``per_rank_of``'s."""
+        """Load the agreed step on every rank (collective). Every rank reads every part once
+        (the read verifies it), then all agree before anything is restored. Per-rank entries
+        are part ``rank``'s when the world size matches the checkpoint's, else ``per_rank_of``'s."""
         self._check_open()
-        record = self._agree(step)
-        if record is None:
+        device = cuda_device(map_location)
+
+        def read(record: gc.GlobalRecord) -> StepParts:
+            entries_of = per_rank_of
+            if entries_of is None and record.world_size == self.world_size:
+                entries_of = self.rank
+            return read_parts(self.directory, record, entries_of=entries_of, threads=self.config.reader_threads,
+                              allow_pickle=self.config.allow_pickle, device=device,
+                              buffer_bytes=self.config.load_buffer_bytes)
+
+        agreed = self._agree(step, read)
+        if agreed is None:
             what = f"step {step}" if step is not None else "globally committed checkpoint"
             raise NoCheckpointError(f"no {what} valid on every rank in {self.directory}")
-        entries_of = per_rank_of
-        if entries_of is None and record.world_size == self.world_size:
-            entries_of = self.rank
-        return record.step, load_step(self.directory, record, state, map_location, entries_of=entries_of,
-                                      world_size=self.world_size, threads=self.config.reader_threads,
-                                      allow_pickle=self.config.allow_pickle)
+        record, parts = agreed
+        return record.step, restore_parts(self.directory, parts, state, map_location, world_size=self.world_size,
+                                          allow_pickle=self.config.allow_pickle)
 
     def stats(self) -> dict[str, Any]:
         s = dict(self._inner.stats())

@@ -159,6 +159,18 @@ def latest_valid(directory: str | os.PathLike) -> CheckpointInfo | None:
     return None
 
 
+def cuda_device(map_location: str | torch.device | None) -> torch.device | None:
+    """The CUDA device a load reads onto through pinned batches, None for any other target;
+    a clear error where CUDA is asked for and this machine has none."""
+    device = torch.device(map_location) if map_location is not None else None
+    if device is None or device.type != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        raise CheckpointError(f"map_location={str(map_location)!r} but this machine has no usable CUDA device; "
+                              "load with map_location='cpu'")
+    return device
+
+
 def load_latest(
     directory: str | os.PathLike,
     state: Mapping[str, Any] | None = None,
@@ -177,10 +189,8 @@ def load_latest(
     Raises NoCheckpointError when nothing valid exists, listing what was skipped.
     """
     directory = os.fspath(directory)
+    cuda_device(map_location)  # a clear error before anything is read
     device = torch.device(map_location) if map_location is not None else None
-    if device is not None and device.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError(f"map_location={str(map_location)!r} but this machine has no usable CUDA device; "
-                              "load with map_location='cpu'")
     skipped = []
     candidates = committed_step_dirs(directory)
     if step is not None:

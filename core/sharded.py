@@ -113,7 +113,7 @@ def assemble(pieces: list[tuple[ShardMeta, torch.Tensor]], offsets: tuple[int, .
              source: str) -> torch.Tensor:
     """The box (offsets, shape) of the global tensor, copied from the saved pieces that overlap it."""
     first = pieces[0][0]
-    out = torch.empty(shape, dtype=dtype_from_name(first.dtype))
+    out = torch.empty(shape, dtype=dtype_from_name(first.dtype), device=pieces[0][1].device)  # where the parts were read
     covered = 0
     for meta, piece in pieces:
         lo = [max(a, b) for a, b in zip(offsets, meta.offsets)]

@@ -52,6 +52,36 @@ def part_bytes(directory: str, rank: int, step: int) -> tuple[int, int]:
     return sum(t.nbytes for t in m.tensors if t.name.startswith("tensors/")), m.total_bytes
 
 
+def chunk_reads(call):
+    """``call()``'s result and how often it read each (file, offset) chunk of a checkpoint."""
+    from ckptlab.core import load_pipeline
+
+    seen: dict[str, int] = {}
+    real = load_pipeline.run_reads
+
+    def counting(path, m, tasks, threads):
+        for task in tasks:
+            key = f"{os.path.relpath(task[0], path.rsplit(os.sep, 2)[0])}@{task[1]}"
+            seen[key] = seen.get(key, 0) + 1
+        return real(path, m, tasks, threads)
+
+    load_pipeline.run_reads = counting
+    try:
+        return call(), seen
+    finally:
+        load_pipeline.run_reads = real
+
+
+def part_chunks(directory: str, step: int, world: int) -> list[str]:
+    """Every (file, offset) chunk of every part of ``step``, keyed as chunk_reads() keys them."""
+    out = []
+    for r in range(world):
+        path = os.path.join(directory, f"rank_{r:05d}", f"step_{step:012d}")
+        m = read_manifest(path)
+        out += [f"rank_{r:05d}/step_{step:012d}/{m.files[c.file].name}@{c.offset}" for c in m.chunks]
+    return out
+
+
 def error_of(call) -> str | None:
     """The CheckpointError ``call()`` raised, as text; None if it returned."""
     try:
@@ -109,7 +139,8 @@ def main_world_main(rank: int, world: int, init_file: str, directory: str, out: 
         # round trip into fresh objects
         model2, opt2 = make_training(seed=7)
         target = {"model": model2, "optim": opt2, "rng": None, "data": None, "extra": None}
-        step, loaded = ck.load(target)
+        (step, loaded), reads = chunk_reads(lambda: ck.load(target))
+        r["load_chunk_reads"], r["part_chunks"] = reads, part_chunks(directory, 3, world)
         r["loaded_step"] = step
         r["loaded_params_equal"] = all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
         r["loaded_optim_equal"] = all(torch.equal(opt.state[a]["exp_avg_sq"], opt2.state[b]["exp_avg_sq"])

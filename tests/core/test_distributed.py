@@ -45,6 +45,55 @@ def test_world_round_trip_on_two_ranks(main_world):
     assert ranks[0]["rng3"] != ranks[1]["rng3"]
 
 
+def test_a_collective_load_reads_every_chunk_of_every_part_once(main_world):
+    """The read is the verification: no separate verify pass over a rank's share of the parts
+    (each rank used to read (1 + 1/world) x the checkpoint)."""
+    _, ranks = main_world
+    for r in ranks:
+        assert sorted(r["load_chunk_reads"]) == sorted(r["part_chunks"]) and r["part_chunks"]
+        assert set(r["load_chunk_reads"].values()) == {1}, r["load_chunk_reads"]
+
+
+def test_load_global_reads_every_chunk_of_every_part_once(main_world, monkeypatch):
+    directory, _ = main_world
+    (step, _), reads = dist_worker.chunk_reads(lambda: load_global(directory, per_rank_of=0))
+    assert sorted(reads) == sorted(dist_worker.part_chunks(directory, step, 2))
+    assert set(reads.values()) == {1}, reads
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
+def test_load_global_onto_cuda_without_a_gpu_is_a_clear_error(main_world):
+    directory, _ = main_world
+    with pytest.raises(CheckpointError, match="no usable CUDA device"):
+        load_global(directory, per_rank_of=0, map_location="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_load_global_onto_cuda_reads_through_pinned_batches(main_world, monkeypatch):
+    """Onto the GPU every part goes through the pinned batched path (H2D overlapped with the
+    next batch's read), not to the host and then over: same values, on the device."""
+    from ckptlab.core import recovery
+
+    directory, _ = main_world
+    staged = []
+    real = recovery.read_into
+
+    def recording(path, m, targets, threads, buffer_bytes):
+        stats = real(path, m, targets, threads, buffer_bytes)
+        staged.append((path, stats.staged_bytes, stats.copied_bytes))
+        return stats
+
+    monkeypatch.setattr(recovery, "read_into", recording)
+    step, on_gpu = load_global(directory, per_rank_of=0, map_location="cuda", load_buffer_bytes=1 << 20)
+    monkeypatch.undo()
+    _, on_cpu = load_global(directory, per_rank_of=0)
+    assert len(staged) == 2 and all(s > 0 and c > 0 for _, s, c in staged), staged
+    assert all(s <= 1 << 20 for _, s, _ in staged)  # two slots of half the buffer
+    for k, v in on_cpu["model"].items():
+        assert on_gpu["model"][k].is_cuda and torch.equal(on_gpu["model"][k].cpu(), v), k
+
+
 def test_replicated_bytes_are_split_across_ranks(main_world):
     _, ranks = main_world
     replicated = ranks[0]["replicated_bytes"]
