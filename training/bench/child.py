@@ -6,8 +6,10 @@ threads or pinned memory):
 
 ``run`` trains as ``ckptlab train`` would (same flags, same loop), then drops the checkpoint's
 pages from the page cache and times loading it back (cold load), and writes the loop's
-records plus peak RSS (before the load), peak pinned bytes and the checkpoint's size to
-RECORD.json. ``disk`` runs the raw-disk probes (and the D2H one) in the same way.
+records plus peak RSS (before the load), peak pinned bytes (training and load) and the
+checkpoint's size to RECORD.json. Before the load the training's objects are collected and
+torch's cached GPU memory released, as a restarting job would load into an empty GPU (a
+48 GB seed-full state, its GPU snapshot buffer and its load do not fit an H200 together). ``disk`` runs the raw-disk probes (and the D2H one) in the same way.
 """
 from __future__ import annotations
 
@@ -72,9 +74,8 @@ def _run(record: Path, flags: Sequence[str]) -> int:
     wall = time.perf_counter() - t0
     out: dict[str, Any] = result.as_dict()
     out.update(wall_s=wall, peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-               # torch's page-locked allocations plus pccheck's staging pool registered with CUDA
-               peak_pinned_bytes=_peak_pinned_bytes() + result.pinned_staging_bytes, checkpoint_bytes=None, cold_load_s=None,
-               cold_load_resident=None)
+               checkpoint_bytes=None, cold_load_s=None, cold_load_resident=None)
+    _release_training_memory()
     latest = None
     if cfg.checkpointer != "none":
         from ckptlab.core import open_checkpointer
@@ -85,8 +86,23 @@ def _run(record: Path, flags: Sequence[str]) -> int:
         out["checkpoint_bytes"] = sum(p.stat().st_size for p in _checkpoint_files(Path(latest.path)))
         out["cold_load_s"], out["cold_load_resident"] = _cold_load(cfg.checkpointer, Path(cfg.ckpt_dir),
                                                                      str(resolve_device(cfg.device)))
+    # torch's page-locked allocations (training and the load's slots) plus pccheck's staging pool
+    # registered with CUDA: an upper bound, the pool is unregistered before the load
+    out["peak_pinned_bytes"] = _peak_pinned_bytes() + result.pinned_staging_bytes
     record.write_text(json.dumps(out) + "\n")
     return 0
+
+
+def _release_training_memory() -> None:
+    """Free what the finished training still holds (checkpointer/snapshot reference cycles keep
+    GPU buffers alive until the cyclic collector runs) and hand torch's cached GPU memory back."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _disk(record: Path, directory: Path, nbytes: int, d2h: bool) -> int:
