@@ -80,15 +80,23 @@ def choose_mode(cuda_bytes: dict[torch.device, int], free_bytes: dict[torch.devi
     return "gpu"
 
 
+def usable_gpu_bytes(dev: torch.device) -> int:
+    """Memory a new allocation on `dev` can get: the driver's free memory plus what torch's
+    caching allocator holds reserved but unused (it hands those blocks out, or releases
+    them and retries, before it fails)."""
+    free = torch.cuda.mem_get_info(dev)[0]
+    return free + max(0, torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev))
+
+
 def resolve_mode(tensors: list[tuple[str, torch.Tensor]]) -> str:
-    """choose_mode() for the live state: its CUDA storages' bytes and torch's free memory."""
+    """choose_mode() for the live state: its CUDA storages' bytes and each device's usable memory."""
     need: dict[torch.device, dict[int, int]] = {}
     for _, t in tensors:
         if t.device.type == "cuda":
             st = t.untyped_storage()
             need.setdefault(t.device, {})[st.data_ptr()] = st.nbytes()
     cuda_bytes = {dev: sum(s.values()) for dev, s in need.items()}
-    return choose_mode(cuda_bytes, {dev: torch.cuda.mem_get_info(dev)[0] for dev in cuda_bytes})
+    return choose_mode(cuda_bytes, {dev: usable_gpu_bytes(dev) for dev in cuda_bytes})
 
 
 def copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:

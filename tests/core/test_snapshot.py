@@ -224,6 +224,20 @@ def test_auto_mode_chooses_the_gpu_buffer_only_where_it_fits_with_headroom():
     assert choose_mode({d0: gib, d1: gib}, {d0: 40 * gib, d1: gib}) == "deferred"  # every device must fit
 
 
+def test_usable_gpu_memory_counts_torchs_cached_blocks(monkeypatch):
+    """After a training step torch's allocator keeps gradients' and activations' blocks cached:
+    the driver reports them used, but the snapshot buffer can have them."""
+    from ckptlab.core import snapshot
+
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (60 * gib, 141 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev: 80 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev: 50 * gib)
+    assert snapshot.usable_gpu_bytes(torch.device("cuda", 0)) == 90 * gib
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev: 80 * gib)
+    assert snapshot.usable_gpu_bytes(torch.device("cuda", 0)) == 60 * gib
+
+
 class _Unlisted:
     """A leaf the loader's allowlist does not know."""
 
