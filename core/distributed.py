@@ -179,6 +179,12 @@ class PartProblem(CorruptCheckpointError):
         self.rank = rank
 
 
+def _check_acknowledged(path: str, rank: int, record: gc.GlobalRecord) -> None:
+    """CorruptCheckpointError unless the part at ``path`` is the one ``record`` acknowledged."""
+    if gc.part_identity(path, rank) != record.parts[rank]:
+        raise CorruptCheckpointError(path, "MANIFEST differs from the one the global record acknowledged")
+
+
 def read_parts(directory: str, record: gc.GlobalRecord, *, entries_of: int | None, threads: int = 4,
                allow_pickle: tuple[str, ...] = (), device: torch.device | None = None,
                buffer_bytes: int = DEFAULT_LOAD_BUFFER_BYTES) -> StepParts:
@@ -192,13 +198,10 @@ def read_parts(directory: str, record: gc.GlobalRecord, *, entries_of: int | Non
     for rank in range(record.world_size):
         path = gc.part_path(directory, rank, record.step)
         try:
-            if gc.part_identity(path, rank) != record.parts[rank]:
-                raise CorruptCheckpointError(path, "MANIFEST differs from the one the global record acknowledged")
+            _check_acknowledged(path, rank, record)
             m, tree, tensors = read_checkpoint(path, threads, allow_pickle, device, buffer_bytes)
             if m.step != record.step:
                 raise CorruptCheckpointError(path, f"part says step {m.step}, the global record says {record.step}")
-        except PartProblem:
-            raise
         except CorruptCheckpointError as e:
             raise PartProblem(rank, e.path, e.reason) from None
         for i, ref in tree["tensors"].items():
@@ -251,8 +254,7 @@ def verify_part(directory: str, record: gc.GlobalRecord, rank: int, threads: int
     path = gc.part_path(directory, rank, record.step)
     try:
         verify_checkpoint(path, threads)
-        if gc.part_identity(path, rank) != record.parts[rank]:
-            raise CorruptCheckpointError(path, "MANIFEST differs from the one the global record acknowledged")
+        _check_acknowledged(path, rank, record)
     except CorruptCheckpointError as e:
         raise PartProblem(rank, e.path, e.reason) from None
 

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ckptlab.core import CheckpointConfig, CheckpointError, CorruptCheckpointWarning, open_checkpointer, per_rank
+from ckptlab.core import global_commit as gc
 from ckptlab.core.recovery import read_manifest
 
 KiB = 1024
@@ -76,9 +77,9 @@ def part_chunks(directory: str, step: int, world: int) -> list[str]:
     """Every (file, offset) chunk of every part of ``step``, keyed as chunk_reads() keys them."""
     out = []
     for r in range(world):
-        path = os.path.join(directory, f"rank_{r:05d}", f"step_{step:012d}")
+        path = gc.part_path(directory, r, step)
         m = read_manifest(path)
-        out += [f"rank_{r:05d}/step_{step:012d}/{m.files[c.file].name}@{c.offset}" for c in m.chunks]
+        out += [f"{os.path.relpath(os.path.join(path, m.files[c.file].name), directory)}@{c.offset}" for c in m.chunks]
     return out
 
 

@@ -54,7 +54,7 @@ def test_a_collective_load_reads_every_chunk_of_every_part_once(main_world):
         assert set(r["load_chunk_reads"].values()) == {1}, r["load_chunk_reads"]
 
 
-def test_load_global_reads_every_chunk_of_every_part_once(main_world, monkeypatch):
+def test_load_global_reads_every_chunk_of_every_part_once(main_world):
     directory, _ = main_world
     (step, _), reads = dist_worker.chunk_reads(lambda: load_global(directory, per_rank_of=0))
     assert sorted(reads) == sorted(dist_worker.part_chunks(directory, step, 2))

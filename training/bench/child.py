@@ -9,7 +9,8 @@ pages from the page cache and times loading it back (cold load), and writes the 
 records plus peak RSS (before the load), peak pinned bytes (training and load) and the
 checkpoint's size to RECORD.json. Before the load the training's objects are collected and
 torch's cached GPU memory released, as a restarting job would load into an empty GPU (a
-48 GB seed-full state, its GPU snapshot buffer and its load do not fit an H200 together). ``disk`` runs the raw-disk probes (and the D2H one) in the same way.
+48 GB seed-full state, its GPU snapshot buffer and its load do not fit an H200 together).
+``disk`` runs the raw-disk probes (and the D2H one) in the same way.
 """
 from __future__ import annotations
 
