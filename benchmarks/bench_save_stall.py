@@ -4,9 +4,11 @@ timed by wrapping it.
 
     python benchmarks/bench_save_stall.py --state-mb 1024 --saves 12 --out benchmarks/results/bench_cpu_1gib/stall_breakdown.json
 
-Parts: the whole save(); lift_tensors (walk the state, state_dict() calls, pickle the skeleton)
-and inside it the model's, the optimizer's and the RNG's state_dict(), the per-tensor
-normalisation and the pickling; Snapshotter.take (version counters, queueing). Each is the
+Parts: the whole save(); lift_tensors (walk the state, state_dict() calls) and inside it the
+model's, the optimizer's and the RNG's state_dict() and the per-tensor normalisation; the
+pickling of the skeleton when save() does it (0 when the skeleton is frozen: plain values only,
+pickled by the snapshot thread, core/state.py LiftedState); Snapshotter.take (version
+counters, queueing). Each is the
 median over the saves after the first two (the first opens the engine). The same lift is
 also timed in a tight loop ("warm"), which shows how much of it is cold caches after the
 optimizer step. The optimizer step and the wait for durability are outside every figure; the
@@ -20,6 +22,7 @@ import pickle
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -37,7 +40,13 @@ from ckptlab.training.loop import build_state
 
 
 def _timed(acc: dict[str, float], name: str, fn):
+    """`fn`, its time added to acc[name] when the training thread calls it (the snapshot
+    thread's calls, such as its pickling of a frozen skeleton, are not part of the stall)."""
+    training = threading.main_thread()
+
     def wrapper(*a, **k):
+        if threading.current_thread() is not training:
+            return fn(*a, **k)
         t0 = time.perf_counter()
         try:
             return fn(*a, **k)
@@ -71,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     acc: dict[str, float] = defaultdict(float)
     per_save: list[dict[str, float]] = []
     # wrap the parts where save() looks them up
-    pccheck_module.lift_tensors = _timed(acc, "lift_tensors", state_module.lift_tensors)
+    pccheck_module.lift_state = _timed(acc, "lift_tensors", state_module.lift_state)
     state_module._normalized = _timed(acc, "normalise tensors", state_module._normalized)
     state_module.pickle = type("TimedPickle", (), {"dumps": staticmethod(_timed(acc, "pickle skeleton", pickle.dumps)),
                                                     "HIGHEST_PROTOCOL": pickle.HIGHEST_PROTOCOL,
@@ -97,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         warm = []
         for _ in range(50):
             t0 = time.perf_counter()
-            state_module.lift_tensors(state)
+            state_module.lift_state(state)
             warm.append(time.perf_counter() - t0)
 
     counted = per_save[2:]
@@ -105,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
              "normalise tensors", "pickle skeleton", "Snapshotter.take"]
     figures = {n: statistics.median(s.get(n, 0.0) for s in counted) for n in names}
     figures["lift_tensors, warm (tight loop)"] = statistics.median(warm)
-    tensors = len(state_module.lift_tensors(state)[1])
+    tensors = len(state_module.lift_state(state).tensors)
     print(f"deferred save() of the {args.state_mb} MiB CPU state ({tensors} tensors), median of {len(counted)} saves:")
     for name, value in figures.items():
         print(f"  {name:34s} {value * 1e3:7.3f} ms")

@@ -29,7 +29,7 @@ from ckptlab.core.config import CheckpointConfig
 from ckptlab.core.errors import CheckpointError, CheckpointWriteError
 from ckptlab.core.recovery import CheckpointInfo
 from ckptlab.core.snapshot import Snapshotter
-from ckptlab.core.state import (CapturedState, capture_lifted, check_loadable, lift_tensors, plan_storages,
+from ckptlab.core.state import (CapturedState, capture_lifted, check_loadable, lift_state, plan_storages,
                                 planned_total_bytes)
 from ckptlab.profiling.metadata import cpu_list_string
 from ckptlab.profiling.phases import phase, recording
@@ -126,24 +126,28 @@ class PCcheckCheckpointer(CheckpointerBase):
             self._snapshots.settle()  # the previous snapshot's buffers are about to be reused
         self._raise_failure()
         with phase("capture", step=step):
-            skeleton, tensors = lift_tensors(state)
+            lifted = lift_state(state)
+        tensors = lifted.tensors
         if self._snapshots is None or not self._streamed(tensors):
+            skeleton = lifted.skeleton()
             check_loadable(skeleton, self.config.allow_pickle)
             captured = capture_lifted(skeleton, tensors, self._host_cache)
             self._ensure_engine(captured.total_bytes)
             self._submit(step, captured)
         else:
             plan = None  # the snapshot thread plans the storages, off the training thread
-            # ... and checks the pickle loads back, except where save() has time for it: the first
-            # save (a leaf that cannot load fails at once) and sync saves
+            # ... and pickles a frozen skeleton and checks it loads back, except where save() has
+            # time for it: the first save (a leaf that cannot load fails at once) and sync saves
             checked = self._engine is None or self.config.snapshot == "sync"
+            skeleton = None if lifted.frozen and not checked else lifted.skeleton()
             if checked:
                 check_loadable(skeleton, self.config.allow_pickle)
             if self._engine is None:  # the first save sizes staging from the layout
                 plan = plan_storages(tensors)
                 self._ensure_engine(planned_total_bytes(skeleton, plan))
             with phase("snapshot_enqueue", step=step):
-                self._snapshots.take(step, skeleton, tensors, plan, skeleton_checked=checked)
+                self._snapshots.take(step, skeleton if skeleton is not None else lifted, tensors, plan,
+                                     skeleton_checked=checked)
             if self.config.snapshot == "sync":  # the copies are complete (and sealed) before save() returns
                 self._snapshots.settle()
         self._record_stall(now() - t0)

@@ -54,7 +54,7 @@ import torch
 from ckptlab import _engine
 from ckptlab.core.errors import SnapshotTornError
 from ckptlab.core.staging_fill import ChunkFiller, StagingWindow, stream_bytes, stream_extents
-from ckptlab.core.state import BufferCache, Region, StoragePlan, host_region, plan_storages, stream_layout
+from ckptlab.core.state import BufferCache, LiftedState, Region, StoragePlan, host_region, plan_storages, stream_layout
 from ckptlab.profiling.phases import phase, record
 
 # opens the engine's stream for (step, layout meta, total bytes): the engine and the stream id
@@ -116,7 +116,7 @@ class PendingSnapshot:
     """One save()'s state, its copies in flight, and the verdict on them."""
 
     step: int
-    skeleton: bytes
+    skeleton: bytes | LiftedState  # a frozen lifted state is pickled by the thread
     tensors: list[tuple[str, torch.Tensor]]
     versions: dict[int, int]  # id(tensor) -> its _version at save()
     plan: StoragePlan | None  # planned in save() (first save, gpu mode), else by the thread
@@ -172,11 +172,11 @@ class Snapshotter:
         """Staging memory page-locked for CUDA copies (0 until a device copy needed it)."""
         return self._window.nbytes if self._window is not None and self._window.registered else 0
 
-    def take(self, step: int, skeleton: bytes, tensors: list[tuple[str, torch.Tensor]],
+    def take(self, step: int, skeleton: bytes | LiftedState, tensors: list[tuple[str, torch.Tensor]],
              plan: StoragePlan | None = None, skeleton_checked: bool = False) -> PendingSnapshot:
         """Note the state's versions and start its snapshot; returns at once in deferred mode
-        (the thread checks the skeleton, plans and copies), after the device-to-device copies
-        in gpu mode.
+        (the thread pickles a frozen LiftedState, checks the skeleton, plans and copies),
+        after the device-to-device copies in gpu mode.
 
         The previous snapshot must be settled (its buffers are reused)."""
         if self._pending is not None:
@@ -231,6 +231,8 @@ class Snapshotter:
         engine = stream = None
         sealed = False
         try:
+            if isinstance(p.skeleton, LiftedState):  # nothing training does can change a frozen tree
+                p.skeleton = p.skeleton.skeleton()
             if not p.skeleton_checked:  # before anything is written: such a step never reaches the disk
                 self._check_skeleton(p.skeleton)
             plan = p.plan if p.plan is not None else plan_storages(p.tensors)

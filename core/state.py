@@ -337,12 +337,37 @@ def host_region(region: Region, cache: PinnedHostCache | None, pending: set) -> 
 _PLAIN_LEAVES = frozenset({int, float, bool, str, bytes, complex, type(None)})
 
 
-def lift_tensors(state: Mapping[str, Any]) -> tuple[bytes, list[tuple[str, torch.Tensor]]]:
-    """Pickle `state` with every tensor replaced by a TensorRef; return the pickle and the
-    (path, tensor) list, tensors still where they live (device, storage). Never mutates `state`."""
+@dataclass
+class LiftedState:
+    """A state taken apart: `tree` is the state with every tensor replaced by a TensorRef, in
+    containers of its own; `tensors` the (path, tensor) list, still where they live.
+
+    `frozen`: every key and leaf of `tree` is an immutable builtin (or a ref), so nothing
+    training does after save() can change it, and pickling it may wait for the snapshot
+    thread. Any other leaf (an array, a set, a user's object) is pickled in save()."""
+
+    tree: Any
+    tensors: list[tuple[str, torch.Tensor]]
+    frozen: bool
+
+    def skeleton(self) -> bytes:
+        try:
+            return pickle.dumps(self.tree, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"state has a leaf that cannot be pickled: {e}") from e
+
+
+def lift_state(state: Mapping[str, Any]) -> LiftedState:
+    """Walk `state`: call each stateful object's state_dict(), lift the tensors out, copy the
+    containers. Never mutates `state`."""
     if not isinstance(state, Mapping):
         raise TypeError(f"state must be a mapping of names to objects, got {type(state).__name__}")
     tensors: list[tuple[str, torch.Tensor]] = []
+    loose: list[Any] = []  # leaves or keys that may be mutable: the tree must be pickled at once
+
+    def keys_plain(obj: Mapping) -> None:
+        if not _PLAIN_LEAVES.issuperset(map(type, obj)):
+            loose.append(obj)
 
     def walk(obj: Any, path: str) -> Any:
         if type(obj) in _PLAIN_LEAVES:  # most leaves (steps, lrs, betas' floats): no attribute probing
@@ -351,24 +376,30 @@ def lift_tensors(state: Mapping[str, Any]) -> tuple[bytes, list[tuple[str, torch
             tensors.append((path, _normalized(obj, path)))
             return TensorRef(len(tensors) - 1)
         if isinstance(obj, dict):  # never a stateful object; a C-level check before the ABC ones
+            keys_plain(obj)
             return {k: v if type(v) in _PLAIN_LEAVES else walk(v, f"{path}/{k}" if path else str(k))
                     for k, v in obj.items()}
         if _is_stateful(obj) and not isinstance(obj, Mapping):
             return StatefulRef(walk(obj.state_dict(), path))
         if isinstance(obj, Mapping):
+            keys_plain(obj)
             return {k: walk(v, f"{path}/{k}" if path else str(k)) for k, v in obj.items()}
         if isinstance(obj, list):
             return [walk(v, f"{path}/{i}") for i, v in enumerate(obj)]
         if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
             return tuple(walk(v, f"{path}/{i}") for i, v in enumerate(obj))
+        loose.append(obj)
         return obj
 
-    skeleton_tree = walk(state, "")
-    try:
-        skeleton = pickle.dumps(skeleton_tree, protocol=pickle.HIGHEST_PROTOCOL)
-    except (pickle.PicklingError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"state has a leaf that cannot be pickled: {e}") from e
-    return skeleton, tensors
+    tree = walk(state, "")
+    return LiftedState(tree, tensors, frozen=not loose)
+
+
+def lift_tensors(state: Mapping[str, Any]) -> tuple[bytes, list[tuple[str, torch.Tensor]]]:
+    """Pickle `state` with every tensor replaced by a TensorRef; return the pickle and the
+    (path, tensor) list, tensors still where they live (device, storage). Never mutates `state`."""
+    lifted = lift_state(state)
+    return lifted.skeleton(), lifted.tensors
 
 
 def _offsets(skeleton: bytes, sizes: list[int]) -> tuple[list[int], int]:

@@ -37,14 +37,23 @@ def configure_determinism(device: torch.device) -> None:
 
 
 class RNGState:
-    """Python ``random``, NumPy's global generator, torch CPU and all CUDA devices."""
+    """Python ``random``, NumPy's global generator, torch CPU and all CUDA devices.
+
+    state_dict() runs inside every save(), right after an optimizer step has pushed the
+    interpreter's data out of the caches, so it does as little as it can: whether CUDA is
+    there is asked once, and Python's 625 words go to an array in one C loop."""
+
+    def __init__(self) -> None:
+        self._cuda: bool | None = None  # torch.cuda.is_available(), asked at the first state_dict()
 
     def state_dict(self) -> dict[str, Any]:
+        if self._cuda is None:
+            self._cuda = torch.cuda.is_available()
         version, internal, gauss = random.getstate()
         np_state = np.random.get_state(legacy=False)
         return {
             "python": {"version": version,
-                       "internal": torch.from_numpy(np.array(internal, dtype=np.int64)),  # 4x faster than torch.tensor
+                       "internal": torch.from_numpy(np.fromiter(internal, dtype=np.int64, count=len(internal))),
                        "gauss_next": gauss},
             "numpy": {"bit_generator": np_state["bit_generator"],
                       "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
@@ -52,7 +61,7 @@ class RNGState:
                       "has_gauss": int(np_state["has_gauss"]),
                       "gauss": float(np_state["gauss"])},
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "cuda": torch.cuda.get_rng_state_all() if self._cuda else [],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
