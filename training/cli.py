@@ -117,9 +117,34 @@ class _StrayValue(argparse.Action):
         parser.error(f"unrecognized arguments: {values}")
 
 
+class _Switch(argparse.Action):
+    """``--load-checkpoint``: a switch. argparse rejects ``--load-checkpoint=DIR`` with a bare
+    "ignored explicit argument" before any action runs, so the flag takes an optional value
+    only to refuse it in words that say where the directory goes."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs="?", const=True, default=False, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        if values is not True:
+            parser.error(f"{option_string} takes no value (it is a switch), got {values!r}; the checkpoint "
+                         f"directory is --ckpt-dir: {option_string} --ckpt-dir {values}")
+        setattr(namespace, self.dest, True)
+
+
+class _SwitchFormatter(argparse.HelpFormatter):
+    """Shows a _Switch as the switch it is (no value) in usage and help."""
+
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        return "" if isinstance(action, _Switch) else super()._format_args(action, default_metavar)
+
+
 def add_train_arguments(parser: argparse.ArgumentParser, *,
                         default_checkpointer: str = "none") -> argparse.ArgumentParser:
     """The training flags (the seeds' names first), added to ``parser``."""
+    if parser.formatter_class is argparse.HelpFormatter:  # a caller's own formatter is left alone
+        parser.formatter_class = _SwitchFormatter
     seeds = parser.add_argument_group("run (the seeds' flags)")
     seeds.add_argument("--seed", type=_non_negative_int, default=0,
                        help="seeds model init, data and every RNG (default 0)")
@@ -134,7 +159,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, *,
     seeds.add_argument("--loss-file", type=Path, default=None,
                        help="write each step's loss: '<step> <repr(loss)>' lines, or a CSV with a "
                             "'step,loss' header when FILE ends in .csv; byte-comparable across runs")
-    seeds.add_argument("--load-checkpoint", action="store_true",
+    seeds.add_argument("--load-checkpoint", action=_Switch,
                        help="resume from the newest valid checkpoint in --ckpt-dir; a switch, "
                             "takes no value (exit 2 if there is none, unless --allow-fresh-start)")
     parser.add_argument("stray_value", nargs="?", action=_StrayValue, help=argparse.SUPPRESS)

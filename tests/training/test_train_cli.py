@@ -207,13 +207,16 @@ def test_a_csv_loss_file_resumes_byte_identical(tmp_path: Path, capsys: pytest.C
     assert loss.read_bytes() == uninterrupted
 
 
+@pytest.mark.parametrize("form", ["space", "equals"])
 @pytest.mark.parametrize("via", ["train-module", "ckptlab-train"])
 def test_load_checkpoint_given_a_directory_says_it_is_a_switch(
-        via: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`--load-checkpoint DIR` (a natural guess) is refused naming --ckpt-dir, not with
-    argparse's bare "unrecognized arguments"; nothing is created."""
+        via: str, form: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--load-checkpoint DIR` or `--load-checkpoint=DIR` (natural guesses) is refused naming
+    --ckpt-dir, not with argparse's bare "unrecognized arguments" / "ignored explicit
+    argument"; nothing is created."""
     ckpt = tmp_path / "ck"
-    argv = ["--checkpointer", "dcp", "--training-steps", "2", "--load-checkpoint", str(ckpt), "--no-progress"]
+    flag = ["--load-checkpoint", str(ckpt)] if form == "space" else [f"--load-checkpoint={ckpt}"]
+    argv = ["--checkpointer", "dcp", "--training-steps", "2", *flag, "--no-progress"]
     if via == "train-module":
         code, err = _exit_code_and_stderr(argv, capsys)
     else:
@@ -233,3 +236,11 @@ def test_a_stray_argument_is_still_unrecognized(capsys: pytest.CaptureFixture[st
     code, err = _exit_code_and_stderr(["stray", "--load-checkpoint"], capsys)
     error = err.strip().splitlines()[-1]
     assert code == 2 and error.endswith("error: unrecognized arguments: stray") and "takes no value" not in err, err
+
+
+def test_load_checkpoint_shows_as_a_switch_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from ckptlab.training.cli import build_parser
+    text = build_parser().format_help()
+    assert "[--load-checkpoint]" in text and "LOAD_CHECKPOINT" not in text, text
+    assert build_parser().parse_args(["--load-checkpoint"]).load_checkpoint is True
+    assert build_parser().parse_args([]).load_checkpoint is False
