@@ -71,12 +71,12 @@ def test_a_failed_stage_does_not_stop_the_next_and_is_reported(tmp_path):
     wrapper.chmod(0o755)
     out = tmp_path / "out"
     env = dict(os.environ, GPU_CHECKS_SMOKE="1", OUT=str(out), PYTHON=str(wrapper), TMPDIR=str(tmp_path))
-    proc = subprocess.run(["bash", SCRIPT, "validate-deferred", "seedfull"], cwd=ROOT, env=env, capture_output=True,
+    proc = subprocess.run(["bash", SCRIPT, "validate-deferred", "tests"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "stage validate-deferred FAILED" in proc.stdout and "FAILED: validate-deferred" in proc.stdout
     with tarfile.open(out / "gpu-checks.tgz") as tar:
         names = {n.removeprefix("./") for n in tar.getnames()}
         stages = tar.extractfile("./stages.txt").read().decode().split("\n")
-    assert "bench_smoke_seed-full/bench.json" in names and "stage-validate-deferred.log" in names
-    assert stages[0].startswith("validate-deferred rc=3 ") and stages[1].startswith("seedfull rc=0 "), stages
+    assert "tests.log" in names and "stage-validate-deferred.log" in names
+    assert stages[0].startswith("validate-deferred rc=3 ") and stages[1].startswith("tests rc=0 "), stages
