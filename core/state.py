@@ -337,6 +337,13 @@ def host_region(region: Region, cache: PinnedHostCache | None, pending: set) -> 
 _PLAIN_LEAVES = frozenset({int, float, bool, str, bytes, complex, type(None)})
 
 
+def _immutable_key(key: Any) -> bool:
+    """A plain builtin, or an exact tuple of such (recursively): nothing can change it in place."""
+    if type(key) in _PLAIN_LEAVES:
+        return True
+    return type(key) is tuple and all(map(_immutable_key, key))
+
+
 @dataclass
 class LiftedState:
     """A state taken apart: `tree` is the state with every tensor replaced by a TensorRef, in
@@ -366,7 +373,7 @@ def lift_state(state: Mapping[str, Any]) -> LiftedState:
     loose: list[Any] = []  # leaves or keys that may be mutable: the tree must be pickled at once
 
     def keys_plain(obj: Mapping) -> None:
-        if not _PLAIN_LEAVES.issuperset(map(type, obj)):
+        if not _PLAIN_LEAVES.issuperset(map(type, obj)) and not all(map(_immutable_key, obj)):
             loose.append(obj)
 
     def walk(obj: Any, path: str) -> Any:

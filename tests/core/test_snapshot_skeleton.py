@@ -28,6 +28,13 @@ class Counters:
         self.state = state
 
 
+class Opaque:
+    """Hashable by identity, yet its attributes can change after save()."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
 @pytest.fixture
 def pickle_gate(monkeypatch):
     """Holds the snapshot thread before it pickles a frozen skeleton; records who pickled."""
@@ -67,6 +74,18 @@ def test_changes_before_the_thread_pickles_are_not_in_the_checkpoint(ckpt_dir, p
     assert fresh.state == {"seen": 2, "history": [0, 2], "name": "run"}
 
 
+def test_a_table_keyed_by_tuples_is_pickled_by_the_thread_and_loads_back(ckpt_dir, pickle_gate):
+    gate, pickled_by = pickle_gate
+    gate.set()
+    table = {(0, "q"): 1.5, (1, ("k", 2)): None}
+    with open_checkpointer("pccheck", ckpt_dir, CFG) as ck:
+        for step in (1, 2):
+            ck.save(step, {"table": dict(table), "w": torch.ones(8)})
+            ck.wait()
+    assert pickled_by == ["MainThread", "ckptlab-snapshot"], pickled_by
+    assert load_latest(ckpt_dir, step=2)[1]["table"] == table
+
+
 @pytest.mark.parametrize("leaf", [lambda: {1, 2}, lambda: np.arange(3), lambda: bytearray(b"ab")])
 def test_a_state_with_another_leaf_is_pickled_in_save(ckpt_dir, pickle_gate, leaf):
     gate, pickled_by = pickle_gate
@@ -90,5 +109,7 @@ def test_frozen_means_only_builtins_refs_and_plain_keys():
     assert lift_state({"a": {"b": [1, 2.0, "s", None, (3, b"x")]}, "t": torch.ones(2)}).frozen
     assert not lift_state({"a": {1, 2}}).frozen
     assert not lift_state({"a": np.float32(1.0)}).frozen
-    assert not lift_state({"a": {(1, 2): 3}}).frozen  # a tuple key is hashable but not a plain builtin
+    assert lift_state({"a": {(1, ("x", None)): 3}}).frozen  # a tuple of plain values is as immutable as they are
+    assert not lift_state({"a": {(1, Opaque()): 3}}).frozen  # a hashable tuple may still hold a mutable object
+    assert not lift_state({"a": {frozenset({1}): 3}}).frozen
     assert not lift_state({"a": torch.device("cpu")}).frozen
