@@ -40,14 +40,20 @@ def test_an_unknown_stage_fails_before_running_anything(tmp_path):
     assert not names
 
 
-def test_seedfull_and_trace_run_on_the_cpu(tmp_path):
-    """seedfull takes one checkpoint (the bench accepts it: its stall is a first stall), and
-    the trace stage's overlap figures and plots come back in the archive."""
-    proc, names = _smoke(tmp_path, "seedfull", "trace")
+def test_trace_runs_on_the_cpu(tmp_path):
+    """The trace stage's overlap figures and plots come back in the archive."""
+    proc, names = _smoke(tmp_path, "trace")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert {"bench_smoke_seed-full/bench.json", "bench_smoke_seed-full/bench.md", "trace-deferred.arrow",
-            "trace-overlap.txt", "timeline-deferred.png", "timeline-deferred-step20.png",
+    assert {"trace-deferred.arrow", "trace-overlap.txt", "timeline-deferred.png", "timeline-deferred-step20.png",
             "trace-threads.txt"} <= names, sorted(names)
+
+
+@pytest.mark.slow  # the bench CLI itself in make test: test_bench_cli.py
+def test_seedfull_runs_on_the_cpu(tmp_path):
+    """seedfull takes one checkpoint (the bench accepts it: its stall is a first stall)."""
+    proc, names = _smoke(tmp_path, "seedfull")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert {"bench_smoke_seed-full/bench.json", "bench_smoke_seed-full/bench.md"} <= names, sorted(names)
     assert "| pccheck-auto | 6 |" in proc.stdout  # the one checkpoint's row
 
 

@@ -38,7 +38,8 @@ def test_kill_before_the_commit_rename_falls_back_to_the_previous_checkpoint(
 
 
 @pytest.mark.parametrize("point, snapshot", [
-    ("after_chunk_write", "sync"), ("after_chunk_write", "deferred"),
+    # sync under -m slow: tests/core/test_crash.py kills the engine at every fault point
+    pytest.param("after_chunk_write", "sync", marks=pytest.mark.slow), ("after_chunk_write", "deferred"),
     # the light child of tests/core/test_crash.py is killed at every point, this one too
     pytest.param("before_manifest", "sync", marks=pytest.mark.slow)])
 def test_kill_while_persisting_a_large_state(tmp_path: Path, point: str, snapshot: str,

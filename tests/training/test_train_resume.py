@@ -32,7 +32,10 @@ def _kill_and_resume(tmp_path: Path, kind: str, *flags: str,
     return tmp_path / "loss.txt", resumed.summary
 
 
-@pytest.mark.parametrize("kind", ["dcp", "dcp-async"])  # core kinds: test_train_validate.py
+# dcp under -m slow: test_bf16_resume_is_bit_exact_too kills and resumes dcp (synchronous, so
+# durable when save() returns); torchsave and pccheck: test_kill_right_after_issuing_a_checkpoint
+# and test_train_kill_during_write.py
+@pytest.mark.parametrize("kind", [pytest.param("dcp", marks=pytest.mark.slow), "dcp-async"])
 def test_kill_after_durable_checkpoint_resumes_bit_exact(tmp_path: Path, kind: str,
                                                          reference_losses) -> None:
     """The seeds' validation: killed after step 10, checkpoint 8 durable, resume from 8."""

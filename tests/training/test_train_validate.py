@@ -15,8 +15,9 @@ from ckptlab.training.validate import (ValidationPlan, ValidationReport, _compar
 from training_helpers import skip_without_core
 
 
-@pytest.mark.parametrize("kind, extra", [("torchsave", []),
-                                         # pccheck: killed mid-write in test_train_demo.py
+# All under -m slow: make test runs this driver through test_train_demo.py (pccheck, killed
+# mid-write); each kind's SIGKILL-and-resume is test_train_resume.py's.
+@pytest.mark.parametrize("kind, extra", [pytest.param("torchsave", [], marks=pytest.mark.slow),
                                          pytest.param("pccheck", [], marks=pytest.mark.slow),
                                          # deferred: also killed mid-write in test_train_kill_during_write
                                          pytest.param("pccheck", ["--", "--snapshot", "deferred"],
@@ -41,20 +42,54 @@ def test_validation_kill_during_write(tmp_path: Path) -> None:
     assert verdict["resumed_from"] == 4
 
 
-def test_validation_with_dcp_and_its_teeth(tmp_path: Path) -> None:
-    """Passes for DCP; one flipped last digit in run C's file turns the verdict to FAIL."""
+@pytest.mark.slow  # dcp's SIGKILL-and-resume in make test: test_train_resume.py
+def test_validation_with_dcp(tmp_path: Path) -> None:
     plan = ValidationPlan("dcp", tmp_path, steps=6, freq=2, kill_after=4)
     report = run_validation(plan)
     assert report.passed, report
     assert report.after_crash == ["step_000000000002", "step_000000000004"]
-    loss_c = tmp_path / "loss-c.txt"
-    lines = loss_c.read_text().splitlines()
-    step, value = lines[4].split()
-    lines[4] = f"{step} {value[:-1]}{(int(value[-1]) + 1) % 10}"
-    loss_c.write_text("\n".join(lines) + "\n")
-    tampered = ValidationReport(plan={})
-    _compare(plan, tampered)
-    assert not tampered.passed and "line 5" in tampered.mismatches["a-vs-c"]
+
+
+def _write_losses(out: Path, lines: list[str]) -> None:
+    for run in "abc":
+        (out / f"loss-{run}.txt").write_text("\n".join(lines) + "\n")
+
+
+LOSSES = [f"{step} {5.5 - step / 7:.15f}" for step in range(1, 7)]
+
+
+def test_identical_loss_files_pass_the_comparison(tmp_path: Path) -> None:
+    plan = ValidationPlan("dcp", tmp_path, steps=6, freq=2, kill_after=4)
+    _write_losses(tmp_path, LOSSES)
+    report = ValidationReport(plan={})
+    _compare(plan, report)
+    assert report.passed and not report.mismatches and not report.problems, report
+    assert (tmp_path / "losses.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_one_flipped_last_digit_fails_the_comparison_naming_its_line(tmp_path: Path) -> None:
+    plan = ValidationPlan("dcp", tmp_path, steps=6, freq=2, kill_after=4)
+    _write_losses(tmp_path, LOSSES)
+    tampered = list(LOSSES)
+    step, value = tampered[4].split()
+    tampered[4] = f"{step} {value[:-1]}{(int(value[-1]) + 1) % 10}"
+    (tmp_path / "loss-c.txt").write_text("\n".join(tampered) + "\n")
+    report = ValidationReport(plan={})
+    _compare(plan, report)
+    assert not report.passed and "line 5" in report.mismatches["a-vs-c"]
+    assert "a-vs-b" not in report.mismatches
+
+
+def test_a_missing_or_short_loss_file_fails_the_comparison(tmp_path: Path) -> None:
+    plan = ValidationPlan("dcp", tmp_path, steps=6, freq=2, kill_after=4)
+    _write_losses(tmp_path, LOSSES[:5])
+    short = ValidationReport(plan={})
+    _compare(plan, short)
+    assert not short.passed and any("has 5 lines, expected 6" in p for p in short.problems), short
+    (tmp_path / "loss-b.txt").unlink()
+    missing = ValidationReport(plan={})
+    _compare(plan, missing)
+    assert not missing.passed and "missing loss files" in missing.problems[0]
 
 
 @pytest.mark.parametrize("bad", [dict(kill_after=150), dict(checkpointer="none"),
