@@ -170,13 +170,13 @@ class CheckpointConfig:
     @classmethod
     def auto(cls, directory: str | os.PathLike, state_bytes: int, iteration_s: float, budget: float = 0.01,
              probe: "str | os.PathLike | StorageProfile | None" = None, *, staging_budget_bytes: int | None = None,
-             probe_bytes: int = 256 * MiB, probe_threads: tuple[int, ...] = (1, 2, 4, 8),
+             probe_bytes: int = 256 * MiB, probe_threads: tuple[int, ...] = (1, 2, 4, 8), probe_repeats: int = 1,
              **overrides) -> "CheckpointConfig":
         """The config core/tuning.py recommends for ``directory`` (docs/API.md, "Tuned
         configuration"): writer_threads, io_mode, chunk_bytes, max_inflight and staging_bytes.
 
         probe: None measures ``directory`` now (core/storage_probe.py, up to ``probe_bytes`` per
-        write; it creates the directory); a path reads a saved ``ckptlab tune --save`` JSON
+        write, ``probe_repeats`` interleaved rounds whose medians count; it creates the directory); a path reads a saved ``ckptlab tune --save`` JSON
         instead (no probing); a StorageProfile is used as it is. ``overrides`` are other
         fields (or replace recommended ones), validated like any config. The recommended
         checkpoint interval is core.tuning.recommend(...).interval_steps."""
@@ -192,7 +192,7 @@ class CheckpointConfig:
         else:
             os.makedirs(directory, exist_ok=True)
             nbytes = max(MIN_PROBE_BYTES, min(probe_bytes, state_bytes)) // MIN_PROBE_BYTES * MIN_PROBE_BYTES
-            profile = probe_storage(directory, nbytes, threads=probe_threads)
+            profile = probe_storage(directory, nbytes, threads=probe_threads, repeats=probe_repeats)
         return cls(**(recommend(inputs, profile).config_fields() | overrides))
 
 

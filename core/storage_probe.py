@@ -192,16 +192,26 @@ def d2h_seconds(nbytes: int, repeats: int = 3) -> float:
 
 @dataclass(frozen=True)
 class WriteMeasurement:
-    """The engine persisting ``nbytes`` with ``threads`` writers in ``io_mode``: submit to durable."""
+    """The engine persisting ``nbytes`` with ``threads`` writers in ``io_mode``: submit to durable.
+
+    ``seconds`` is the median of ``samples`` (one per probe round; a profile saved before
+    rounds existed has none, and its one figure stands for them)."""
 
     io_mode: str
     threads: int
     nbytes: int
     seconds: float
+    samples: tuple[float, ...] = ()
 
     @property
     def bps(self) -> float:
         return self.nbytes / self.seconds
+
+    @property
+    def spread_s(self) -> tuple[float, float]:
+        """(fastest, slowest) round in seconds."""
+        samples = self.samples or (self.seconds,)
+        return min(samples), max(samples)
 
 
 @dataclass(frozen=True)
@@ -209,8 +219,9 @@ class StorageProfile:
     """What ``probe_storage`` measured in ``directory`` (the input of core/tuning.py).
 
     writes: one per io_mode x threads that ran (O_DIRECT is missing where the file system
-        refuses it; ``direct_note`` says why). read_s: a cold sequential read of one probe
-        checkpoint's files (``read_resident``: its share still cached). copy_s: the fastest
+        refuses it; ``direct_note`` says why), the median of ``repeats`` rounds. read_s: the median
+        cold sequential read of one probe checkpoint's files, one per round
+        (``read_resident``: the largest share still cached). copy_s: the fastest
         copy of the probe bytes into the engine's staging (what a sync save() stalls for on
         the host). d2h_s: a device-to-host copy of them into pinned memory, None without CUDA.
     """
@@ -224,6 +235,7 @@ class StorageProfile:
     copy_s: float
     d2h_s: float | None
     direct_note: str
+    repeats: int = 1
 
     @property
     def read_bps(self) -> float:
@@ -249,12 +261,14 @@ class StorageProfile:
         """The profile from ``to_json()`` (derived ``*_gbps`` keys are ignored, recomputed)."""
         try:
             writes = tuple(WriteMeasurement(str(w["io_mode"]), int(w["threads"]), int(w["nbytes"]),
-                                            float(w["seconds"])) for w in doc["writes"])
+                                            float(w["seconds"]), tuple(float(x) for x in w.get("samples", ())))
+                           for w in doc["writes"])
             d2h = doc.get("d2h_s")
             return cls(directory=str(doc["directory"]), probe_bytes=int(doc["probe_bytes"]),
                        chunk_bytes=int(doc["chunk_bytes"]), writes=writes, read_s=float(doc["read_s"]),
                        read_resident=float(doc["read_resident"]), copy_s=float(doc["copy_s"]),
-                       d2h_s=None if d2h is None else float(d2h), direct_note=str(doc.get("direct_note", "")))
+                       d2h_s=None if d2h is None else float(d2h), direct_note=str(doc.get("direct_note", "")),
+                       repeats=int(doc.get("repeats", 1)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a storage profile (missing or bad {exc})") from None
 
@@ -307,7 +321,8 @@ def _cold_read(checkpoint: Path) -> tuple[float, float]:
     return time.perf_counter() - t0, resident
 
 
-def _check_probe_args(directory: Path, nbytes: int, threads: Sequence[int], io_modes: Sequence[str]) -> None:
+def _check_probe_args(directory: Path, nbytes: int, threads: Sequence[int], io_modes: Sequence[str],
+                      repeats: int) -> None:
     if not directory.is_dir():
         raise ValueError(f"{directory} is not a directory")
     if not isinstance(nbytes, int) or nbytes < MIN_PROBE_BYTES:
@@ -316,30 +331,39 @@ def _check_probe_args(directory: Path, nbytes: int, threads: Sequence[int], io_m
         raise ValueError(f"probe threads must be integers >= 1, got {tuple(threads)!r}")
     if not io_modes or any(m not in PROBE_IO_MODES for m in io_modes):
         raise ValueError(f"probe io_modes must be among {PROBE_IO_MODES}, got {tuple(io_modes)!r}")
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise ValueError(f"probe repeats must be an integer >= 1, got {repeats!r}")
 
 
 def probe_storage(directory: str | os.PathLike, nbytes: int, threads: Sequence[int] = (1, 2, 4, 8),
                   io_modes: Sequence[str] = PROBE_IO_MODES, d2h: bool | None = None,
-                  progress: Progress | None = None) -> StorageProfile:
+                  progress: Progress | None = None, repeats: int = 1) -> StorageProfile:
     """Measure ``directory``: the engine writes ``nbytes`` per io_mode x threads, one of them is
     read back cold, and (``d2h``; None: where CUDA is available) a D2H copy is timed.
+
+    ``repeats`` > 1 repeats the writes and the read, interleaved (every configuration once per
+    round, so a burst of other I/O hits them all alike), and keeps each one's median: one
+    sample of a shared disk can be off by a factor, and the writer-thread choice follows it.
 
     Writes under a fresh ``.ckptlab-tune-*`` directory inside ``directory`` and removes it,
     also on an exception or Ctrl-C. O_DIRECT is skipped, with the reason in ``direct_note``,
     where the file system refuses it (tmpfs)."""
+    import statistics
+
     import numpy as np
 
     from ckptlab import _engine
 
     directory = Path(directory)
-    _check_probe_args(directory, nbytes, threads, io_modes)
+    _check_probe_args(directory, nbytes, threads, io_modes, repeats)
     threads = sorted(set(threads))
     direct_ok, direct_note = _engine.probe_direct_io(str(directory)) if "direct" in io_modes else (False, "")
     modes = [m for m in io_modes if m != "direct" or direct_ok]
     if not modes:
         raise OSError(f"O_DIRECT is refused in {directory} ({direct_note}); probe buffered I/O instead")
     d2h = _cuda_available() if d2h is None else d2h
-    total = len(modes) * len(threads) + 1 + int(d2h)
+    configs = [(mode, n) for mode in modes for n in threads]
+    total = repeats * (len(configs) + 1) + int(d2h)
     done = 0
 
     def step(what: str) -> None:
@@ -352,28 +376,31 @@ def probe_storage(directory: str | os.PathLike, nbytes: int, threads: Sequence[i
     root = Path(tempfile.mkdtemp(prefix=".ckptlab-tune-", dir=directory))
     try:
         data = np.random.default_rng(0).integers(0, 256, nbytes, dtype=np.uint8)  # incompressible
-        writes: list[WriteMeasurement] = []
+        durable: dict[tuple[str, int], list[float]] = {c: [] for c in configs}
         copies: list[float] = []
-        read: tuple[float, float] | None = None
-        for mode in modes:
-            for n in threads:
+        reads: list[tuple[float, float]] = []
+        for r in range(repeats):
+            label = f" (round {r + 1}/{repeats})" if repeats > 1 else ""
+            for i, (mode, n) in enumerate(configs):
                 target = root / f"{mode}-{n}"
                 target.mkdir()
                 durable_s, copy_s, checkpoint = _engine_write(target, data, n, mode, chunk)
-                writes.append(WriteMeasurement(mode, n, nbytes, durable_s))
+                durable[mode, n].append(durable_s)
                 copies.append(copy_s)
-                step(f"write {mode} x{n}")
-                if read is None:
-                    read = _cold_read(checkpoint)
-                    step("cold read")
+                step(f"write {mode} x{n}{label}")
+                if i == 0:
+                    reads.append(_cold_read(checkpoint))
+                    step(f"cold read{label}")
                 shutil.rmtree(target)
-        assert read is not None
         d2h_s = d2h_seconds(nbytes) if d2h else None
         if d2h:
             step("device-to-host copy")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    writes = tuple(WriteMeasurement(mode, n, nbytes, statistics.median(durable[mode, n]), tuple(durable[mode, n]))
+                   for mode, n in configs)
     return StorageProfile(directory=str(directory.resolve()), probe_bytes=nbytes, chunk_bytes=chunk,
-                          writes=tuple(writes), read_s=read[0], read_resident=read[1],
+                          writes=writes, read_s=statistics.median(t for t, _ in reads),
+                          read_resident=max(res for _, res in reads),
                           copy_s=max(min(copies), 1e-9), d2h_s=d2h_s,
-                          direct_note="" if direct_ok or "direct" not in io_modes else direct_note)
+                          direct_note="" if direct_ok or "direct" not in io_modes else direct_note, repeats=repeats)

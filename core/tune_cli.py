@@ -80,6 +80,8 @@ def add_tune_parser(sub: argparse._SubParsersAction) -> None:
                    help="I/O modes to probe (default direct,buffered)")
     p.add_argument("--probe-mb", type=_positive(float, "MiB > 0"), default=256.0,
                    help="bytes written per probe, at most the state (default 256)")
+    p.add_argument("--repeats", type=_positive(int, "a whole number of rounds >= 1"), default=3,
+                   help="rounds of the probe, interleaved; each figure is their median (default 3)")
     p.add_argument("--json", action="store_true", help="print the ckptlab.tune/1 JSON instead of the table")
     p.add_argument("--save", type=Path, default=None,
                    help="also write the JSON here (CheckpointConfig.auto(probe=FILE) reads it)")
@@ -103,11 +105,14 @@ def _print_table(doc: dict[str, Any]) -> None:
 
     rec, measured = doc["recommendation"], doc["measured"]
     console = Console()
-    writes = Table(title=f"measured in {measured['directory']} ({measured['probe_bytes'] / MiB:.1f} MiB per probe)")
-    for col in ("io_mode", "threads", "write GB/s", "durable s"):
+    repeats = measured.get("repeats", 1)
+    rounds = f", median of {repeats} rounds" if repeats > 1 else ""
+    writes = Table(title=f"measured in {measured['directory']} ({measured['probe_bytes'] / MiB:.1f} MiB per probe{rounds})")
+    for col in ("io_mode", "threads", "write GB/s", "durable s") + (("fastest-slowest s",) if repeats > 1 else ()):
         writes.add_column(col, justify="left" if col == "io_mode" else "right")
     for w in measured["writes"]:
-        writes.add_row(w["io_mode"], str(w["threads"]), f"{w['gbps']:.2f}", f"{w['seconds']:.3f}")
+        spread = (f"{min(w['samples']):.3f}-{max(w['samples']):.3f}",) if repeats > 1 else ()
+        writes.add_row(w["io_mode"], str(w["threads"]), f"{w['gbps']:.2f}", f"{w['seconds']:.3f}", *spread)
     console.print(writes)
     d2h = "n/a (no CUDA)" if measured["d2h_gbps"] is None else f"{measured['d2h_gbps']:.2f} GB/s"
     console.print(f"cold read {measured['read_gbps']:.2f} GB/s (resident {measured['read_resident']:.0%}), "
@@ -137,7 +142,8 @@ def _probe(args: argparse.Namespace, probe_bytes: int):
         def progress(what: str, done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, description=what)
 
-        return probe_storage(args.dir, probe_bytes, threads=args.threads, io_modes=args.io_modes, progress=progress)
+        return probe_storage(args.dir, probe_bytes, threads=args.threads, io_modes=args.io_modes, progress=progress,
+                             repeats=args.repeats)
 
 
 def _tune(args: argparse.Namespace) -> int:

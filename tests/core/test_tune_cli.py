@@ -27,6 +27,8 @@ def test_tune_json_schema_and_save(tmp_path, capsys):
                         "interval_steps", "interval_s", "reasons"}
     assert rec["writer_threads"] in (1, 2) and rec["interval_steps"] >= 1 and rec["reasons"]
     assert {w["threads"] for w in doc["measured"]["writes"]} == {1, 2}
+    assert doc["measured"]["repeats"] == 3  # the default
+    assert all(len(w["samples"]) == 3 and sorted(w["samples"])[1] == w["seconds"] for w in doc["measured"]["writes"])
     assert os.listdir(d) == []  # the probe's files are gone
 
 
@@ -34,7 +36,14 @@ def test_tune_table(tmp_path, capsys):
     assert cli.main(["tune", str(tmp_path), *FLAGS]) == 0
     out = capsys.readouterr().out
     assert "writer_threads" in out and "max_inflight" in out and "interval" in out
+    assert "median of 3 rounds" in out and "fastest-slowest s" in out
     assert os.listdir(tmp_path) == []
+
+
+def test_tune_table_of_one_round_has_no_spread(tmp_path, capsys):
+    assert cli.main(["tune", str(tmp_path), *FLAGS, "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "writer_threads" in out and "rounds" not in out and "fastest-slowest" not in out
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -44,6 +53,8 @@ def test_tune_table(tmp_path, capsys):
     (["--state-mb", "8", "--iteration-s", "1", "--threads", "1,x"], "--threads"),
     (["--state-mb", "8", "--iteration-s", "1", "--threads", "0"], "--threads"),
     (["--state-mb", "8", "--iteration-s", "1", "--probe-mb", "0"], "--probe-mb"),
+    (["--state-mb", "8", "--iteration-s", "1", "--repeats", "0"], "--repeats"),
+    (["--state-mb", "8", "--iteration-s", "1", "--repeats", "2.5"], "--repeats"),
     (["--state-mb", "8", "--state-bytes", "8", "--iteration-s", "1"], "not allowed with"),
     (["--iteration-s", "1"], "--state-bytes"),
 ])
@@ -93,3 +104,19 @@ def test_auto_from_a_saved_tune_json_does_not_probe(tmp_path, monkeypatch):
     bad.write_text('{"schema": "other"}')
     with pytest.raises(ValueError, match="ckptlab.tune/1"):
         CheckpointConfig.auto(tmp_path, state_bytes=64 * MiB, iteration_s=0.5, probe=bad)
+
+
+def test_auto_probes_with_the_rounds_asked_for(tmp_path, monkeypatch):
+    from ckptlab.core import storage_probe
+
+    asked = {}
+    real = storage_probe.probe_storage
+
+    def recording(directory, nbytes, **kwargs):
+        asked.update(kwargs)
+        return real(directory, nbytes, **kwargs)
+
+    monkeypatch.setattr(storage_probe, "probe_storage", recording)
+    cfg = CheckpointConfig.auto(tmp_path / "ckpt", state_bytes=2 * MiB, iteration_s=0.1, probe_bytes=MiB,
+                                probe_threads=(1,), probe_repeats=2)
+    assert asked["repeats"] == 2 and cfg.writer_threads == 1
