@@ -25,7 +25,7 @@ import torch.distributed as dist
 from ckptlab.core import global_commit as gc
 from ckptlab.core import sharded as sh
 from ckptlab.core.checkpointer import Checkpointer, check_step, check_timeout, open_local_checkpointer
-from ckptlab.core.commit import committed_step_dirs
+from ckptlab.core.commit import LOCK_NAME, DirectoryLock, committed_step_dirs, recover
 from ckptlab.core.errors import CheckpointError, CorruptCheckpointError, CorruptCheckpointWarning, NoCheckpointError
 from ckptlab.core.config import DEFAULT_LOAD_BUFFER_BYTES, CheckpointConfig
 from ckptlab.core.recovery import CheckpointInfo, cuda_device, read_checkpoint, verify_checkpoint
@@ -546,7 +546,8 @@ class DistributedCheckpointer:
         """After ``committed`` is acknowledged everywhere (rank 0 deleted the dropped records
         before the broadcast, :meth:`_retire_records`): each rank deletes its own parts of the
         steps retention drops, with the parts of older steps that never became globally
-        committed. Best effort: a failed cleanup never affects the commit."""
+        committed, then those of a larger world's ranks it inherits (:meth:`_retain_orphans`).
+        Best effort: a failed cleanup never affects the commit."""
         try:
             records, kept = self._kept(committed)
             rank_dir = os.path.join(self.directory, gc.rank_dir_name(self.rank))
@@ -555,8 +556,43 @@ class DistributedCheckpointer:
                 cio.point("during_global_gc")  # records gone (rank 0), parts not yet
             for s in doomed:
                 gc.delete_part(rank_dir, s, cio)
+            self._retain_orphans(committed, kept, cio)
         except OSError:
             pass
+
+    def _retain_orphans(self, committed: int, kept: set[int], cio: CheckpointIO) -> None:
+        """The part directories of ranks beyond this world (``rank_q``, q >= world size: an
+        earlier, larger world's, resumed on fewer ranks) belong to no rank of this one, so
+        rank ``q % world`` cleans them: under the directory's lock (skipped if someone holds
+        it), a crash's leftovers go (commit.recover), then every part older than ``committed``
+        that no kept record names (a kept record of a world larger than q still needs its
+        part q), and the directory itself once nothing but its lock file is left."""
+        for q, orphan in gc.rank_directories(self.directory).items():
+            if q < self.world_size or q % self.world_size != self.rank:
+                continue
+            try:
+                lock = DirectoryLock(orphan, cio.io)
+            except RuntimeError:
+                continue  # a live writer (not a supported layout): leave it alone
+            try:
+                recover(orphan, cio.io)
+                for s, _ in committed_step_dirs(orphan):
+                    if s < committed and not (s in kept and self._record_needs(s, q)):
+                        gc.delete_part(orphan, s, cio)
+                if set(os.listdir(orphan)) <= {LOCK_NAME}:
+                    cio.io.remove_tree(orphan)
+                    cio.io.fsync_dir(self.directory)
+            finally:
+                lock.release()
+
+    def _record_needs(self, step: int, rank: int) -> bool:
+        """Whether ``step``'s global record names a part of ``rank`` (its world is larger);
+        True also when the record cannot be read: nothing is deleted on a doubt."""
+        try:
+            record = gc.read_record(os.path.join(self.directory, gc.GLOBAL_DIR, gc.record_name(step)))
+        except (OSError, CorruptCheckpointError):
+            return True
+        return record.world_size > rank
 
     # --- recovery (collective, on the calling thread) -------------------------------------
 

@@ -37,6 +37,17 @@ def rank_dir_name(rank: int) -> str:
     return f"rank_{rank:05d}"
 
 
+def rank_directories(directory: str) -> dict[int, str]:
+    """{rank: path} of the ``rank_*`` part directories in ``directory``, by rank."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return {}
+    found = {int(n[5:]): os.path.join(directory, n) for n in names
+             if n.startswith("rank_") and n[5:].isdigit() and os.path.isdir(os.path.join(directory, n))}
+    return dict(sorted(found.items()))
+
+
 def record_name(step: int) -> str:
     return f"{step_dir_name(step)}.json"
 

@@ -65,11 +65,6 @@ def is_multi_rank(directory: str | os.PathLike) -> bool:
     return gc.GLOBAL_DIR in names or any(n.startswith("rank_") and n[5:].isdigit() for n in names)
 
 
-def _rank_dirs(directory: str) -> dict[int, str]:
-    return {int(n[5:]): os.path.join(directory, n) for n in sorted(os.listdir(directory))
-            if n.startswith("rank_") and n[5:].isdigit() and os.path.isdir(os.path.join(directory, n))}
-
-
 def _part(path: str, rank: int, step: int, verify: bool, threads: int) -> PartStatus:
     if not os.path.isdir(path):
         return PartStatus(rank, step, path, 0, "missing", problem=f"{path}: part of rank {rank} is missing")
@@ -121,7 +116,7 @@ def inspect_global(directory: str | os.PathLike, verify: bool = False, threads: 
         status = "corrupt" if bad else ("ok" if verify else "unverified")
         steps.append(GlobalStep(record.step, record.world_size, status, rpath, parts))
     uncommitted = [_part(path, rank, s, verify, threads)
-                   for rank, rdir in _rank_dirs(directory).items()
+                   for rank, rdir in gc.rank_directories(directory).items()
                    for s, path in committed_step_dirs(rdir) if (rank, s) not in covered]
-    return GlobalInspection(directory, world if world is not None else (len(_rank_dirs(directory)) or None),
+    return GlobalInspection(directory, world if world is not None else (len(gc.rank_directories(directory)) or None),
                             steps, uncommitted)

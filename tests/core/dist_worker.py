@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -201,6 +202,8 @@ def main_world_main(rank: int, world: int, init_file: str, directory: str, out: 
     r["records_after_retention"] = sorted(os.listdir(os.path.join(directory, "global")))
     r["parts_after_retention"] = sorted(os.listdir(os.path.join(directory, f"rank_{rank:05d}")))
 
+    shrunken_world_retention(rank, directory + "-shrunk", model, opt, r)
+
     # a rank that never calls save: a clear error within the timeout on the others, no hang
     with open_checkpointer("pccheck", directory, config(coordination_timeout_s=3.0)) as ck:
         t0 = time.monotonic()
@@ -215,6 +218,42 @@ def main_world_main(rank: int, world: int, init_file: str, directory: str, out: 
         except CheckpointError:
             pass
     write(out, "main", rank, r)
+
+
+def _listing(path: str) -> list[str] | None:
+    return sorted(os.listdir(path)) if os.path.isdir(path) else None
+
+
+def shrunken_world_retention(rank: int, directory: str, model, opt, r: dict) -> None:
+    """This world of 2 after one of 4: rank_00002/3 hold the larger world's parts. Step 2's
+    record is the 4-rank world's (its parts 2 and 3 stay while it is kept); step 1 of ranks 2
+    and 3 and step 3 of rank 2 are named by no 4-rank record; step 9 is newer than anything
+    committed here; rank 3 has a crashed write's temp dir. Retention (keep_last=2) cleans rank
+    2's directory on rank 0 and rank 3's on rank 1."""
+    from ckptlab.core import global_commit as gc
+
+    with open_checkpointer("pccheck", directory, config(keep_last=2)) as ck:
+        for step in (1, 2):
+            ck.save(step, state_of(model, opt, step))
+    dist.barrier()
+    if rank == 0:
+        own = os.path.join(directory, "rank_00000")
+        for q, steps in ((2, (1, 2, 3, 9)), (3, (1, 2))):
+            orphan = os.path.join(directory, f"rank_{q:05d}")
+            os.makedirs(orphan)
+            open(os.path.join(orphan, ".ckptlab.lock"), "wb").close()
+            for s in steps:
+                shutil.copytree(os.path.join(own, "step_000000000001"), os.path.join(orphan, f"step_{s:012d}"))
+        os.makedirs(os.path.join(directory, "rank_00003", ".step_000000000005.tmp-1-deadbeef"))
+        two = gc.read_record(os.path.join(directory, "global", "step_000000000002.json"))
+        gc.write_record(directory, gc.GlobalRecord(2, 4, two.parts + tuple(
+            gc.PartIdentity(q, 0, 0) for q in (2, 3)), two.plan))
+    dist.barrier()
+    for step, name in ((3, "shrunk_after_3"), (4, "shrunk_after_4")):
+        with open_checkpointer("pccheck", directory, config(keep_last=2)) as ck:
+            ck.save(step, state_of(model, opt, step))
+        dist.barrier()  # both ranks' retention is done (close joined the coordinator)
+        r[name] = {q: _listing(os.path.join(directory, f"rank_{q:05d}")) for q in (0, 2, 3)}
 
 
 def kill_main(rank: int, world: int, init_file: str, directory: str, out: str) -> None:

@@ -134,6 +134,22 @@ def test_retention_keeps_the_newest_globally_committed_steps(main_world):
     assert not ranks[0]["leftover_after_open"], "a crashed record write's temp file survived the open"
 
 
+def test_retention_cleans_the_parts_of_a_larger_earlier_world(main_world):
+    """Ranks 2 and 3 of an earlier world of 4 belong to no rank of this world of 2: rank q % 2
+    deletes their parts once no kept record names them, their leftovers, and the directory
+    once it is empty; a part newer than every committed step stays."""
+    _, ranks = main_world
+    lock, s = ".ckptlab.lock", lambda n: f"step_{n:012d}"
+    for r in ranks:  # each rank listed after both had retained
+        after3, after4 = r["shrunk_after_3"], r["shrunk_after_4"]
+        assert after3["0"] == [lock, s(2), s(3)]
+        assert after3["2"] == [lock, s(2), s(3), s(9)], "kept: 2 (the 4-rank record), 3 (not older), 9"
+        assert after3["3"] == [lock, s(2)], "the 4-rank record of step 2 names part 3; step 1 and the temp dir go"
+        assert after4["0"] == [lock, s(3), s(4)]
+        assert after4["2"] == [lock, s(9)], "step 3's record is of 2 ranks: part 2 of step 3 was no one's"
+        assert after4["3"] is None, "the emptied directory of rank 3 is removed"
+
+
 def test_rank_that_never_saves_is_a_clear_error_not_a_hang(main_world):
     _, ranks = main_world
     error = ranks[0]["absent_error"]
