@@ -43,7 +43,7 @@ from ckptlab.core.durable import makedirs_durable, write_file_durable
 from ckptlab.core.errors import CheckpointError, CheckpointMismatchError, CorruptCheckpointWarning, NoCheckpointError
 from ckptlab.core.recovery import CheckpointInfo
 from ckptlab.core.restore import OPTIMIZER, TENSORS, RestorePlan, check_optimizer, optimizer_snapshot, plan_entry
-from ckptlab.core.state import StatefulRef
+from ckptlab.core.state import StatefulRef, without_per_rank
 from ckptlab.core.writer_io import CheckpointIO, WriterIO
 from ckptlab.profiling.phases import phase
 
@@ -421,8 +421,11 @@ def capture_for_dcp(state: Mapping[str, Any], step: int) -> tuple[dict[str, Any]
 def _split_state(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(DCP part, side-file part); objects with ``state_dict()`` are captured now."""
     tensors = _tensor_template(state)
-    side = {key: (value.state_dict() if hasattr(value, "state_dict") else value)
-            for key, value in state.items() if key not in tensors}
+    side = {}
+    for key, value in state.items():
+        if key not in tensors:  # per_rank markers: the side file is this rank's own already
+            value = without_per_rank(value)
+            side[key] = without_per_rank(value.state_dict() if hasattr(value, "state_dict") else value)
     return tensors, side
 
 

@@ -31,24 +31,11 @@ from ckptlab.core.config import DEFAULT_LOAD_BUFFER_BYTES, CheckpointConfig
 from ckptlab.core.recovery import CheckpointInfo, cuda_device, read_checkpoint, verify_checkpoint
 from ckptlab.core.restore import restore
 from ckptlab.core.writer_io import NO_CHECKPOINT, CheckpointIO, WriterIO
-from ckptlab.core.state import PerRankRef, StatefulRef, TensorRef, lift_tensors, plan_storages, to_device, \
-    unpickle_skeleton
+from ckptlab.core.state import (PerRank, PerRankRef, StatefulRef, TensorRef, _is_stateful, lift_tensors,  # noqa: F401
+                                per_rank, plan_storages, to_device, unpickle_skeleton)
 
 INNER_KINDS = ("pccheck", "torchsave")  # the ckptlab-format kinds (dcp is distributed itself)
 _WAIT_SLICE_S = 0.05  # how long one inner wait() may block before the coordinator looks again
-
-
-@dataclass(frozen=True)
-class PerRank:
-    """A state entry each rank writes in full in its own part (RNG state, data position)."""
-
-    value: Any
-
-
-def per_rank(value: Any) -> PerRank:
-    """Mark ``value`` as this rank's own: ``state["rng"] = per_rank(torch.get_rng_state())``.
-    Everything else in a saved state is taken to be replicated (DDP) and written once in total."""
-    return PerRank(value)
 
 
 def world_of(group: dist.ProcessGroup | None) -> int:
@@ -60,16 +47,35 @@ def world_of(group: dist.ProcessGroup | None) -> int:
     return dist.get_world_size(group)
 
 
+class _CapturedStateful:
+    """A stateful object's state_dict(), taken once with its per-rank markers replaced, for
+    lift_state to walk as it would walk the object (saving only)."""
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+
+    def state_dict(self) -> Any:
+        return self._state
+
+    def load_state_dict(self, state: Any) -> None:  # pragma: no cover - never loaded into
+        raise TypeError("a captured state_dict() is for saving only")
+
+
 def split_per_rank(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(state with each PerRank entry replaced by a PerRankRef, {key: value} of those entries).
-    Markers are found in the state's dicts, lists and tuples, not inside stateful objects."""
+    Markers are found where core/state.py lift_state looks: in dicts, lists and tuples, and
+    in what a stateful object's state_dict() returns (called here, once)."""
     entries: dict[str, Any] = {}
 
     def walk(obj: Any, path: str) -> Any:
         if isinstance(obj, PerRank):
             entries[path] = obj.value
             return PerRankRef(path)
-        if isinstance(obj, Mapping) and not hasattr(obj, "load_state_dict"):
+        if isinstance(obj, dict):
+            return {k: walk(v, f"{path}/{k}") for k, v in obj.items()}
+        if _is_stateful(obj) and not isinstance(obj, Mapping):
+            return _CapturedStateful(walk(obj.state_dict(), path))
+        if isinstance(obj, Mapping):
             return {k: walk(v, f"{path}/{k}") for k, v in obj.items()}
         if isinstance(obj, list):
             return [walk(v, f"{path}/{i}") for i, v in enumerate(obj)]

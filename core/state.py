@@ -34,6 +34,37 @@ class TensorRef:
 
 
 @dataclass(frozen=True)
+class PerRank:
+    """A state entry each rank writes in full in its own part (RNG state, data position).
+    Where there is one rank (no torch.distributed, a world of one, each DCP rank's side file)
+    the entry is that rank's own and is saved as its plain value."""
+
+    value: Any
+
+
+def per_rank(value: Any) -> PerRank:
+    """Mark ``value`` as this rank's own: ``state["rng"] = per_rank(torch.get_rng_state())``.
+    Everything else in a saved state is taken to be replicated (DDP) and written once in total."""
+    return PerRank(value)
+
+
+def without_per_rank(obj: Any) -> Any:
+    """``obj`` with every per_rank marker in its dicts, lists and tuples replaced by its value
+    (what one rank saves of them); the containers are copied only where a marker was found."""
+    if isinstance(obj, PerRank):
+        return without_per_rank(obj.value)
+    if isinstance(obj, dict):
+        items = {k: without_per_rank(v) for k, v in obj.items()}
+        return items if any(items[k] is not v for k, v in obj.items()) else obj
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        items = [without_per_rank(v) for v in obj]
+        if all(a is b for a, b in zip(items, obj)):
+            return obj
+        return items if isinstance(obj, list) else tuple(items)
+    return obj
+
+
+@dataclass(frozen=True)
 class PerRankRef:
     """Placeholder for a per-rank entry (core/distributed.py per_rank) in the skeleton of a
     multi-rank checkpoint; each rank's part holds the entry itself under ``key``."""
@@ -395,6 +426,8 @@ def lift_state(state: Mapping[str, Any]) -> LiftedState:
             return [walk(v, f"{path}/{i}") for i, v in enumerate(obj)]
         if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
             return tuple(walk(v, f"{path}/{i}") for i, v in enumerate(obj))
+        if isinstance(obj, PerRank):  # one rank (a multi-rank save took its markers out first)
+            return walk(obj.value, path)
         loose.append(obj)
         return obj
 

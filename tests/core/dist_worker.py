@@ -203,6 +203,7 @@ def main_world_main(rank: int, world: int, init_file: str, directory: str, out: 
     r["parts_after_retention"] = sorted(os.listdir(os.path.join(directory, f"rank_{rank:05d}")))
 
     shrunken_world_retention(rank, directory + "-shrunk", model, opt, r)
+    per_rank_inside_a_stateful(rank, directory + "-stateful", r)
 
     # a rank that never calls save: a clear error within the timeout on the others, no hang
     with open_checkpointer("pccheck", directory, config(coordination_timeout_s=3.0)) as ck:
@@ -254,6 +255,29 @@ def shrunken_world_retention(rank: int, directory: str, model, opt, r: dict) -> 
             ck.save(step, state_of(model, opt, step))
         dist.barrier()  # both ranks' retention is done (close joined the coordinator)
         r[name] = {q: _listing(os.path.join(directory, f"rank_{q:05d}")) for q in (0, 2, 3)}
+
+
+class Loader:
+    """A user's data loader whose state_dict() marks its position as the rank's own."""
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+        self.loaded = None
+
+    def state_dict(self) -> dict:
+        return {"position": per_rank(self.position), "order": [3, 1, 2]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loaded = state
+
+
+def per_rank_inside_a_stateful(rank: int, directory: str, r: dict) -> None:
+    with open_checkpointer("pccheck", directory, config()) as ck:
+        ck.save(1, {"loader": Loader(100 + rank), "weights": torch.ones(3)})
+        ck.wait()
+        loader = Loader(0)
+        ck.load({"loader": loader, "weights": torch.zeros(3)})
+    r["stateful_per_rank_loaded"] = loader.loaded
 
 
 def kill_main(rank: int, world: int, init_file: str, directory: str, out: str) -> None:

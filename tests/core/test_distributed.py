@@ -150,6 +150,12 @@ def test_retention_cleans_the_parts_of_a_larger_earlier_world(main_world):
         assert after4["3"] is None, "the emptied directory of rank 3 is removed"
 
 
+def test_per_rank_entries_inside_a_stateful_objects_state_dict_are_each_ranks_own(main_world):
+    _, ranks = main_world
+    for rank, r in enumerate(ranks):
+        assert r["stateful_per_rank_loaded"] == {"position": 100 + rank, "order": [3, 1, 2]}
+
+
 def test_rank_that_never_saves_is_a_clear_error_not_a_hang(main_world):
     _, ranks = main_world
     error = ranks[0]["absent_error"]
