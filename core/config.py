@@ -176,8 +176,8 @@ class CheckpointConfig:
         configuration"): writer_threads, io_mode, chunk_bytes, max_inflight and staging_bytes.
 
         probe: None measures ``directory`` now (core/storage_probe.py, up to ``probe_bytes`` per
-        write, ``probe_repeats`` interleaved rounds whose medians count; it creates the directory); a path reads a saved ``ckptlab tune --save`` JSON
-        instead (no probing); a StorageProfile is used as it is. ``overrides`` are other
+        write, ``probe_repeats`` interleaved rounds whose medians count; it creates the
+        directory); a path reads a saved ``ckptlab tune --save`` JSON instead (no probing); a StorageProfile is used as it is. ``overrides`` are other
         fields (or replace recommended ones), validated like any config. The recommended
         checkpoint interval is core.tuning.recommend(...).interval_steps."""
         from ckptlab.core.storage_probe import MIN_PROBE_BYTES, StorageProfile, probe_storage
