@@ -97,20 +97,40 @@ def _aside(directory: str, step_name: str, kind: str) -> str:
     return os.path.join(directory, f".{step_name}.{kind}-{_tag()}")
 
 
+_LOCK_ATTEMPTS = 5
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether ``fd`` is still the file at ``path`` (a lock taken on an unlinked file locks nothing)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (own.st_dev, own.st_ino) == (st.st_dev, st.st_ino)
+
+
 class DirectoryLock:
     """One writer per checkpoint directory: an exclusive flock on ``.ckptlab.lock``, the same
     lock the engine takes, so a pccheck and a torchsave checkpointer refuse each other too."""
 
     def __init__(self, directory: str, io: WriterIO = DISARMED) -> None:
         self.path = os.path.join(directory, LOCK_NAME)
-        self._fd: int | None = io.open_create(self.path)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = None
-            raise RuntimeError(f"another ckptlab checkpointer is writing to '{directory}' (it holds "
-                               f"{self.path}); use a different directory or close it first") from None
+        self._fd: int | None = None
+        for _ in range(_LOCK_ATTEMPTS):
+            fd = io.open_create(self.path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RuntimeError(f"another ckptlab checkpointer is writing to '{directory}' (it holds "
+                                   f"{self.path}); use a different directory or close it first") from None
+            if _same_file(fd, self.path):
+                self._fd = fd
+                return
+            os.close(fd)  # the file was unlinked (its holder released it) after we opened it: again
+        raise RuntimeError(f"the lock file {self.path} was replaced {_LOCK_ATTEMPTS} times while taking it; "
+                           f"is another process removing it?")
 
     def release(self) -> None:
         if self._fd is not None:

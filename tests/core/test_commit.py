@@ -216,3 +216,43 @@ def test_one_writer_per_directory_across_kinds(tmp_path):
         commit.DirectoryLock(d)
     e.close()
     commit.DirectoryLock(d).release()
+
+
+def test_a_lock_file_unlinked_while_being_taken_is_taken_again(tmp_path, monkeypatch):
+    """The holder that made the lock file unlinks it as it releases (training/loop.py when
+    there was nothing to resume); an opener that opened the old file just before holds a lock
+    on nothing. DirectoryLock notices the inode changed under it and takes the new file."""
+    d = str(tmp_path)
+    path = os.path.join(d, commit.LOCK_NAME)
+    real_flock = commit.fcntl.flock
+    calls = []
+
+    def racing_flock(fd, op):
+        calls.append(fd)
+        if len(calls) == 1:  # between our open and our flock: unlinked, and a new one made
+            os.unlink(path)
+            open(path, "wb").close()
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(commit.fcntl, "flock", racing_flock)
+    lock = commit.DirectoryLock(d)
+    assert len(calls) == 2
+    assert os.fstat(lock._fd).st_ino == os.stat(path).st_ino  # the lock is on the file at the path
+    monkeypatch.setattr(commit.fcntl, "flock", real_flock)
+    with pytest.raises(RuntimeError, match="another ckptlab checkpointer"):
+        commit.DirectoryLock(d)  # and so it excludes the next opener
+    lock.release()
+
+
+def test_a_lock_file_that_keeps_vanishing_is_a_clear_error(tmp_path, monkeypatch):
+    d = str(tmp_path)
+    path = os.path.join(d, commit.LOCK_NAME)
+    real_flock = commit.fcntl.flock
+
+    def vanishing_flock(fd, op):
+        os.unlink(path)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(commit.fcntl, "flock", vanishing_flock)
+    with pytest.raises(RuntimeError, match="replaced 5 times"):
+        commit.DirectoryLock(d)
