@@ -84,15 +84,24 @@ Engine::Engine(EngineOptions options)
     io_log_->mark("start", "pid=" + std::to_string(::getpid()) + " dir=" + opt_.dir);
   }
 
-  // One writer per directory: a second process would race on names and retention.
+  // One writer per directory: a second process would race on names and retention. A holder
+  // that made the lock file may unlink it as it lets go (as core/commit.py DirectoryLock
+  // allows), so after flock the file must still be the one at the path; else take it again.
   std::string lock_path = join_path(opt_.dir, ".ckptlab.lock");
-  int lfd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (lfd < 0) throw IoError("open lock file", lock_path, errno);
-  if (io_log_) io_log_->op(IoOp::kOpenCreate, lock_path, 0);
-  lock_fd_ = UniqueFd(lfd);
-  if (::flock(lfd, LOCK_EX | LOCK_NB) != 0)
-    throw std::runtime_error("another ckptlab checkpointer is writing to '" + opt_.dir +
-                             "' (it holds " + lock_path + "); use a different directory or close it first");
+  constexpr int kLockAttempts = 5;
+  for (int attempt = 0; attempt < kLockAttempts && !lock_fd_.valid(); ++attempt) {
+    int lfd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lfd < 0) throw IoError("open lock file", lock_path, errno);
+    if (io_log_) io_log_->op(IoOp::kOpenCreate, lock_path, 0);
+    UniqueFd candidate(lfd);
+    if (::flock(lfd, LOCK_EX | LOCK_NB) != 0)
+      throw std::runtime_error("another ckptlab checkpointer is writing to '" + opt_.dir +
+                               "' (it holds " + lock_path + "); use a different directory or close it first");
+    if (same_file(lfd, lock_path)) lock_fd_ = std::move(candidate);
+  }
+  if (!lock_fd_.valid())
+    throw std::runtime_error("the lock file " + lock_path + " was replaced " + std::to_string(kLockAttempts) +
+                             " times while taking it; is another process removing it?");
 
   if (opt_.io_mode == "buffered") {
     direct_ = false;

@@ -185,6 +185,12 @@ bool path_exists(const std::string& path) {
   return ::lstat(path.c_str(), &st) == 0;
 }
 
+bool same_file(int fd, const std::string& path) {
+  struct stat at_path, own;
+  if (::stat(path.c_str(), &at_path) != 0 || ::fstat(fd, &own) != 0) return false;
+  return at_path.st_dev == own.st_dev && at_path.st_ino == own.st_ino;
+}
+
 uint64_t file_size(const std::string& path) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) throw IoError("stat", path, errno);

@@ -81,6 +81,9 @@ void fsync_dir(const std::string& dir, IoLog* log = nullptr);
 void rename_or_throw(const std::string& from, const std::string& to, IoLog* log = nullptr);
 void mkdir_or_throw(const std::string& path, IoLog* log = nullptr);
 bool path_exists(const std::string& path);
+// Whether `fd` is still the file at `path` (same device and inode): a lock taken on a file
+// that was unlinked after it was opened locks nothing.
+bool same_file(int fd, const std::string& path);
 uint64_t file_size(const std::string& path);
 std::vector<std::string> list_dir(const std::string& dir);
 // Removes a directory and the plain files in it; returns false (never throws) on failure.

@@ -17,7 +17,9 @@
 //   5. a dying disk (mode=persist): every checkpoint from the failing one on fails with its
 //      errno, the last good one stays committed, waits and close() return;
 //   6. chunk_assignment "static": every chunk is written by writer chunk % writer_threads,
-//      also with staging back-pressure (fewer buffers than chunks), and an unknown name throws.
+//      also with staging back-pressure (fewer buffers than chunks), and an unknown name throws;
+//   7. the directory lock: same_file tells an unlinked or replaced lock file from the one at
+//      the path, and two engines on one directory still exclude each other.
 // Exit status 0 when everything passed; every failure is printed.
 //
 // The individual CRC implementations (so the table path is tested on CPUs with the hardware
@@ -603,6 +605,38 @@ void test_static_chunk_assignment() {
   CHECK(refused, "chunk_assignment 'random' was accepted");
 }
 
+// The engine's directory lock is re-taken when its file was unlinked between open and flock;
+// same_file is what notices. Two engines on one directory still exclude each other.
+void test_lock_file_identity() {
+  const std::string dir = make_temp_dir();
+  const std::string path = ckptlab::join_path(dir, ".ckptlab.lock");
+  ckptlab::UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  CHECK(fd.valid() && ckptlab::same_file(fd.get(), path), "a freshly opened lock file is not the file at its path");
+  ::unlink(path.c_str());
+  CHECK(!ckptlab::same_file(fd.get(), path), "an unlinked lock file still counts as the file at its path");
+  ckptlab::UniqueFd other(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  CHECK(!ckptlab::same_file(fd.get(), path), "a replaced lock file still counts as the file at its path");
+  CHECK(ckptlab::same_file(other.get(), path), "the new lock file is not the file at its path");
+  ckptlab::EngineOptions opt;
+  opt.dir = dir;
+  opt.writer_threads = 1;
+  opt.chunk_bytes = 64 << 10;
+  opt.staging_bytes = 64 << 10;
+  opt.prefault = false;
+  {
+    ckptlab::Engine first(opt);
+    bool refused = false;
+    try {
+      ckptlab::Engine second(opt);
+    } catch (const std::runtime_error&) {
+      refused = true;
+    }
+    CHECK(refused, "a second engine opened a directory the first holds");
+  }
+  ckptlab::Engine again(opt);  // released on close
+  CHECK(ckptlab::same_file(other.get(), path), "opening replaced a lock file it should have reused");
+}
+
 }  // namespace
 
 int main() {
@@ -625,6 +659,7 @@ int main() {
   test_preallocation();
   test_dying_disk();
   test_static_chunk_assignment();
+  test_lock_file_identity();
   if (g_failures) {
     std::printf("FAILED: %d of %ld checks\n", g_failures, g_checks);
     return 1;
