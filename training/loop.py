@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from ckptlab.core.checkpointer import Checkpointer, open_checkpointer, open_local_checkpointer
-from ckptlab.core.commit import LOCK_NAME
+from ckptlab.core.commit import LOCK_NAME, DirectoryLock
 from ckptlab.core.global_inspect import is_multi_rank
 from ckptlab.core.errors import (CheckpointError, CheckpointMismatchError, CorruptCheckpointWarning,
                                  NoCheckpointError)
@@ -377,9 +377,10 @@ def _train(cfg: TrainConfig, device: torch.device, ctx: DistContext) -> TrainRes
         if not result.abandon_threads:
             ck.close()  # raises a failure of the last checkpoints
     except _NothingToResume:
-        if not had_lock:  # opening made it; unlinked while still held, so no opener keeps a stale one
-            with contextlib.suppress(FileNotFoundError):
-                (Path(cfg.ckpt_dir) / LOCK_NAME).unlink()
+        if not had_lock:  # opening made it: remove it again (a failed resume changes nothing)
+            with contextlib.suppress(Exception):
+                ck.close()
+            _remove_lock_file(Path(cfg.ckpt_dir))
         raise
     except CheckpointError as exc:
         raise TrainError(f"checkpointing failed: {exc}", exit_code=1) from exc
@@ -391,6 +392,21 @@ def _train(cfg: TrainConfig, device: torch.device, ctx: DistContext) -> TrainRes
     if device.type == "cuda":
         result.peak_gpu_bytes = torch.cuda.max_memory_allocated(device)
     return result
+
+
+def _remove_lock_file(directory: Path) -> None:
+    """Unlink the directory's lock file while holding it: a lock file someone else holds now
+    (another run started on the directory meanwhile) stays, and no opener is left with a lock
+    on an unlinked file (DirectoryLock re-checks the file it locked; docs/FORMAT.md)."""
+    try:
+        lock = DirectoryLock(str(directory))
+    except (RuntimeError, OSError):
+        return
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            (directory / LOCK_NAME).unlink()
+    finally:
+        lock.release()
 
 
 def _run(cfg: TrainConfig, ck: Checkpointer, state: dict[str, Any], device: torch.device,

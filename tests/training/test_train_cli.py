@@ -176,6 +176,20 @@ def test_a_failed_resume_says_it_once_and_changes_nothing(
     assert (_tree(ck) if ck.exists() else None) == before
 
 
+def test_the_lock_file_of_a_failed_resume_is_removed_only_while_no_one_holds_it(tmp_path: Path) -> None:
+    """Between the open and the removal another run may have taken the lock: its file stays
+    (unlinking it would leave that run excluding no one)."""
+    from ckptlab.core.commit import LOCK_NAME, DirectoryLock
+    from ckptlab.training.loop import _remove_lock_file
+
+    held = DirectoryLock(str(tmp_path))
+    _remove_lock_file(tmp_path)
+    assert (tmp_path / LOCK_NAME).exists()
+    held.release()
+    _remove_lock_file(tmp_path)
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
 def test_a_skipped_corrupt_checkpoint_is_reported_once_by_the_cli(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """The real CLI's stderr (a subprocess: pytest would capture the warning and the log)."""
