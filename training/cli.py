@@ -47,6 +47,22 @@ def _positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
 
+_CHUNK_UNIT = 64 * 1024  # CheckpointConfig.chunk_bytes is a multiple of this
+
+
+def _chunk_mb(text: str) -> int:
+    """MiB (a decimal such as 0.25) as bytes: a whole number of 64 KiB units, so the flag's
+    own error names MiB and not the byte count the config would."""
+    try:
+        mib = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MiB as a number, got {text!r}") from None
+    nbytes = mib * (1 << 20)
+    if not nbytes >= _CHUNK_UNIT or nbytes % _CHUNK_UNIT:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 0.0625 MiB (64 KiB) and at least that, got {text}")
+    return int(nbytes)
+
+
 @dataclass(frozen=True)
 class CheckpointFlag:
     """A command-line flag that sets one ``CheckpointConfig`` field (default: the field's)."""
@@ -56,6 +72,8 @@ class CheckpointFlag:
     help: str
     type: Callable[[str], Any] | None = None
     choices: tuple[str, ...] | None = None
+    shown: Callable[[Any], str] | None = None  # the default as the flag takes it (MiB, not bytes)
+    metavar: str | None = None
 
 
 # The CheckpointConfig fields `ckptlab train` exposes. A new checkpointer knob is one row here.
@@ -66,6 +84,9 @@ CHECKPOINT_FLAGS = (
     CheckpointFlag("--writer-cpus", "writer_cpus", "pccheck: CPUs the writer threads may run on, e.g. 6-7 or "
                    "2,4-5 (default: wherever the kernel puts them); keep them off the training threads' cores"),
     CheckpointFlag("--keep-last", "keep_last", "committed checkpoints to keep, 0 keeps all", _non_negative_int),
+    CheckpointFlag("--chunk-mb", "chunk_bytes", "pccheck, torchsave: MiB per chunk, the unit of staging, "
+                   "writing and checksumming; a multiple of 0.0625 (64 KiB); `ckptlab tune` recommends one", _chunk_mb,
+                   shown=lambda nbytes: f"{nbytes / (1 << 20):g}", metavar="MIB"),
     CheckpointFlag("--snapshot", "snapshot", "pccheck: when save() returns — sync (state on the host), deferred "
                    "(D2H on a side stream overlapping the next forward/backward; the next optimizer.step waits "
                    "for it), gpu (copy into a GPU snapshot buffer); docs/API.md", choices=SNAPSHOT_MODES),
@@ -76,9 +97,9 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(CheckpointConfig)}
 def _add_checkpoint_flags(group: argparse._ArgumentGroup) -> None:
     for f in CHECKPOINT_FLAGS:
         default = _DEFAULTS[f.field]
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = f.shown(default) if f.shown else ",".join(map(str, default)) if isinstance(default, tuple) else default
         group.add_argument(f.flag, dest=f"checkpoint_{f.field}", default=default, type=f.type,
-                           choices=list(f.choices) if f.choices else None,
+                           choices=list(f.choices) if f.choices else None, metavar=f.metavar,
                            help=f"{f.help} (default {shown or 'none'})")
 
 
@@ -91,13 +112,16 @@ _FIELD = re.compile(r"CheckpointConfig\.(\w+)(?:=('[^']*'|\S+?)(?=[ ;:,]|$))?")
 
 def flag_message(message: str) -> str:
     """A core message about ``CheckpointConfig.<field>[=value]`` said in the flags' words."""
-    flags = {f.field: f.flag for f in CHECKPOINT_FLAGS}
+    flags = {f.field: f for f in CHECKPOINT_FLAGS}
 
     def say(m: re.Match[str]) -> str:
-        if m.group(1) not in flags:
+        flag = flags.get(m.group(1))
+        if flag is None:
             return m.group(0)
         value = m.group(2)
-        return flags[m.group(1)] + (f" {value.strip(chr(39))}" if value else "")
+        if value and flag.shown and value.isdigit():
+            value = flag.shown(int(value))
+        return flag.flag + (f" {value.strip(chr(39))}" if value else "")
 
     return _FIELD.sub(say, message)
 

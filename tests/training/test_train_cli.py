@@ -38,12 +38,25 @@ def _exit_code_and_stderr(argv: list[str], capsys: pytest.CaptureFixture[str]) -
     (["--checkpointer", "torchsave", "--writer-cpus", "0"], "--writer-cpus places the pccheck engine's writer threads; torchsave has none"),
     (["--device", "tpu"], "--device tpu: not a device ckptlab trains on"),
     (["--device", "meta"], "--device meta: not a device ckptlab trains on"),
+    (["--chunk-mb", "0.1"], "--chunk-mb: must be a multiple of 0.0625 MiB (64 KiB)"),
+    (["--chunk-mb", "0"], "--chunk-mb: must be a multiple of 0.0625 MiB (64 KiB)"),
+    (["--chunk-mb", "16M"], "--chunk-mb: expected MiB as a number, got '16M'"),
 ])
 def test_bad_input_is_an_argparse_error(argv: list[str], message: str,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     code, err = _exit_code_and_stderr(argv, capsys)
     assert code == 2
     assert message in err
+
+
+def test_chunk_mb_sets_the_chunk_in_bytes_and_core_messages_say_mib() -> None:
+    from ckptlab.training.cli import config_from_args, flag_message
+
+    cfg = config_from_args(build_parser().parse_args(["--chunk-mb", "0.25"]))
+    assert cfg.checkpoint.chunk_bytes == 256 * 1024
+    assert config_from_args(build_parser().parse_args([])).checkpoint.chunk_bytes == 16 << 20
+    assert "(default 16)" in " ".join(build_parser().format_help().split())
+    assert flag_message("CheckpointConfig.chunk_bytes=262144 is too small") == "--chunk-mb 0.25 is too small"
 
 
 def test_load_checkpoint_without_one_exits_2_unless_fresh_start_allowed(
