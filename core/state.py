@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,18 @@ class TensorRef:
 
     def __reduce__(self) -> tuple[type, tuple[int]]:  # a fifth of the default's pickling time per tensor
         return TensorRef, (self.index,)
+
+
+_REFS: list[TensorRef] = []  # _REFS[i] is TensorRef(i), made once (frozen dataclasses are slow to make)
+_REFS_GROWING = threading.Lock()  # checkpointers on several threads may lift at once
+
+
+def _tensor_ref(index: int) -> TensorRef:
+    if index >= len(_REFS):
+        with _REFS_GROWING:
+            while len(_REFS) <= index:
+                _REFS.append(TensorRef(len(_REFS)))
+    return _REFS[index]
 
 
 @dataclass(frozen=True)
@@ -412,7 +425,7 @@ def lift_state(state: Mapping[str, Any]) -> LiftedState:
             return obj
         if isinstance(obj, torch.Tensor):
             tensors.append((path, _normalized(obj, path)))
-            return TensorRef(len(tensors) - 1)
+            return _tensor_ref(len(tensors) - 1)
         if isinstance(obj, dict):  # never a stateful object; a C-level check before the ABC ones
             keys_plain(obj)
             return {k: v if type(v) in _PLAIN_LEAVES else walk(v, f"{path}/{k}" if path else str(k))
@@ -422,10 +435,11 @@ def lift_state(state: Mapping[str, Any]) -> LiftedState:
         if isinstance(obj, Mapping):
             keys_plain(obj)
             return {k: walk(v, f"{path}/{k}" if path else str(k)) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [walk(v, f"{path}/{i}") for i, v in enumerate(obj)]
-        if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-            return tuple(walk(v, f"{path}/{i}") for i, v in enumerate(obj))
+        if isinstance(obj, list) or isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+            if _PLAIN_LEAVES.issuperset(map(type, obj)):  # a run of numbers (an RNG's words): one C loop
+                return list(obj) if isinstance(obj, list) else tuple(obj)
+            items = [v if type(v) in _PLAIN_LEAVES else walk(v, f"{path}/{i}") for i, v in enumerate(obj)]
+            return items if isinstance(obj, list) else tuple(items)
         if isinstance(obj, PerRank):  # one rank (a multi-rank save took its markers out first)
             return walk(obj.value, path)
         loose.append(obj)

@@ -1,8 +1,8 @@
 """Every RNG a training step can touch, as one object with ``state_dict``/``load_state_dict``.
 
-States are kept as tensors and plain ints/floats (no NumPy arrays, no tuples) so every
-checkpointer kind stores them as it stores weights, and ``torch.load(weights_only=True)``
-accepts them.
+States are kept as plain builtins (ints, floats, a tuple of ints, bytes) and tensors, no
+NumPy arrays, so every checkpointer kind stores them and ``torch.load(weights_only=True)``
+accepts them; plain builtins also let pccheck pickle them off the training thread.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ class RNGState:
 
     state_dict() runs inside every save(), right after an optimizer step has pushed the
     interpreter's data out of the caches, so it does as little as it can: whether CUDA is
-    there is asked once, and Python's 625 words go to an array in one C loop."""
+    there is asked once, Python's 625 words stay the tuple ``random.getstate()`` made, and
+    NumPy's key is its bytes (checkpoints that hold them as int64 tensors, as before, load)."""
 
     def __init__(self) -> None:
         self._cuda: bool | None = None  # torch.cuda.is_available(), asked at the first state_dict()
@@ -52,11 +53,9 @@ class RNGState:
         version, internal, gauss = random.getstate()
         np_state = np.random.get_state(legacy=False)
         return {
-            "python": {"version": version,
-                       "internal": torch.from_numpy(np.fromiter(internal, dtype=np.int64, count=len(internal))),
-                       "gauss_next": gauss},
+            "python": {"version": version, "internal": internal, "gauss_next": gauss},
             "numpy": {"bit_generator": np_state["bit_generator"],
-                      "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                      "key": np_state["state"]["key"].astype("<u4", copy=False).tobytes(),
                       "pos": int(np_state["state"]["pos"]),
                       "has_gauss": int(np_state["has_gauss"]),
                       "gauss": float(np_state["gauss"])},
@@ -66,12 +65,14 @@ class RNGState:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         py = state["python"]
-        random.setstate((int(py["version"]), tuple(int(v) for v in py["internal"].tolist()),
-                         py["gauss_next"]))
+        internal = py["internal"]
+        words = internal.tolist() if isinstance(internal, torch.Tensor) else internal
+        random.setstate((int(py["version"]), tuple(int(v) for v in words), py["gauss_next"]))
         npy = state["numpy"]
+        key = npy["key"]
+        key = np.frombuffer(key, dtype="<u4") if isinstance(key, bytes) else key.numpy().astype(np.uint32)
         np.random.set_state({"bit_generator": npy["bit_generator"],
-                             "state": {"key": npy["key"].numpy().astype(np.uint32),
-                                       "pos": int(npy["pos"])},
+                             "state": {"key": key, "pos": int(npy["pos"])},
                              "has_gauss": int(npy["has_gauss"]), "gauss": float(npy["gauss"])})
         torch.set_rng_state(state["torch"].cpu())
         cuda_states = list(state.get("cuda") or [])

@@ -113,3 +113,40 @@ def test_frozen_means_only_builtins_refs_and_plain_keys():
     assert not lift_state({"a": {(1, Opaque()): 3}}).frozen  # a hashable tuple may still hold a mutable object
     assert not lift_state({"a": {frozenset({1}): 3}}).frozen
     assert not lift_state({"a": torch.device("cpu")}).frozen
+
+
+def test_sequences_are_copied_whatever_they_hold():
+    """A run of plain values is copied in one step, a mixed one walked; both stay the
+    container they were, and the state's own lists are never the tree's."""
+    words, history = tuple(range(625)), [1, 2.5, "x"]
+    mixed = [0, torch.ones(1), (1, torch.zeros(2)), [3]]
+    lifted = lift_state({"words": words, "history": history, "mixed": mixed})
+    tree = lifted.tree
+    assert tree["words"] == words and type(tree["words"]) is tuple
+    assert tree["history"] == history and type(tree["history"]) is list and tree["history"] is not history
+    assert [p for p, _ in lifted.tensors] == ["mixed/1", "mixed/2/1"]
+    assert tree["mixed"][0] == 0 and type(tree["mixed"][2]) is tuple and tree["mixed"][3] == [3]
+    assert tree["mixed"][3] is not mixed[3]
+    assert [r.index for r in (tree["mixed"][1], tree["mixed"][2][1])] == [0, 1]
+    assert lifted.frozen
+    history.append(4)
+    assert tree["history"] == [1, 2.5, "x"]
+
+
+def test_tensor_refs_are_shared_and_right_when_threads_lift_at_once():
+    state = {"t": [torch.ones(1) for _ in range(300)]}
+    start = threading.Barrier(4)
+    trees = []
+
+    def lift():
+        start.wait()
+        trees.append(lift_state(state).tree)
+
+    threads = [threading.Thread(target=lift) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for tree in trees:
+        assert [r.index for r in tree["t"]] == list(range(300))
+    assert all(a is b for a, b in zip(trees[0]["t"], trees[1]["t"]))

@@ -79,3 +79,21 @@ def test_rng_state_survives_weights_only_torch_load() -> None:
     buf.seek(0)
     RNGState().load_state_dict(torch.load(buf, weights_only=True))
     assert _draws() == first
+
+
+def test_rng_state_of_the_earlier_tensor_format_still_loads() -> None:
+    """Checkpoints written before 2026-12-03 hold Python's words and NumPy's key as int64 tensors."""
+    state = RNGState().state_dict()
+    first = _draws()
+    old = {**state,
+           "python": {**state["python"], "internal": torch.tensor(state["python"]["internal"], dtype=torch.int64)},
+           "numpy": {**state["numpy"],
+                     "key": torch.from_numpy(np.frombuffer(state["numpy"]["key"], dtype="<u4").astype(np.int64))}}
+    RNGState().load_state_dict(old)
+    assert _draws() == first
+
+
+def test_rng_state_holds_plain_values_a_save_can_pickle_later() -> None:
+    state = RNGState().state_dict()
+    assert type(state["python"]["internal"]) is tuple and len(state["python"]["internal"]) == 625
+    assert type(state["numpy"]["key"]) is bytes and len(state["numpy"]["key"]) == 624 * 4
