@@ -107,20 +107,31 @@ def _check(checkpoints: list[dict], victim: str, *, at_least: float) -> None:
     assert named.most_common(1)[0][0] == (victim, "cpu-wait"), named
 
 
-def test_induced_cpu_wait_with_static_chunk_shares_is_named_every_time(tmp_path, capsys):
+def test_induced_cpu_wait_with_static_chunk_shares_names_the_moved_writer(tmp_path, capsys):
     """Each writer owns half the chunks (chunk_assignment="static"): the moved writer cannot
-    dodge its share by taking fewer, so every measured checkpoint waits for it, and the
-    analyzer names it, and no other thread, as waiting for the CPU: cpu-wait, or late-start
-    where the wait fell before its first record (no counter sees it there; docs/TRACE.md)."""
+    dodge its share by taking fewer, so checkpoints wait for it, and the analyzer names it, more
+    often than the other thread, as waiting for the CPU: cpu-wait, or late-start where the wait fell
+    before its first record (no counter sees it there; docs/TRACE.md).
+
+    Not every checkpoint: under make test the other pytest worker loads both CPUs, so the
+    "quiet" CPU is not quiet and the spinner is not alone on the busy one. Then a checkpoint
+    may end with no straggler (the moved writer got its slices in time), with the moved writer
+    blocked waiting for chunks (the staging thread shares the busy CPU), or with the other
+    writer named (it waits for its own CPU). Measured on the 2-core VM with a spinner on each
+    CPU besides: 3 of 30 checkpoints so, and 1 of 17 runs with the other writer named once;
+    with the CPUs otherwise idle, none."""
     from ckptlab.analysis.cli import main
 
-    run = induced_cpu_wait(saves=4, mib=8, out_dir=str(tmp_path), chunk_mib=1, chunk_assignment="static")
+    run = induced_cpu_wait(saves=6, mib=8, out_dir=str(tmp_path), chunk_mib=1, chunk_assignment="static")
     assert main(["analyze", run.trace, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     measured = [c for c in doc["checkpoints"] if c["step"] > 2]  # step 1 warms up, step 2 meets the spinner
-    assert len(measured) == 3
-    for c in measured:
-        assert c["straggler"] == run.victim and c["cause"] in ("cpu-wait", "late-start"), c
+    assert len(measured) == 5
+    waiting = [c for c in measured if c["straggler"] == run.victim and c["cause"] in ("cpu-wait", "late-start")]
+    assert len(waiting) >= 3, measured
+    others = Counter((c["straggler"], c["cause"]) for c in measured if c["straggler"] not in (run.victim, None))
+    assert sum(others.values()) < len(waiting), others  # loaded, the other writer waits for a CPU too, less
+    for c in waiting:
         cause_s = c["excess_cpu_wait_s"] if c["cause"] == "cpu-wait" else c["excess_late_start_s"]
         assert cause_s >= 0.5 * c["gap_s"], c
         assert c["excess_blocked_s"] < 0.25 * c["gap_s"] and c["excess_on_cpu_s"] < 0.25 * c["gap_s"], c
