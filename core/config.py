@@ -48,7 +48,8 @@ class CheckpointConfig:
         save to hold one whole checkpoint (capped by max_auto_staging_bytes), which keeps
         the stall to one memcpy; smaller values make save() wait for writers (back-pressure).
     prefault_staging: touch the staging pages on a background thread from the engine's
-        opening (a free buffer at a time), not in the first save's stall.
+        opening (a free buffer at a time) rather than all inside the first save; a buffer
+        that save reaches first is faulted by its own fill.
     keep_last: committed checkpoints to keep (0 keeps all); never deletes the newest.
     io_mode: "auto" uses O_DIRECT where the filesystem accepts it, else buffered I/O.
     shards: data files per checkpoint (0 = writer_threads).

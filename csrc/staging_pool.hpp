@@ -3,7 +3,7 @@
 // thread to return one (back-pressure), it never allocates.
 //
 // Prefault: the pool's first touch of fresh memory costs the kernel (and on a VM the host) a
-// page fault per 4 KiB page, 0.5-3 s per GiB measured on the 2-core VM. The engine opens at
+// page fault per 4 KiB page, 0.5-3.4 s per GiB measured on the 2-core VM. The engine opens at
 // the first save, so touching it all in the constructor put that into the first save's stall.
 // A background thread touches the free buffers instead, one at a time while it holds them
 // (never a buffer a save or a writer holds), from the last to be handed out towards the
