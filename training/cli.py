@@ -74,6 +74,7 @@ class CheckpointFlag:
     choices: tuple[str, ...] | None = None
     shown: Callable[[Any], str] | None = None  # the default as the flag takes it (MiB, not bytes)
     metavar: str | None = None
+    switch: bool = False  # a boolean field: --flag / --no-flag
 
 
 # The CheckpointConfig fields `ckptlab train` exposes. A new checkpointer knob is one row here.
@@ -90,6 +91,9 @@ CHECKPOINT_FLAGS = (
     CheckpointFlag("--snapshot", "snapshot", "pccheck: when save() returns — sync (state on the host), deferred "
                    "(D2H on a side stream overlapping the next forward/backward; the next optimizer.step waits "
                    "for it), gpu (copy into a GPU snapshot buffer); docs/API.md", choices=SNAPSHOT_MODES),
+    CheckpointFlag("--prefault-staging", "prefault_staging", "pccheck: fault the staging pages in on a background "
+                   "thread from the engine's opening instead of inside the first save", switch=True,
+                   shown=lambda on: "on" if on else "off"),
 )
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(CheckpointConfig)}
 
@@ -98,6 +102,10 @@ def _add_checkpoint_flags(group: argparse._ArgumentGroup) -> None:
     for f in CHECKPOINT_FLAGS:
         default = _DEFAULTS[f.field]
         shown = f.shown(default) if f.shown else ",".join(map(str, default)) if isinstance(default, tuple) else default
+        if f.switch:
+            group.add_argument(f.flag, dest=f"checkpoint_{f.field}", default=default,
+                               action=argparse.BooleanOptionalAction, help=f"{f.help} (default {shown})")
+            continue
         group.add_argument(f.flag, dest=f"checkpoint_{f.field}", default=default, type=f.type,
                            choices=list(f.choices) if f.choices else None, metavar=f.metavar,
                            help=f"{f.help} (default {shown or 'none'})")

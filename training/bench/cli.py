@@ -1,7 +1,8 @@
 """``ckptlab bench``: one model, every checkpointer kind side by side in one run.
 
     ckptlab bench --out OUT [--preset NAME | --dim ... | --state-mb N] [--device cpu|cuda]
-                  [--kinds none,torchsave,...] [--steps N] [--every K1,K2] [--repeats R] [--dir DIR]
+                  [--kinds none,torchsave,...] [--variant NAME=KIND:FLAGS ...]
+                  [--steps N] [--every K1,K2] [--repeats R] [--dir DIR]
 
 Entry point ``bench`` (group ``ckptlab.commands``, pyproject.toml). Writes OUT/bench.json,
 OUT/bench.md, OUT/bench.png and each run's record under OUT/runs/ (docs/PERFORMANCE.md).
@@ -16,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from ckptlab.training.bench.spec import BENCH_KINDS, CPU_KINDS, SHAPE_FLAGS, WORK_FLAGS, BenchSpec
+from ckptlab.training.bench.spec import (BENCH_KINDS, CPU_KINDS, SHAPE_FLAGS, WORK_FLAGS, BenchSpec, Variant,
+                                         parse_variant)
 from ckptlab.training.presets import preset_argument
 
 __all__ = ["add_bench_parser", "run_bench_command", "main"]
@@ -34,6 +36,42 @@ def _int_list(value: str) -> tuple[int, ...]:
     return out
 
 
+def _variant_flags() -> tuple[str, ...]:
+    from ckptlab.training.cli import CHECKPOINT_FLAGS
+
+    fixed = ("--keep-last", "--snapshot")  # the bench keeps one checkpoint; the base kind is the mode
+    flags = [f for f in CHECKPOINT_FLAGS if f.flag not in fixed]
+    return tuple(f.flag for f in flags) + tuple(f"--no-{f.flag[2:]}" for f in flags if f.switch)
+
+
+VARIANT_FLAGS = _variant_flags()
+
+
+def check_variant(variant: Variant) -> None:
+    """ValueError unless every flag is a checkpointer knob `ckptlab train` takes with that value."""
+    from ckptlab.training.cli import build_parser, config_from_args, flag_message
+
+    for word in variant.flags:
+        name = word.split("=", 1)[0]
+        if name.startswith("-") and name not in VARIANT_FLAGS:
+            raise ValueError(f"--variant {variant.text!r}: {name} is not a setting a variant may change; "
+                             f"allowed: {', '.join(VARIANT_FLAGS)}")
+    parser = build_parser()
+
+    def refuse(message: str) -> None:
+        raise ValueError(f"--variant {variant.text!r}: {message}")
+
+    parser.error = refuse  # type: ignore[method-assign]  # an error names the variant instead of exiting
+    try:
+        config_from_args(parser.parse_args(list(BENCH_KINDS[variant.base]) + list(variant.flags)))
+    except (KeyError, TypeError) as exc:
+        refuse(flag_message(str(exc.args[0] if exc.args else exc)))
+    except ValueError as exc:
+        if str(exc).startswith("--variant"):
+            raise
+        refuse(flag_message(str(exc)))
+
+
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="results directory (must not hold a bench.json)")
     model = p.add_argument_group("model (as `ckptlab train`)")
@@ -49,6 +87,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     runs.add_argument("--kinds", default=None,
                       help=f"comma-separated kinds (default: {','.join(CPU_KINDS)}; pccheck-gpu too on cuda); "
                            f"known: {', '.join(BENCH_KINDS)}; none is always run")
+    runs.add_argument("--variant", action="append", default=[], metavar="NAME=KIND:FLAGS",
+                      help="also measure KIND with other checkpointer settings under NAME, in the same rounds "
+                           "(an A/B of a knob), e.g. deferred-nopf=pccheck-deferred:--no-prefault-staging; "
+                           f"FLAGS are `ckptlab train` flags among {', '.join(VARIANT_FLAGS)}; repeatable")
     runs.add_argument("--steps", type=int, default=30, help="training steps per run (default 30)")
     runs.add_argument("--every", type=_int_list, default=(5, 10),
                       help="checkpoint every K steps, one run per K per kind (default 5,10)")
@@ -78,11 +120,15 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
     default = (*CPU_KINDS, "pccheck-gpu") if args.device == "cuda" else CPU_KINDS
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else default
     shape = {n: getattr(args, n) for n in (*SHAPE_FLAGS, *WORK_FLAGS) if getattr(args, n) is not None}
+    variants = tuple(parse_variant(text) for text in args.variant)
     spec = BenchSpec(out=args.out, preset=args.preset, shape=shape, state_mb=args.state_mb,
-                     model_dtype=args.model_dtype, device=args.device, kinds=kinds, steps=args.steps,
+                     model_dtype=args.model_dtype, device=args.device, kinds=kinds, variants=variants,
+                     steps=args.steps,
                      every=args.every, repeats=args.repeats, seed=args.seed, dir=args.dir, threads=args.threads,
                      writer_threads=args.writer_threads, timeout_s=args.timeout)
     spec.validate()
+    for variant in variants:
+        check_variant(variant)
     for name, value in (("--threads", args.threads), ("--writer-threads", args.writer_threads)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
@@ -153,6 +199,7 @@ def _run(spec: BenchSpec, progress: bool | None) -> dict:
     runs = [r for r in doc["runs"] if r["checkpoint_bytes"]]
     config = {"preset": spec.preset, "shape": spec.shape, "state_mb": spec.state_mb, "train_flags": shape_flags(spec),
               "model_dtype": spec.model_dtype, "device": spec.device, "kinds": list(spec.measured),
+              "variants": [{"name": v.name, "base": v.base, "flags": list(v.flags)} for v in spec.variants],
               "steps": spec.steps, "every": list(spec.every), "repeats": spec.repeats, "seed": spec.seed,
               "writer_threads": spec.writer_threads, "threads": spec.threads,
               "state_bytes": max((r["checkpoint_bytes"] for r in runs), default=0)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import socket
 import subprocess
 from pathlib import Path
@@ -130,6 +131,9 @@ def markdown(doc: Mapping[str, Any]) -> str:
                      f"{_num(r.get('overhead'), '.1f', 100)} | {_num(r['durable_s'], '.3f')} | "
                      f"{_num(r['durable_gbps'], '.2f')} | {_num(r['cold_load_s'], '.3f')} | "
                      f"{_num(r['peak_rss_bytes'], '.0f', 2**-20)} |")
+    if c.get("variants"):
+        lines += ["", "Variants: " + "; ".join(f"{v['name']} = {v['base']} {shlex.join(v['flags'])}"
+                                             for v in c["variants"]) + "."]
     lines += ["", f"Raw disk, {raw['bytes'] / 2**20:.0f} MiB: O_DIRECT+fdatasync {_ms(raw['direct_write_s'])} ms, "
               f"buffered+fsync {_ms(raw['buffered_write_s'])} ms, cold read {_ms(raw['read_s'])} ms "
               f"({_num(raw['read_resident'], '.0%')} resident after fadvise); D2H "

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from ckptlab.training.bench.interrupt import BenchInterrupted, stop_on_signals
 from ckptlab.training.bench.metrics import aggregate, run_figures, spread, targets
-from ckptlab.training.bench.spec import BENCH_KINDS, SHAPE_FLAGS, BenchSpec, Run, schedule, vocab_for_state
+from ckptlab.training.bench.spec import SHAPE_FLAGS, BenchSpec, Run, schedule, vocab_for_state
 
 __all__ = ["BenchError", "BenchInterrupted", "STOP_GRACE_S", "train_flags", "shape_flags", "run_bench"]
 
@@ -41,14 +41,14 @@ def shape_flags(spec: BenchSpec) -> list[str]:
 
 
 def train_flags(spec: BenchSpec, run: Run, ckpt_dir: Path) -> list[str]:
-    flags = [*BENCH_KINDS[run.kind], *shape_flags(spec), "--device", spec.device, "--seed", str(spec.seed),
+    flags = [*shape_flags(spec), "--device", spec.device, "--seed", str(spec.seed),
              "--training-steps", str(spec.steps), "--checkpoint-freq", str(run.every or 0),
              "--ckpt-dir", str(ckpt_dir), "--keep-last", "1", "--no-progress"]
     if spec.threads:
         flags += ["--threads", str(spec.threads)]
     if spec.writer_threads:
         flags += ["--writer-threads", str(spec.writer_threads)]
-    return flags
+    return [*flags, *spec.kind_flags(run.kind)]  # last: a variant's settings win over the bench's
 
 
 def _child(args: list[str], what: str, timeout: float) -> None:

@@ -5,10 +5,12 @@ all kinds instead of biasing the ones run last)."""
 from __future__ import annotations
 
 import random
+import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["BENCH_KINDS", "CPU_KINDS", "BenchSpec", "Run", "schedule", "vocab_for_state"]
+__all__ = ["BENCH_KINDS", "CPU_KINDS", "BenchSpec", "Run", "Variant", "parse_variant", "schedule", "vocab_for_state"]
 
 # bench kind -> `ckptlab train` flags choosing the checkpointer
 BENCH_KINDS: dict[str, tuple[str, ...]] = {
@@ -24,6 +26,39 @@ BENCH_KINDS: dict[str, tuple[str, ...]] = {
 CPU_KINDS = tuple(k for k in BENCH_KINDS if k not in ("pccheck-gpu", "pccheck-auto"))
 SHAPE_FLAGS = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size")
 WORK_FLAGS = ("batch_size", "sequence_length")  # tokens per step: how much compute a step has
+
+
+_VARIANT = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.+-]*)=(?P<base>[a-z-]+):(?P<flags>.*)")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A kind run with other checkpointer settings, measured beside the rest of the bench under
+    its own name: an A/B of one knob inside the same interleaved rounds, so the machine's drift
+    between separate benches does not decide it."""
+
+    name: str
+    base: str  # a BENCH_KINDS entry
+    flags: tuple[str, ...]  # `ckptlab train` flags added after the base kind's
+
+    @property
+    def text(self) -> str:
+        return f"{self.name}={self.base}:{shlex.join(self.flags)}"
+
+
+def parse_variant(text: str) -> Variant:
+    """``NAME=KIND:FLAGS``, e.g. ``deferred-nopf=pccheck-deferred:--no-prefault-staging``."""
+    m = _VARIANT.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"--variant {text!r}: expected NAME=KIND:FLAGS, "
+                         f"e.g. deferred-nopf=pccheck-deferred:--no-prefault-staging")
+    try:
+        flags = tuple(shlex.split(m["flags"]))
+    except ValueError as exc:
+        raise ValueError(f"--variant {text!r}: {exc}") from None
+    if not flags:
+        raise ValueError(f"--variant {text!r}: give the flags that make it differ from {m['base']}")
+    return Variant(m["name"], m["base"], flags)
 
 
 @dataclass(frozen=True)
@@ -48,6 +83,7 @@ class BenchSpec:
     model_dtype: str = "fp32"
     device: str = "cpu"
     kinds: tuple[str, ...] = CPU_KINDS
+    variants: tuple[Variant, ...] = ()
     steps: int = 30
     every: tuple[int, ...] = (5, 10)
     repeats: int = 3
@@ -68,6 +104,17 @@ class BenchSpec:
             raise ValueError(f"--device must be cpu or cuda, got {self.device!r}")
         if "pccheck-gpu" in self.kinds and self.device != "cuda":
             raise ValueError("--kinds: pccheck-gpu needs --device cuda (it snapshots into GPU memory)")
+        names = [v.name for v in self.variants]
+        for v in self.variants:
+            if v.name in BENCH_KINDS:
+                raise ValueError(f"--variant {v.text!r}: {v.name!r} is a kind's name; give the variant its own")
+            if names.count(v.name) > 1:
+                raise ValueError(f"--variant: {v.name!r} is given twice")
+            if v.base not in BENCH_KINDS or v.base == "none":
+                raise ValueError(f"--variant {v.text!r}: unknown base kind {v.base!r}; known: "
+                                 f"{', '.join(k for k in BENCH_KINDS if k != 'none')}")
+            if v.base == "pccheck-gpu" and self.device != "cuda":
+                raise ValueError(f"--variant {v.text!r}: pccheck-gpu needs --device cuda")
         if not self.every or min(self.every) < 1:
             raise ValueError("--every: expected comma-separated integers >= 1")
         if self.steps <= max(self.every):  # one checkpoint is enough: its stall is then a first stall
@@ -84,8 +131,16 @@ class BenchSpec:
 
     @property
     def measured(self) -> tuple[str, ...]:
-        """The kinds in the order given, with `none` always there: every figure is against it."""
-        return ("none", *[k for k in self.kinds if k != "none"])
+        """The kinds in the order given, with `none` always there (every figure is against it),
+        then the variants."""
+        return ("none", *[k for k in self.kinds if k != "none"], *(v.name for v in self.variants))
+
+    def kind_flags(self, kind: str) -> tuple[str, ...]:
+        """The `ckptlab train` flags choosing a measured kind's checkpointer and its settings."""
+        for v in self.variants:
+            if v.name == kind:
+                return (*BENCH_KINDS[v.base], *v.flags)
+        return BENCH_KINDS[kind]
 
 
 def schedule(spec: BenchSpec) -> list[Run]:
