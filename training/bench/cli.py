@@ -58,18 +58,20 @@ def check_variant(variant: Variant) -> None:
                              f"allowed: {', '.join(VARIANT_FLAGS)}")
     parser = build_parser()
 
-    def refuse(message: str) -> None:
-        raise ValueError(f"--variant {variant.text!r}: {message}")
+    class Refused(Exception):
+        pass
 
-    parser.error = refuse  # type: ignore[method-assign]  # an error names the variant instead of exiting
+    def refuse(message: str) -> None:  # argparse's error() would exit; this names the variant
+        raise Refused(message)
+
+    parser.error = refuse  # type: ignore[method-assign]
     try:
-        config_from_args(parser.parse_args(list(BENCH_KINDS[variant.base]) + list(variant.flags)))
-    except (KeyError, TypeError) as exc:
-        refuse(flag_message(str(exc.args[0] if exc.args else exc)))
-    except ValueError as exc:
-        if str(exc).startswith("--variant"):
-            raise
-        refuse(flag_message(str(exc)))
+        config_from_args(parser.parse_args([*BENCH_KINDS[variant.base], *variant.flags]))
+    except Refused as exc:
+        raise ValueError(f"--variant {variant.text!r}: {exc}") from None
+    except (KeyError, ValueError) as exc:  # TrainConfig's checks, as `ckptlab train` reports them
+        raise ValueError(f"--variant {variant.text!r}: {flag_message(str(exc.args[0] if exc.args else exc))}") \
+            from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
