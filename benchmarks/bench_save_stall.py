@@ -2,7 +2,7 @@
 --state-mb 1024`), one optimizer step between saves as in training, each part of save()
 timed by wrapping it.
 
-    python benchmarks/bench_save_stall.py --state-mb 1024 --saves 12 --out benchmarks/results/bench_cpu_1gib/stall_breakdown.json
+    python benchmarks/bench_save_stall.py --state-mb 1024 --saves 12 --out benchmarks/results/bench_cpu_1gib_61214f4/stall_breakdown.json
 
 Parts: the whole save(); lift_tensors (walk the state, state_dict() calls) and inside it the
 model's, the optimizer's and the RNG's state_dict() and the per-tensor normalisation; the

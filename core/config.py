@@ -48,8 +48,11 @@ class CheckpointConfig:
         save to hold one whole checkpoint (capped by max_auto_staging_bytes), which keeps
         the stall to one memcpy; smaller values make save() wait for writers (back-pressure).
     prefault_staging: touch the staging pages on a background thread from the engine's
-        opening (a free buffer at a time) rather than all inside the first save; a buffer
-        that save reaches first is faulted by its own fill.
+        opening (a free buffer at a time). Off by default: buffers are reused last-in
+        first-out, so without it the saves fault in only the buffers in flight at once (less
+        resident memory), and in a same-run A/B on 2 cores the thread cost more training time
+        than it saved (docs/PERFORMANCE.md, "Staging prefault"). A buffer a save reaches
+        before the thread does is faulted by its own fill.
     keep_last: committed checkpoints to keep (0 keeps all); never deletes the newest.
     io_mode: "auto" uses O_DIRECT where the filesystem accepts it, else buffered I/O.
     shards: data files per checkpoint (0 = writer_threads).
@@ -102,7 +105,7 @@ class CheckpointConfig:
     faults: str = ""
     trace: bool = False
     trace_capacity: int = 1 << 16
-    prefault_staging: bool = True
+    prefault_staging: bool = False
     allow_pickle: tuple[str, ...] = ()
     io_log: str = ""
     pinned_host_copies: bool = True

@@ -235,6 +235,7 @@ class PCcheckCheckpointer(CheckpointerBase):
             io_mode=self._engine.io_mode,
             time_to_durable_s=[(r["t_done_ns"] - r["t_submit_ns"]) / 1e9 for r in ok],
             staging_bytes=self._engine.staging_region[1],
+            staging_touched_bytes=self._engine.staging_touched_bytes,
         )
         return s
 

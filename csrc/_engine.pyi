@@ -185,7 +185,7 @@ class Engine:
         faults: str = "",
         trace: bool = False,
         trace_capacity: int = 65536,
-        prefault: bool = True,
+        prefault: bool = False,
         unsafe: Sequence[str] = (),
         io_log: str = "",
         io_log_data: bool = True,
@@ -233,6 +233,9 @@ class Engine:
     def staging_free_buffers(self) -> int: ...
     @property
     def staging_buffers(self) -> int: ...
+    @property
+    def staging_touched_bytes(self) -> int:
+        """Bytes of the staging buffers written at least once (by the prefault or a save)."""
     def commit_records(self) -> list[CommitRecord]: ...
     def drain_trace(self) -> TraceColumns:
         """Timing records since the last drain, as numpy columns."""

@@ -312,7 +312,7 @@ PYBIND11_MODULE(_engine, m) {
            py::arg("dir"), py::arg("writer_threads") = 4, py::arg("max_inflight") = 2, py::arg("shards") = 0,
            py::arg("chunk_bytes") = 16ull << 20, py::arg("staging_bytes") = 256ull << 20, py::arg("keep_last") = 2,
            py::arg("io_mode") = "auto", py::arg("faults") = "", py::arg("trace") = false,
-           py::arg("trace_capacity") = 1u << 16, py::arg("prefault") = true,
+           py::arg("trace_capacity") = 1u << 16, py::arg("prefault") = false,
            py::arg("unsafe") = std::vector<std::string>{}, py::arg("io_log") = "", py::arg("io_log_data") = true,
            py::arg("writer_cpus") = std::vector<int>{}, py::arg("chunk_assignment") = "queue")
       .def("submit",
@@ -392,6 +392,8 @@ PYBIND11_MODULE(_engine, m) {
            })
       .def_property_readonly("staging_free_buffers", [](const Engine& e) { return e.staging().free_count(); })
       .def_property_readonly("staging_buffers", [](const Engine& e) { return e.staging().size(); })
+      .def_property_readonly("staging_touched_bytes", [](const Engine& e) { return e.staging().touched_bytes(); },
+                             "Bytes of the staging buffers written at least once (by the prefault or a save).")
       .def("commit_records", [](const Engine& e) {
              py::list out;
              for (const auto& r : e.commit_records()) {

@@ -52,7 +52,7 @@ struct EngineOptions {
   std::string faults;            // fault spec, see fault.hpp
   bool trace_records = false;
   uint64_t trace_capacity = 1u << 16;  // records per thread ring
-  bool prefault = true;
+  bool prefault = false;         // touch the staging pool on a background thread (staging_pool.hpp)
   // Durability mutations: each removes one step of the protocol. Only the fault campaign's
   // "teeth" tests set them, to show the campaign catches the loss.
   bool unsafe_skip_data_fsync = false;

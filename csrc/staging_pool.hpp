@@ -2,12 +2,15 @@
 // It is what keeps host memory bounded: a save that finds no free buffer waits for a writer
 // thread to return one (back-pressure), it never allocates.
 //
-// Prefault: the pool's first touch of fresh memory costs the kernel (and on a VM the host) a
-// page fault per 4 KiB page, 0.5-3.4 s per GiB measured on the 2-core VM. The engine opens at
-// the first save, so touching it all in the constructor put that into the first save's stall.
-// A background thread touches the free buffers instead, one at a time while it holds them
-// (never a buffer a save or a writer holds), from the last to be handed out towards the
-// first; a save that gets a buffer before it is touched pays its faults in its own fill.
+// Buffers are handed out last-in first-out: a save whose writers keep up reuses the few
+// buffers in flight, and the rest of the pool is never touched (never resident).
+//
+// Prefault (optional, off by default): the pool's first touch of fresh memory costs the kernel
+// (and on a VM the host) a page fault per 4 KiB page, 0.5-3.4 s per GiB measured on the 2-core
+// VM. A background thread can touch the free buffers from the engine's opening, one at a time
+// while it holds them (never a buffer a save or a writer holds), from the last to be handed
+// out towards the first; a save that gets a buffer before it is touched pays its faults in
+// its own fill. It makes the whole pool resident, and its CPU time competes with training.
 #pragma once
 #include <condition_variable>
 #include <cstddef>
@@ -47,6 +50,10 @@ class StagingPool {
   void wait_prefaulted();
   // Buffers neither prefaulted nor handed out yet.
   size_t untouched_count() const;
+  // Bytes of the buffers prefaulted or handed out at least once: the pool's resident share.
+  // Buffers come back last-in first-out, so without prefault a pool whose writers keep up
+  // touches only the buffers in flight at once, not the whole pool.
+  uint64_t touched_bytes() const { return (nbuffers_ - untouched_count()) * buffer_bytes_; }
   char* base() const { return base_; }
   uint64_t total_bytes() const { return buffer_bytes_ * nbuffers_; }
 

@@ -92,7 +92,8 @@ CHECKPOINT_FLAGS = (
                    "(D2H on a side stream overlapping the next forward/backward; the next optimizer.step waits "
                    "for it), gpu (copy into a GPU snapshot buffer); docs/API.md", choices=SNAPSHOT_MODES),
     CheckpointFlag("--prefault-staging", "prefault_staging", "pccheck: fault the staging pages in on a background "
-                   "thread from the engine's opening instead of inside the first save", switch=True,
+                   "thread from the engine's opening, not in the saves' own fills (off by default: it makes the "
+                   "whole pool resident; docs/API.md)", switch=True,
                    shown=lambda on: "on" if on else "off"),
 )
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(CheckpointConfig)}

@@ -90,6 +90,7 @@ class TrainResult:
     snapshot: str = "sync"
     snapshot_wait_s: float = 0.0  # deferred snapshots: host time blocked in barrier()/settle
     pinned_staging_bytes: int = 0  # pccheck's staging pool page-locked for CUDA copies
+    staging_touched_bytes: int = 0  # pccheck's staging buffers written at least once (resident)
     exit_code: int = 0
     abandon_threads: bool = False
     rank: int = 0
@@ -537,6 +538,7 @@ def _collect_durable_times(ck: Checkpointer, result: TrainResult) -> None:
         result.commit_done_ns = [[int(r["step"]), int(r["t_done_ns"])] for r in commits() if r["ok"]]
     result.snapshot_wait_s = float(values.get("snapshot_wait_s", 0.0))
     result.pinned_staging_bytes = int(values.get("pinned_staging_bytes", 0))
+    result.staging_touched_bytes = int(values.get("staging_touched_bytes", 0))
     if isinstance(durable, (list, tuple)):
         result.time_to_durable_s = [float(v) for v in durable]
 

@@ -688,6 +688,13 @@ void test_staging_prefault() {
     CHECK(pool.untouched_count() == 4, "prefault=false touched %zu buffers", 4 - pool.untouched_count());
     pool.release(pool.acquire(nullptr));
     CHECK(pool.untouched_count() == 3, "a handed-out buffer still counts as untouched");
+    for (int i = 0; i < 10; ++i) pool.release(pool.acquire(nullptr));  // one at a time: the same buffer
+    CHECK(pool.touched_bytes() == kBuf, "acquire/release one at a time touched %" PRIu64 " B, not one buffer",
+          pool.touched_bytes());
+    int a = pool.acquire(nullptr), b = pool.acquire(nullptr);  // two in flight: one more buffer
+    pool.release(a);
+    pool.release(b);
+    CHECK(pool.touched_bytes() == 2 * kBuf, "two buffers in flight touched %" PRIu64 " B", pool.touched_bytes());
   }
   auto t0 = std::chrono::steady_clock::now();
   { ckptlab::StagingPool pool(kBuf, 256, page, true); }  // destroyed at once: stops its prefault

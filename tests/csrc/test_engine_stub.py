@@ -331,7 +331,8 @@ def _exercise(tmp_path: Path) -> dict[str, list]:
         rec("Engine.abort", eng.abort(id=sid, reason="test"))
         eng.wait()
         for prop in ("last_committed_step", "inflight", "io_mode", "direct_io_note", "writer_cpus",
-                     "chunk_assignment", "pin_failures", "staging_region", "staging_free_buffers", "staging_buffers", "trace_dropped"):
+                     "chunk_assignment", "pin_failures", "staging_region", "staging_free_buffers", "staging_buffers", "staging_touched_bytes",
+                     "trace_dropped"):
             rec(f"Engine.{prop}", getattr(eng, prop))
         rec("Engine.commit_records", eng.commit_records())
         rec("Engine.drain_trace", eng.drain_trace())

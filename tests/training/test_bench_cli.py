@@ -21,7 +21,7 @@ def test_tiny_bench_writes_json_table_and_plot(tmp_path):
     out = tmp_path / "out"
     rc = _bench("--preset", "tiny", "--kinds", "none,torchsave,pccheck-deferred", "--steps", "6",
                 "--every", "3", "--repeats", "1", "--out", str(out), "--no-progress",
-                "--variant", "deferred-nopf=pccheck-deferred:--no-prefault-staging --max-inflight 1")
+                "--variant", "deferred-pf=pccheck-deferred:--prefault-staging --max-inflight 1")
     assert rc == 0
     bench = json.loads((out / "bench.json").read_text())
     assert bench["schema"] == "ckptlab.bench/1"
@@ -31,25 +31,28 @@ def test_tiny_bench_writes_json_table_and_plot(tmp_path):
     assert bench["versions"]["torch"] and bench["versions"]["python"]
     assert "git_commit" in bench["versions"]
     rows = {(r["kind"], r["every"]): r for r in bench["results"]}
-    assert set(rows) == {("none", None), ("torchsave", 3), ("pccheck-deferred", 3), ("deferred-nopf", 3)}
-    assert bench["config"]["kinds"] == ["none", "torchsave", "pccheck-deferred", "deferred-nopf"]
-    assert bench["config"]["variants"] == [{"name": "deferred-nopf", "base": "pccheck-deferred",
-                                            "flags": ["--no-prefault-staging", "--max-inflight", "1"]}]
-    assert rows[("deferred-nopf", 3)]["checkpoints"]["median"] == 2
+    assert set(rows) == {("none", None), ("torchsave", 3), ("pccheck-deferred", 3), ("deferred-pf", 3)}
+    assert bench["config"]["kinds"] == ["none", "torchsave", "pccheck-deferred", "deferred-pf"]
+    assert bench["config"]["variants"] == [{"name": "deferred-pf", "base": "pccheck-deferred",
+                                            "flags": ["--prefault-staging", "--max-inflight", "1"]}]
+    assert rows[("deferred-pf", 3)]["checkpoints"]["median"] == 2
     deferred = rows[("pccheck-deferred", 3)]
     assert deferred["checkpoints"]["median"] == 2
     assert deferred["durable_s"]["median"] > 0 and deferred["durable_gbps"]["median"] > 0
     assert deferred["cold_load_s"]["median"] > 0 and deferred["peak_rss_bytes"]["median"] > 0
     assert deferred["lost_per_ckpt_s"]["n"] == 1
+    for kind in ("pccheck-deferred", "deferred-pf"):  # resident staging, reported for pccheck only
+        assert 0 < rows[(kind, 3)]["staging_touched_bytes"]["median"] <= 64 << 20, rows[(kind, 3)]
+    assert rows[("torchsave", 3)]["staging_touched_bytes"]["median"] is None
     raw = bench["raw_disk"]
     assert raw["bytes"] > 0 and raw["buffered_write_s"]["median"] > 0 and raw["read_s"]["median"] > 0
     assert {t["name"] for t in bench["targets"]} == {"deferred-stall", "durable-vs-raw", "lost-below-peers-every-3"}
     assert all(t["met"] in (True, False) for t in bench["targets"])
     assert [r["kind"] for r in bench["runs"]].count("none") == 1 and len(bench["runs"]) == 4
     table = (out / "bench.md").read_text()
-    assert "| pccheck-deferred |" in table and "lost/ckpt" in table
-    assert "| deferred-nopf | 3 |" in table
-    assert "Variants: deferred-nopf = pccheck-deferred --no-prefault-staging --max-inflight 1." in table
+    assert "| pccheck-deferred |" in table and "lost/ckpt" in table and "staging MiB" in table
+    assert "| deferred-pf | 3 |" in table
+    assert "Variants: deferred-pf = pccheck-deferred --prefault-staging --max-inflight 1." in table
     for t in bench["targets"]:  # each target's verdict, whichever it is on this machine
         verdict = {True: "MET", False: "MISSED", None: "NOT MEASURED"}[t["met"]]
         assert f"{t['target']}: {verdict}" in table, (t, table)

@@ -59,15 +59,15 @@ def test_chunk_mb_sets_the_chunk_in_bytes_and_core_messages_say_mib() -> None:
     assert flag_message("CheckpointConfig.chunk_bytes=262144 is too small") == "--chunk-mb 0.25 is too small"
 
 
-def test_prefault_staging_is_a_switch_on_by_default() -> None:
+def test_prefault_staging_is_a_switch_off_by_default() -> None:
     from ckptlab.training.cli import build_parser, config_from_args
 
     def prefault(*argv: str) -> bool:
         return config_from_args(build_parser().parse_args(list(argv))).checkpoint.prefault_staging
 
-    assert prefault() is True and prefault("--prefault-staging") is True
-    assert prefault("--no-prefault-staging") is False
-    assert prefault("--no-prefault-staging", "--prefault-staging") is True  # the last one wins
+    assert prefault() is False and prefault("--no-prefault-staging") is False
+    assert prefault("--prefault-staging") is True
+    assert prefault("--prefault-staging", "--no-prefault-staging") is False  # the last one wins
 
 
 def test_load_checkpoint_without_one_exits_2_unless_fresh_start_allowed(

@@ -91,7 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                            f"known: {', '.join(BENCH_KINDS)}; none is always run")
     runs.add_argument("--variant", action="append", default=[], metavar="NAME=KIND:FLAGS",
                       help="also measure KIND with other checkpointer settings under NAME, in the same rounds "
-                           "(an A/B of a knob), e.g. deferred-nopf=pccheck-deferred:--no-prefault-staging; "
+                           "(an A/B of a knob), e.g. deferred-pf=pccheck-deferred:--prefault-staging; "
                            f"FLAGS are `ckptlab train` flags among {', '.join(VARIANT_FLAGS)}; repeatable")
     runs.add_argument("--steps", type=int, default=30, help="training steps per run (default 30)")
     runs.add_argument("--every", type=_int_list, default=(5, 10),

@@ -33,7 +33,7 @@ PEERS = ("torchsave", "dcp", "dcp-async")  # the other systems it must beat
 DEFERRED_STALL_LIMIT_S = 1e-3
 DURABLE_VS_RAW_LIMIT = 1.25
 _FIGURES = ("stall_s", "first_stall_s", "stall_max_s", "inflation", "train_s", "durable_s", "durable_gbps", "cold_load_s",
-            "peak_rss_bytes", "peak_pinned_bytes", "checkpoints", "iter_s", "lost_in_run_s")
+            "peak_rss_bytes", "peak_pinned_bytes", "staging_touched_bytes", "checkpoints", "iter_s", "lost_in_run_s")
 
 
 def persisting_steps(iter_s: Sequence[float], first_step: int, ckpt_steps: Sequence[int],
@@ -96,6 +96,7 @@ def run_figures(record: Mapping[str, Any]) -> dict[str, Any]:
         "cold_load_resident": record.get("cold_load_resident"),
         "peak_rss_bytes": record.get("peak_rss_bytes"),
         "peak_pinned_bytes": record.get("peak_pinned_bytes"),
+        "staging_touched_bytes": record.get("staging_touched_bytes") or None,  # pccheck only
     }
 
 

@@ -123,14 +123,15 @@ def markdown(doc: Mapping[str, Any]) -> str:
              f"{(doc['versions'].get('git_commit') or 'unknown')[:12]}; {c['steps']} steps, {c['repeats']} "
              f"round(s), seed {c['seed']}.", "",
              "| kind | every | stall ms | inflation % | lost/ckpt ms | in-run ms | overhead % | durable s | GB/s | "
-             "cold load s | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "cold load s | peak RSS MiB | staging MiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(doc["results"], key=lambda r: (r["every"] or 0, r["kind"])):
         lines.append(f"| {r['kind']} | {r['every'] or '-'} | {_spread_ms(r['stall_s'])} | "
                      f"{_num(r['inflation'], '.1f', 100)} | {_spread_ms(r.get('lost_per_ckpt_s'))} | "
                      f"{_ms(r.get('lost_in_run_s'))} | "
                      f"{_num(r.get('overhead'), '.1f', 100)} | {_num(r['durable_s'], '.3f')} | "
                      f"{_num(r['durable_gbps'], '.2f')} | {_num(r['cold_load_s'], '.3f')} | "
-                     f"{_num(r['peak_rss_bytes'], '.0f', 2**-20)} |")
+                     f"{_num(r['peak_rss_bytes'], '.0f', 2**-20)} | "
+                     f"{_num(r.get('staging_touched_bytes'), '.0f', 2**-20)} |")
     if c.get("variants"):
         lines += ["", "Variants: " + "; ".join(f"{v['name']} = {v['base']} {shlex.join(v['flags'])}"
                                              for v in c["variants"]) + "."]

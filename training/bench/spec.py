@@ -47,11 +47,11 @@ class Variant:
 
 
 def parse_variant(text: str) -> Variant:
-    """``NAME=KIND:FLAGS``, e.g. ``deferred-nopf=pccheck-deferred:--no-prefault-staging``."""
+    """``NAME=KIND:FLAGS``, e.g. ``deferred-pf=pccheck-deferred:--prefault-staging``."""
     m = _VARIANT.fullmatch(text.strip())
     if m is None:
         raise ValueError(f"--variant {text!r}: expected NAME=KIND:FLAGS, "
-                         f"e.g. deferred-nopf=pccheck-deferred:--no-prefault-staging")
+                         f"e.g. deferred-pf=pccheck-deferred:--prefault-staging")
     try:
         flags = tuple(shlex.split(m["flags"]))
     except ValueError as exc:
