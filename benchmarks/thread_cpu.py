@@ -85,16 +85,12 @@ def sample(root: int) -> list[ThreadSample]:
 
 def by_name(last: dict[tuple[int, int], ThreadSample]) -> list[dict[str, object]]:
     """Per thread name: threads, user s, sys s, faults; the busiest first."""
-    rows: dict[str, dict[str, object]] = {}
+    groups: dict[str, list[ThreadSample]] = defaultdict(list)
     for s in last.values():
-        name = f"{s.name} [main]" if s.tid == s.pid else s.name  # the main thread runs the training steps
-        r = rows.setdefault(name, {"name": name, "threads": 0, "user_s": 0.0, "sys_s": 0.0, "minflt": 0, "majflt": 0})
-        r["threads"] += 1  # type: ignore[operator]
-        r["user_s"] += s.user_s  # type: ignore[operator]
-        r["sys_s"] += s.sys_s  # type: ignore[operator]
-        r["minflt"] += s.minflt  # type: ignore[operator]
-        r["majflt"] += s.majflt  # type: ignore[operator]
-    return sorted(rows.values(), key=lambda r: -(r["user_s"] + r["sys_s"]))  # type: ignore[operator]
+        groups[f"{s.name} [main]" if s.tid == s.pid else s.name].append(s)  # the main thread runs the steps
+    rows = [{"name": name, "threads": len(g), "user_s": sum(s.user_s for s in g), "sys_s": sum(s.sys_s for s in g),
+             "minflt": sum(s.minflt for s in g), "majflt": sum(s.majflt for s in g)} for name, g in groups.items()]
+    return sorted(rows, key=lambda r: -(r["user_s"] + r["sys_s"]))
 
 
 def main(argv: list[str] | None = None) -> int:

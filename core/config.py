@@ -52,8 +52,8 @@ class CheckpointConfig:
         first-out, so without it the saves fault in only the buffers in flight at once (less
         resident memory). In same-run A/Bs on 2 cores it cost more training time than it
         saved in two runs of three; the third was within the noise (docs/PERFORMANCE.md,
-        "Staging prefault"). A buffer a save reaches
-        before the thread does is faulted by its own fill.
+        "Staging prefault"). A buffer a save reaches before the thread does is faulted by its
+        own fill.
     keep_last: committed checkpoints to keep (0 keeps all); never deletes the newest.
     io_mode: "auto" uses O_DIRECT where the filesystem accepts it, else buffered I/O.
     shards: data files per checkpoint (0 = writer_threads).

@@ -50,9 +50,8 @@ class StagingPool {
   void wait_prefaulted();
   // Buffers neither prefaulted nor handed out yet.
   size_t untouched_count() const;
-  // Bytes of the buffers prefaulted or handed out at least once: the pool's resident share.
-  // Buffers come back last-in first-out, so without prefault a pool whose writers keep up
-  // touches only the buffers in flight at once, not the whole pool.
+  // Bytes of the buffers prefaulted or handed out at least once: the pool's resident share
+  // (without prefault, the most buffers in flight at once; see the top of this file).
   uint64_t touched_bytes() const { return (nbuffers_ - untouched_count()) * buffer_bytes_; }
   char* base() const { return base_; }
   uint64_t total_bytes() const { return buffer_bytes_ * nbuffers_; }
